@@ -1,0 +1,254 @@
+"""
+Configuration: defaults, YAML loading, command-line overrides and validation.
+
+    python train.py [config.yaml] section.key=value ...
+
+Every key the code reads is listed in DEFAULTS below, so this file doubles as the reference of all settings.
+An unknown key is an error naming the closest known one: a typo must never be silently ignored.
+"""
+import difflib
+import re
+import sys
+
+import yaml
+
+DEFAULTS = {
+    "task": {
+        "task_type": "sequence_classification",  # DNALLM's "multilabel" means the same
+        "problem_type": "multi_label_classification",
+        "num_labels": None,  # checked against label_map when both are given
+        "label_map": None,  # {0: name, 1: name, ...}; null = inferred from the training data, sorted
+        "label_names": None,  # a list, DNALLM's alternative to label_map
+        "threshold": 0.5,  # a number or one number per label
+    },
+    "data": {
+        "path": None,  # one file, split by the fractions below
+        "train": None,  # or separate files
+        "validation": None,
+        "test": None,
+        "seq_col": "sequence",
+        "label_col": "labels",
+        "label_cols": None,  # wide form: one 0/1 column per label
+        "multi_label_sep": ",",
+        "max_length": 512,  # in tokens, special tokens included; longer sequences are truncated and counted
+        "train_size": 0.8,
+        "validation_size": 0.1,
+        "test_size": 0.1,
+        "seed": 42,  # of the split, kept apart from training.seed so the split stays put across training seeds
+    },
+    "model": {
+        "source": "scratch",  # scratch | local | huggingface | modelscope
+        "name_or_path": None,
+        "pooling": "max",  # mean | cls | last | max
+        "dropout": 0.1,  # the head's
+        "backbone_dropout": None,  # a number overrides every dropout of the backbone; null keeps pretrained values
+        "trust_remote_code": False,
+        # scratch only: a small BERT-style encoder over overlapping k-mers
+        "kmer": 6,
+        "kmer_stride": 1,  # 1 = overlapping k-mers; larger strides make shorter, faster, coarser sequences
+        "n_layer": 2,
+        "n_head": 4,
+        "n_embd": 64,
+    },
+    "training": {
+        "output_dir": "out",
+        "logging_dir": None,  # null = output_dir/tensorboard
+        "num_train_epochs": 3,
+        "max_steps": -1,  # > 0 overrides num_train_epochs
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 64,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 5e-5,
+        "weight_decay": 0.0,
+        "adam_beta1": 0.9,
+        "adam_beta2": 0.999,
+        "adam_epsilon": 1e-8,
+        "max_grad_norm": 1.0,
+        "warmup_steps": 0,
+        "warmup_ratio": 0.0,
+        "lr_scheduler_type": "linear",  # linear | cosine | constant
+        "pos_weight": None,  # null | auto | [w, ...] | {label: w}
+        "logging_steps": 50,
+        "evaluation_strategy": "epoch",  # epoch | steps | no
+        "eval_strategy": None,  # the newer HF name of the same setting; wins when given
+        "eval_steps": None,  # null = logging_steps
+        "save_strategy": "epoch",  # epoch | steps | no
+        "save_steps": 500,
+        "save_total_limit": None,  # keep this many step-<n>.pt snapshots besides last.pt and best.pt
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "f1_macro",
+        "greater_is_better": None,  # null = False for a loss, True otherwise (as in HF)
+        "seed": 42,
+        "deterministic": False,
+        "bf16": False,
+        "fp16": False,
+        "device": "auto",  # auto | cpu | cuda | cuda:N
+        "num_workers": 0,
+        "resume_from_checkpoint": None,
+    },
+    "predict": {
+        "batch_size": 64,
+        "device": "auto",
+    },
+}
+
+# Section aliases used by DNALLM's configs.
+ALIASES = {"finetune": "training", "inference": "predict"}
+
+# HF TrainingArguments and DNALLM inference keys that mean nothing here: accepted with one warning.
+IGNORED = {
+    "report_to", "save_safetensors", "logging_strategy", "lr_scheduler_kwargs", "overwrite_output_dir",
+    "do_train", "do_eval", "do_predict", "dataloader_num_workers", "dataloader_pin_memory", "remove_unused_columns",
+    "optim", "push_to_hub", "hub_model_id", "disable_tqdm", "run_name", "logging_first_step", "label_names",
+    "ddp_find_unused_parameters", "gradient_checkpointing", "torch_compile", "eval_accumulation_steps",
+    "prediction_loss_only", "save_only_model", "use_fp16", "max_length", "num_workers", "output_dir",
+}
+
+TASK_TYPES = ("sequence_classification", "multilabel", "multi_label")
+
+
+# YAML 1.1 reads 2e-5 (no dot) as a string; HF-style configs are full of them
+EXPONENT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def closest(key, known):
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.0)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def merge(cfg, section, values, where, warn):
+    """Merge one section's user values into cfg, refusing unknown keys."""
+    known = cfg[section]
+    ignored = []
+    for key, value in values.items():
+        if key in known:
+            known[key] = float(value) if isinstance(value, str) and EXPONENT.match(value) else value
+        elif key in IGNORED:
+            ignored.append(key)
+        else:
+            raise ConfigError(f"{where}: unknown key '{section}.{key}'{closest(key, known)}")
+    if ignored:
+        warn(f"warning: {where}: ignoring keys that mean nothing here: "
+             + ", ".join(f"{section}.{k}" for k in ignored))
+
+
+def parse_override(arg):
+    if "=" not in arg or "." not in arg.split("=", 1)[0]:
+        raise ConfigError(f"command line: '{arg}' is not an override (expected section.key=value)")
+    dotted, text = arg.split("=", 1)
+    section, key = dotted.split(".", 1)
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"command line: cannot parse value of '{dotted}' as YAML ({e.problem})") from None
+    return ALIASES.get(section, section), key, value
+
+
+def load(path=None, overrides=(), warn=lambda msg: print(msg, file=sys.stderr)):
+    """Defaults <- YAML file <- overrides. Returns the resolved, validated config as a nested dict."""
+    cfg = {section: dict(values) for section, values in DEFAULTS.items()}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                user = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(user, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (task, data, model, training)")
+        for section, values in user.items():
+            name = ALIASES.get(section, section)
+            if name not in cfg:
+                raise ConfigError(f"{path}: unknown section '{section}'{closest(section, cfg)}")
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: section '{section}' must be a mapping of key: value")
+            merge(cfg, name, values, path, warn)
+    for arg in overrides:
+        section, key, value = parse_override(arg)
+        if section not in cfg:
+            raise ConfigError(f"command line: unknown section '{section}'{closest(section, cfg)}")
+        merge(cfg, section, {key: value}, "command line", warn)
+    validate(cfg)
+    return cfg
+
+
+def label_names_from_config(task):
+    """The label names the config fixes, in index order, or None when they are to be inferred from the data."""
+    names = None
+    if task["label_map"] is not None:
+        m = task["label_map"]
+        if isinstance(m, list):
+            names = [str(x) for x in m]
+        elif isinstance(m, dict):
+            try:
+                index = {int(k): str(v) for k, v in m.items()}
+            except (TypeError, ValueError):
+                raise ConfigError("config: task.label_map keys must be integers 0..n-1") from None
+            if sorted(index) != list(range(len(index))):
+                raise ConfigError(f"config: task.label_map keys must be 0..{len(index) - 1}, got {sorted(index)}")
+            names = [index[i] for i in range(len(index))]
+        else:
+            raise ConfigError("config: task.label_map must be a mapping {0: name, ...}")
+    elif task["label_names"] is not None:
+        if not isinstance(task["label_names"], list):
+            raise ConfigError("config: task.label_names must be a list of names")
+        names = [str(x) for x in task["label_names"]]
+    if names is not None:
+        if len(set(names)) != len(names):
+            raise ConfigError(f"config: duplicate label names in task.label_map/label_names: {names}")
+        if task["num_labels"] is not None and task["num_labels"] != len(names):
+            raise ConfigError(f"config: task.num_labels is {task['num_labels']} but task.label_map has "
+                              f"{len(names)} labels")
+    return names
+
+
+def choose(cfg, section, key, allowed):
+    if cfg[section][key] not in allowed:
+        raise ConfigError(f"config: {section}.{key} is '{cfg[section][key]}' (expected one of {', '.join(allowed)})")
+
+
+def validate(cfg):
+    task, data, model, train = cfg["task"], cfg["data"], cfg["model"], cfg["training"]
+    if task["task_type"] not in TASK_TYPES:
+        raise ConfigError(f"config: task.task_type '{task['task_type']}' is not supported "
+                          f"(this project does multi-label sequence classification)")
+    if task["problem_type"] != "multi_label_classification":
+        raise ConfigError(f"config: task.problem_type '{task['problem_type']}' is not supported "
+                          f"(expected multi_label_classification)")
+    label_names_from_config(task)
+    if train["eval_strategy"] is not None:
+        train["evaluation_strategy"] = train["eval_strategy"]
+    for key in ("evaluation_strategy", "save_strategy"):
+        if train[key] is False:  # YAML 1.1 reads a bare `no` as false
+            train[key] = "no"
+    choose(cfg, "model", "source", ("scratch", "local", "huggingface", "modelscope"))
+    choose(cfg, "model", "pooling", ("mean", "cls", "last", "max"))
+    choose(cfg, "training", "evaluation_strategy", ("epoch", "steps", "no"))
+    choose(cfg, "training", "save_strategy", ("epoch", "steps", "no"))
+    choose(cfg, "training", "lr_scheduler_type", ("linear", "cosine", "constant"))
+    if model["source"] != "scratch" and not model["name_or_path"]:
+        raise ConfigError(f"config: model.source is '{model['source']}' but model.name_or_path is not set")
+    if data["path"] is None and data["train"] is None:
+        raise ConfigError("config: set data.path (one file to split) or data.train (and validation/test)")
+    if data["path"] is not None and data["train"] is not None:
+        raise ConfigError("config: set either data.path or data.train, not both")
+    fractions = [data["train_size"], data["validation_size"], data["test_size"]]
+    if any(not isinstance(x, (int, float)) or x < 0 for x in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ConfigError(f"config: data.train_size + validation_size + test_size must be 1 (got {fractions})")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                "logging_steps", "max_length"):
+        section = "data" if key == "max_length" else "training"
+        value = cfg[section][key]
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"config: {section}.{key} must be a positive integer (got {value!r})")
+    if train["bf16"] and train["fp16"]:
+        raise ConfigError("config: training.bf16 and training.fp16 are both true (choose one)")

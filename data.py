@@ -1,0 +1,345 @@
+"""
+Data: read TSV/CSV/FASTA (optionally .gz), validate sequences and labels, split, tokenise, batch.
+Also the generator of the shipped example data:
+
+    python data.py            # rewrites data/example/example.tsv with a fixed seed
+
+Every problem with the input is a DataError, one line: `path:line: what is wrong (what was expected)`.
+"""
+import csv
+import gzip
+import io
+import os
+import re
+import sys
+
+import numpy as np
+import torch
+
+IUPAC = "ACGTNRYSWKMBDHV"
+BAD_BASE = re.compile(f"[^{IUPAC}]")
+MISSING = {"", "NA", "NAN", "-1"}  # a multi-hot or wide label value that was not measured
+BINARY = {"0", "1"}
+
+
+class DataError(ValueError):
+    pass
+
+
+# -----------------------------------------------------------------------------
+# reading files
+
+def open_text(path):
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file (expected a .tsv, .csv or FASTA file, optionally .gz)")
+    raw = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+    # utf-8-sig drops a byte-order mark; newline="" lets csv handle CRLF endings
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+
+
+def is_fasta(path):
+    name = path[:-3] if path.endswith(".gz") else path
+    return name.lower().endswith((".fa", ".fasta", ".fna", ".fas"))
+
+
+def read_table(path, columns):
+    """Rows of a delimited file with a header. Yields (line, {column: value}) for the named columns only."""
+    name = path[:-3] if path.endswith(".gz") else path
+    delimiter = "," if name.lower().endswith(".csv") else "\t"
+    with open_text(path) as f:
+        reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE)
+        header = next(reader, None)
+        while header is not None and not any(h.strip() for h in header):
+            header = next(reader, None)  # leading blank lines
+        if header is None:
+            raise DataError(f"{path}:1: empty file (expected a header line naming the columns)")
+        header = [h.strip() for h in header]
+        seen = set()
+        for h in header:
+            if h in seen:
+                raise DataError(f"{path}:{reader.line_num}: duplicate column name '{h}' (expected unique names)")
+            seen.add(h)
+        for c in columns:
+            if c not in seen:
+                raise DataError(f"{path}:{reader.line_num}: no column '{c}' (columns present: {', '.join(header)})")
+        where = [header.index(c) for c in columns]
+        rows = 0
+        for fields in reader:
+            if not any(x.strip() for x in fields):
+                continue  # blank lines carry no data
+            if len(fields) != len(header):
+                raise DataError(f"{path}:{reader.line_num}: {len(fields)} fields (expected {len(header)}, "
+                                f"as in the header)")
+            rows += 1
+            yield reader.line_num, {c: fields[i].strip() for c, i in zip(columns, where)}
+        if rows == 0:
+            raise DataError(f"{path}:{reader.line_num + 1}: no data rows after the header (expected sequences)")
+
+
+def read_fasta(path):
+    """Yields (line of the header, id, description, sequence); wrapped sequence lines are joined."""
+    with open_text(path) as f:
+        head, seq, n = None, [], 0
+        for line_no, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith(">"):
+                if head is not None:
+                    yield (*head, "".join(seq))
+                parts = line[1:].split(None, 1)
+                if not parts:
+                    raise DataError(f"{path}:{line_no}: FASTA header without an id (expected '>id description')")
+                head, seq, n = (line_no, parts[0], parts[1] if len(parts) > 1 else ""), [], n + 1
+            elif head is None:
+                raise DataError(f"{path}:{line_no}: sequence before any '>' header (expected FASTA)")
+            else:
+                seq.append(line)
+        if head is None:
+            raise DataError(f"{path}:1: no FASTA records (expected '>id' lines followed by sequence)")
+        yield (*head, "".join(seq))
+
+
+def clean_sequence(seq, path, line):
+    seq = seq.upper()
+    if not seq:
+        raise DataError(f"{path}:{line}: empty sequence (expected at least one base)")
+    bad = BAD_BASE.search(seq)
+    if bad:
+        raise DataError(f"{path}:{line}: invalid character {bad.group()!r} at position {bad.start() + 1} of the "
+                        f"sequence (expected A, C, G, T, N or another IUPAC code)")
+    return seq
+
+
+def read_records(path, cfg_data):
+    """All records of a file as (lines, ids, seqs, label cells). A cell is a string, or a list in the wide form."""
+    lines, ids, seqs, cells = [], [], [], []
+    if is_fasta(path):
+        for line, rid, desc, seq in read_fasta(path):
+            lines.append(line), ids.append(rid), cells.append(desc)
+            seqs.append(clean_sequence(seq, path, line))
+        return lines, ids, seqs, cells
+    wide = cfg_data["label_cols"]
+    columns = [cfg_data["seq_col"]] + (list(wide) if wide else [cfg_data["label_col"]])
+    for n, (line, row) in enumerate(read_table(path, columns), 1):
+        lines.append(line), ids.append(str(n))
+        seqs.append(clean_sequence(row[cfg_data["seq_col"]], path, line))
+        cells.append([row[c] for c in wide] if wide else row[cfg_data["label_col"]])
+    return lines, ids, seqs, cells
+
+
+# -----------------------------------------------------------------------------
+# labels: (a) names joined by sep, (b) multi-hot "0;1;NA", (c) wide, one column per label
+
+def looks_multi_hot(fields, names):
+    if len(fields) < 2 or not all(f.upper() in BINARY | MISSING for f in fields):
+        return False
+    return not (names and set(fields) & set(names))
+
+
+def infer_label_names(cells, sep, wide_cols):
+    """Label names when the config gives none: the wide columns, label_<i> for multi-hot, else sorted names."""
+    if wide_cols:
+        return [str(c) for c in wide_cols]
+    found = set()
+    for cell in cells:
+        fields = [x.strip() for x in cell.split(sep)] if cell else []
+        if looks_multi_hot(fields, None):
+            return [f"label_{i}" for i in range(len(fields))]
+        found.update(x for x in fields if x)
+    if not found:
+        raise DataError("no labels found in the training data (expected label names in the label column)")
+    return sorted(found)
+
+
+def parse_value(v, path, line, what):
+    u = v.upper()
+    if u in BINARY:
+        return float(u), True
+    if u in MISSING:
+        return 0.0, False
+    raise DataError(f"{path}:{line}: label value '{v}' in {what} (expected 0, 1, or NA/empty/-1 for not measured)")
+
+
+def parse_labels(path, lines, cells, names, sep):
+    """Label cells -> (labels float32 (n, L), mask bool (n, L)); mask is False where a label was not measured."""
+    n, L = len(cells), len(names)
+    y, m = np.zeros((n, L), np.float32), np.ones((n, L), bool)
+    index = {name: i for i, name in enumerate(names)}
+    multi_hot = None  # decided by the first non-empty cell, then held to for the whole file
+    for r, (line, cell) in enumerate(zip(lines, cells)):
+        if isinstance(cell, list):  # wide
+            if len(cell) != L:
+                raise DataError(f"{path}:{line}: {len(cell)} label columns but {L} labels in the config "
+                                f"(expected data.label_cols to match task.label_map)")
+            for j, v in enumerate(cell):
+                y[r, j], m[r, j] = parse_value(v, path, line, "a label column")
+            continue
+        fields = [x.strip() for x in cell.split(sep)] if cell else []
+        if multi_hot is None and fields:
+            multi_hot = looks_multi_hot(fields, names)
+        if multi_hot and fields:
+            if len(fields) != L:
+                raise DataError(f"{path}:{line}: multi-hot label cell has {len(fields)} fields "
+                                f"(expected {L}, one per label, separated by '{sep}')")
+            for j, v in enumerate(fields):
+                y[r, j], m[r, j] = parse_value(v, path, line, "a multi-hot cell")
+            continue
+        for x in fields:
+            if not x:
+                continue
+            if x not in index:
+                shown = ", ".join(names[:20]) + (", ..." if L > 20 else "")
+                raise DataError(f"{path}:{line}: unknown label '{x}' (known labels: {shown})")
+            y[r, index[x]] = 1.0
+    return y, m
+
+
+# -----------------------------------------------------------------------------
+# splits
+
+class Split:
+    """One split of the data: sequences, labels, mask, and where each record came from."""
+
+    def __init__(self, path, ids, seqs, labels, mask):
+        self.path, self.ids, self.seqs, self.labels, self.mask = path, ids, seqs, labels, mask
+
+    def __len__(self):
+        return len(self.seqs)
+
+    def subset(self, idx):
+        return Split(self.path, [self.ids[i] for i in idx], [self.seqs[i] for i in idx], self.labels[idx],
+                     self.mask[idx])
+
+
+def load_file(path, cfg_data, names):
+    lines, ids, seqs, cells = read_records(path, cfg_data)
+    if names is None:
+        try:
+            names = infer_label_names(cells, cfg_data["multi_label_sep"], cfg_data["label_cols"])
+        except DataError as e:
+            raise DataError(f"{path}: {e}") from None
+    labels, mask = parse_labels(path, lines, cells, names, cfg_data["multi_label_sep"])
+    return Split(path, ids, seqs, labels, mask), names
+
+
+def load_splits(cfg_data, names=None):
+    """{'train', 'validation', 'test'} -> Split (validation/test may be None), and the label names.
+    names=None infers them from the training data (the whole file when one file is split)."""
+    if cfg_data["path"]:
+        full, names = load_file(cfg_data["path"], cfg_data, names)
+        order = np.random.RandomState(cfg_data["seed"]).permutation(len(full))
+        n_train = int(round(len(full) * cfg_data["train_size"]))
+        n_val = int(round(len(full) * cfg_data["validation_size"]))
+        parts = np.split(order, [n_train, n_train + n_val])
+        splits = {k: full.subset(np.sort(p)) if len(p) else None
+                  for k, p in zip(("train", "validation", "test"), parts)}
+    else:
+        train, names = load_file(cfg_data["train"], cfg_data, names)
+        splits = {"train": train}
+        for k in ("validation", "test"):
+            splits[k] = load_file(cfg_data[k], cfg_data, names)[0] if cfg_data[k] else None
+    if splits["train"] is None:
+        raise DataError(f"{cfg_data['path']}: the training split is empty (expected a larger data.train_size)")
+    return splits, names
+
+
+# -----------------------------------------------------------------------------
+# tokenising and batching
+
+def tokenize(tokenizer, seqs, max_length, chunk=2048):
+    """Token ids per sequence (int32 arrays), special tokens included, and how many were truncated."""
+    out, truncated = [], 0
+    for i in range(0, len(seqs), chunk):
+        part = seqs[i:i + chunk]
+        ids = tokenizer(part, add_special_tokens=True)["input_ids"]
+        long = [j for j, x in enumerate(ids) if len(x) > max_length]
+        if long:  # let the tokenizer truncate, so the special tokens it adds at the ends survive
+            cut = tokenizer([part[j] for j in long], add_special_tokens=True, truncation=True, max_length=max_length)
+            for j, x in zip(long, cut["input_ids"]):
+                ids[j] = x
+            truncated += len(long)
+        out.extend(np.asarray(x, dtype=np.int32) for x in ids)
+    return out, truncated
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    def __init__(self, ids, labels, mask):
+        self.ids, self.labels, self.mask = ids, labels, mask
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return i, self.ids[i], self.labels[i], self.mask[i]
+
+
+class Collate:
+    """Pads each batch only to its longest sequence, on the side the tokenizer pads."""
+
+    def __init__(self, pad_id, padding_side="right"):
+        self.pad_id, self.left = pad_id, padding_side == "left"
+
+    def __call__(self, batch):
+        index, ids, labels, mask = zip(*batch)
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(ids), width), dtype=torch.long)
+        for r, x in enumerate(ids):
+            cols = slice(width - len(x), width) if self.left else slice(0, len(x))
+            input_ids[r, cols] = torch.from_numpy(x.astype(np.int64))
+            attention[r, cols] = 1
+        return {"index": torch.tensor(index), "input_ids": input_ids, "attention_mask": attention,
+                "labels": torch.from_numpy(np.stack(labels)), "mask": torch.from_numpy(np.stack(mask))}
+
+
+# -----------------------------------------------------------------------------
+# the shipped example: planted motifs in random background
+
+EXAMPLE_LABELS = ["leaf", "root", "flower", "seed", "heat_stress", "cold_stress"]
+
+
+def make_example(path="data/example/example.tsv", n=10000, seed=0, motif_len=12, conservation=0.95, noise=0.01):
+    """Synthetic multi-label data. Each label has a motif (a position weight matrix); a sequence carries the
+    label when an instance of that motif is planted in it. Labels co-occur (flower with leaf, cold with heat),
+    prevalences run from about 40% down to 3%, and a little label noise is added."""
+    rng = np.random.RandomState(seed)
+    L = len(EXAMPLE_LABELS)
+    # peaked PWMs: each position has a dominant base (its consensus), as in well-conserved binding sites
+    consensus = rng.randint(0, 4, size=(L, motif_len))
+    pwms = np.full((L, motif_len, 4), (1 - conservation) / 3)
+    np.put_along_axis(pwms, consensus[..., None], conservation, axis=2)
+    y = np.zeros((n, L), bool)
+    y[:, 0] = rng.rand(n) < 0.40
+    y[:, 1] = rng.rand(n) < 0.30
+    y[:, 2] = rng.rand(n) < np.where(y[:, 0], 0.35, 0.10)  # flower mostly with leaf: ~20%
+    y[:, 3] = rng.rand(n) < 0.10
+    y[:, 4] = rng.rand(n) < 0.06
+    y[:, 5] = rng.rand(n) < np.where(y[:, 4], 0.30, 0.013)  # cold mostly with heat: ~3%
+    lengths = rng.randint(100, 301, size=n)
+    seqs = []
+    for i in range(n):
+        s = rng.randint(0, 4, size=lengths[i])
+        labels = np.flatnonzero(y[i])
+        # non-overlapping slots so planted motifs never overwrite each other
+        slots = rng.permutation(lengths[i] // motif_len)[:len(labels)]
+        for j, slot in zip(labels, slots):
+            site = [rng.choice(4, p=p) for p in pwms[j]]
+            s[slot * motif_len:(slot + 1) * motif_len] = site
+        seqs.append("".join("ACGT"[b] for b in s))
+    # label noise: a few positives missed, and false positives at a rate that scales with prevalence,
+    # so that even the rarest label keeps a clean majority of true positives
+    prevalence = y.mean(0)
+    flip = np.where(y, rng.rand(n, L) < noise, rng.rand(n, L) < noise * prevalence)
+    y ^= flip
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("sequence\tlabels\n")
+        for s, row in zip(seqs, y):
+            f.write(s + "\t" + ",".join(EXAMPLE_LABELS[j] for j in np.flatnonzero(row)) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    out = make_example(*sys.argv[1:2])
+    print(f"wrote {out}")

@@ -1,0 +1,82 @@
+"""
+Multi-label metrics in NumPy. They agree with scikit-learn (zero_division=0):
+f1/precision/recall with average='macro'|'micro', accuracy_score (subset accuracy) on indicator arrays,
+hamming_loss, and per-label roc_auc_score / average_precision_score averaged over labels that have both classes.
+A mask (True = measured) leaves unmeasured entries out of every count.
+"""
+import numpy as np
+
+CHUNK = 1 << 16  # rows at a time, so boolean temporaries stay small on genome-scale arrays
+
+
+def ranking_scores(y, s):
+    """(AUROC, average precision) of scores s for binary truth y; nan when y has a single class.
+    Tied scores form one threshold, as in scikit-learn."""
+    pos = int(y.sum())
+    neg = len(y) - pos
+    if pos == 0 or neg == 0:
+        return float("nan"), float("nan")
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # last index of each run of equal scores
+    tps = np.cumsum(y, dtype=np.int64)[last]
+    fps = last + 1 - tps
+    tpr, fpr = np.r_[0, tps] / pos, np.r_[0, fps] / neg
+    auroc = float(np.sum((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1])) / 2)
+    ap = float(np.sum((tpr[1:] - tpr[:-1]) * (tps / (tps + fps))))
+    return auroc, ap
+
+
+def safe_div(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+
+
+def compute_metrics(labels, probs, label_names=None, threshold=0.5, mask=None):
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    if labels.shape != probs.shape or labels.ndim != 2:
+        raise ValueError(f"labels {labels.shape} and probs {probs.shape} must both be (n, num_labels)")
+    n, L = labels.shape
+    names = list(label_names) if label_names is not None else [str(i) for i in range(L)]
+    thr = np.broadcast_to(np.asarray(threshold, np.float64), (L,))
+    tp, fp, fn = np.zeros(L, np.int64), np.zeros(L, np.int64), np.zeros(L, np.int64)
+    rows_right = rows = measured = 0
+    for i in range(0, n, CHUNK):
+        t = labels[i:i + CHUNK] > 0.5
+        p = probs[i:i + CHUNK] >= thr
+        m = np.ones_like(t) if mask is None else np.asarray(mask[i:i + CHUNK], bool)
+        tp += (p & t & m).sum(0)
+        fp += (p & ~t & m).sum(0)
+        fn += (~p & t & m).sum(0)
+        has_any = m.any(1)
+        rows += int(has_any.sum())
+        rows_right += int((((p == t) | ~m).all(1) & has_any).sum())
+        measured += int(m.sum())
+
+    precision, recall = safe_div(tp, tp + fp), safe_div(tp, tp + fn)
+    f1 = safe_div(2 * tp, 2 * tp + fp + fn)
+    out = {
+        "accuracy": float(safe_div(rows_right, rows)),
+        "f1_macro": float(f1.mean()),
+        "f1_micro": float(safe_div(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum())),
+        "precision_macro": float(precision.mean()),
+        "precision_micro": float(safe_div(tp.sum(), tp.sum() + fp.sum())),
+        "recall_macro": float(recall.mean()),
+        "recall_micro": float(safe_div(tp.sum(), tp.sum() + fn.sum())),
+        "hamming_loss": float(safe_div(fp.sum() + fn.sum(), measured)),
+    }
+    auroc, auprc = np.full(L, np.nan), np.full(L, np.nan)
+    for j in range(L):
+        keep = slice(None) if mask is None else np.asarray(mask[:, j], bool)
+        auroc[j], auprc[j] = ranking_scores(labels[keep, j] > 0.5, probs[keep, j])
+    defined = ~np.isnan(auroc)
+    out["auroc_macro"] = float(auroc[defined].mean()) if defined.any() else float("nan")
+    out["auprc_macro"] = float(auprc[defined].mean()) if defined.any() else float("nan")
+    for j, name in enumerate(names):
+        out[f"f1/{name}"] = float(f1[j])
+        out[f"precision/{name}"] = float(precision[j])
+        out[f"recall/{name}"] = float(recall[j])
+        out[f"auroc/{name}"] = float(auroc[j])
+        out[f"auprc/{name}"] = float(auprc[j])
+        out[f"support/{name}"] = int(tp[j] + fn[j])
+    return out

@@ -1,0 +1,180 @@
+"""
+Model: a backbone (pretrained from ModelScope / the Hugging Face Hub / a local folder, or a small one built from
+scratch), a pooling of its token states, a linear head with one logit per label, and the loss.
+"""
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig
+
+from config import ConfigError
+
+KMER_FILE = "kmer_tokenizer.json"
+
+
+class KmerTokenizer:
+    """Overlapping k-mers, one token per position: the tokenizer of the scratch model. A motif then shows up as
+    a run of specific tokens whatever its offset, which is what lets a small model learn it quickly."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pad_token_id, unk_token_id, cls_token_id, sep_token_id = 0, 1, 2, 3
+    padding_side = "right"
+
+    def __init__(self, k=6, stride=1):
+        self.k, self.stride = k, stride
+        self.vocab_size = len(self.specials) + 4 ** k
+        self.code = np.full(256, -1, np.int64)  # byte -> base index; anything else (N, IUPAC) -> unknown k-mer
+        for i, b in enumerate(b"ACGT"):
+            self.code[b] = i
+
+    def encode(self, seq):
+        x = self.code[np.frombuffer(seq.encode(), np.uint8)]
+        if len(x) < self.k:
+            return [self.unk_token_id]
+        windows = np.lib.stride_tricks.sliding_window_view(x, self.k)[::self.stride]
+        ids = windows @ (4 ** np.arange(self.k - 1, -1, -1)) + len(self.specials)
+        ids[(windows < 0).any(1)] = self.unk_token_id
+        return ids.tolist()
+
+    def __call__(self, seqs, add_special_tokens=True, truncation=False, max_length=None):
+        """The subset of a Hugging Face tokenizer's call that this project uses."""
+        room = max_length - 2 * add_special_tokens if truncation else None
+        ids = [self.encode(s)[:room] for s in seqs]
+        if add_special_tokens:
+            ids = [[self.cls_token_id] + x + [self.sep_token_id] for x in ids]
+        return {"input_ids": ids}
+
+    def save_pretrained(self, path):
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, KMER_FILE), "w") as f:
+            json.dump({"k": self.k, "stride": self.stride}, f)
+
+
+def load_tokenizer(path, trust_remote_code=False):
+    if os.path.isfile(os.path.join(path, KMER_FILE)):
+        with open(os.path.join(path, KMER_FILE)) as f:
+            return KmerTokenizer(**json.load(f))
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:  # GPT-style tokenizers have no pad token; any id works under the attention mask
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def download(name, source):
+    """A local folder holding the model: from ModelScope, the Hugging Face Hub, or name itself."""
+    if source == "modelscope":
+        import modelscope  # imported here: it is slow to import and only this source needs it
+        return modelscope.snapshot_download(name)
+    if source == "huggingface":
+        import huggingface_hub
+        return huggingface_hub.snapshot_download(name)
+    if not os.path.isdir(name):
+        raise ConfigError(f"config: model.name_or_path '{name}' is not a folder (model.source is 'local')")
+    return name
+
+
+def set_dropout(config, p):
+    """Overrides every dropout probability in a transformers config; names differ across architectures."""
+    for key, value in list(vars(config).items()):
+        if isinstance(value, float) and ("dropout" in key or key.endswith("_pdrop")):
+            setattr(config, key, p)
+
+
+def load_backbone(cfg_model, max_length):
+    """(backbone, tokenizer, folder it came from or None) as cfg_model says."""
+    if cfg_model["source"] == "scratch":
+        tok = KmerTokenizer(cfg_model["kmer"], cfg_model["kmer_stride"])
+        # no attention dropout by default: on a CPU, drawing its mask costs as much as the attention itself
+        p = cfg_model["backbone_dropout"]
+        config = BertConfig(vocab_size=tok.vocab_size, hidden_size=cfg_model["n_embd"],
+                            num_hidden_layers=cfg_model["n_layer"], num_attention_heads=cfg_model["n_head"],
+                            intermediate_size=4 * cfg_model["n_embd"], max_position_embeddings=max_length,
+                            hidden_dropout_prob=0.1 if p is None else p, attention_probs_dropout_prob=p or 0.0,
+                            pad_token_id=tok.pad_token_id)
+        return AutoModel.from_config(config), tok, None
+    trust = bool(cfg_model["trust_remote_code"])
+    path = download(cfg_model["name_or_path"], cfg_model["source"])
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
+    if cfg_model["backbone_dropout"] is not None:
+        set_dropout(config, cfg_model["backbone_dropout"])
+    backbone = AutoModel.from_pretrained(path, config=config, trust_remote_code=trust)
+    return backbone, load_tokenizer(path, trust), path
+
+
+def hidden_size(config):
+    for key in ("hidden_size", "n_embd", "d_model", "dim"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    raise ValueError(f"cannot tell the hidden size of a {type(config).__name__}")
+
+
+def pool(h, mask, how):
+    """(B, T, H) token states -> (B, H). mask is 1 on real tokens; padding may be on either side."""
+    m = mask.unsqueeze(-1).to(h.dtype)
+    if how == "mean":
+        return (h * m).sum(1) / m.sum(1).clamp(min=1)
+    if how == "max":
+        return h.masked_fill(m == 0, torch.finfo(h.dtype).min).max(1).values
+    T = mask.shape[1]
+    if how == "cls":  # the first real token
+        pos = mask.int().argmax(1)
+    else:  # "last": the last real token, whichever side the padding is on
+        pos = T - 1 - mask.int().flip(1).argmax(1)
+    return h[torch.arange(h.shape[0], device=h.device), pos]
+
+
+class MultiLabelModel(nn.Module):
+    def __init__(self, backbone, num_labels, pooling="max", dropout=0.1):
+        super().__init__()
+        self.backbone, self.pooling = backbone, pooling
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size(backbone.config), num_labels)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(self.dropout(pool(h, attention_mask, self.pooling)))
+
+
+def bce_with_logits(logits, targets, mask=None, pos_weight=None, reduction="mean"):
+    """Binary cross-entropy on logits, written out. With x the logit, y the target and w the positive weight:
+        loss = w*y*softplus(-x) + (1-y)*softplus(x),  softplus(z) = max(z, 0) + log1p(exp(-|z|))
+    which never exponentiates a large positive number, so it is exact at |x| = 100 in float32.
+    'mean' averages over measured entries only (mask True)."""
+    x, y = logits.float(), targets.float()
+    log1p_exp = torch.log1p(torch.exp(-x.abs()))
+    sp_neg, sp_pos = F.relu(-x) + log1p_exp, F.relu(x) + log1p_exp  # softplus(-x), softplus(x)
+    w = 1.0 if pos_weight is None else pos_weight.to(x)
+    loss = w * y * sp_neg + (1 - y) * sp_pos
+    if mask is not None:
+        loss = loss * mask
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    count = mask.sum() if mask is not None else torch.tensor(float(loss.numel()))
+    return loss.sum() / count.clamp(min=1)
+
+
+def resolve_pos_weight(spec, names, labels, mask):
+    """training.pos_weight -> tensor (L,) or None. 'auto' is negatives/positives per label on the training split;
+    'sqrt' its square root, which lifts rare labels with less loss of precision."""
+    if spec is None:
+        return None
+    if spec in ("auto", "sqrt"):
+        pos = (labels * mask).sum(0)
+        neg = ((1 - labels) * mask).sum(0)
+        w = torch.tensor(neg / np.maximum(pos, 1), dtype=torch.float32)
+        return w.sqrt() if spec == "sqrt" else w
+    if isinstance(spec, list):
+        if len(spec) != len(names):
+            raise ConfigError(f"config: training.pos_weight has {len(spec)} values for {len(names)} labels")
+        return torch.tensor([float(v) for v in spec])
+    if isinstance(spec, dict):
+        unknown = set(spec) - set(names)
+        if unknown:
+            raise ConfigError(f"config: training.pos_weight names unknown labels {sorted(unknown)} (known: {names})")
+        return torch.tensor([float(spec.get(n, 1.0)) for n in names])
+    raise ConfigError(f"config: training.pos_weight is {spec!r} (expected null, auto, sqrt, a list or a mapping by label)")

@@ -1,0 +1,172 @@
+import gzip
+
+import numpy as np
+import pytest
+
+import config
+import data
+from data import DataError
+from model import KmerTokenizer
+
+
+def cfg_data(**kw):
+    d = dict(config.DEFAULTS["data"])
+    d.update(kw)
+    return d
+
+
+def write(tmp_path, name, text, mode="w"):
+    p = tmp_path / name
+    if name.endswith(".gz"):
+        with gzip.open(p, "wt", newline="") as f:
+            f.write(text)
+    else:
+        with open(p, mode, newline="") as f:
+            f.write(text)
+    return str(p)
+
+
+def load(path, names=None, **kw):
+    split, names = data.load_file(path, cfg_data(**kw), names)
+    return split, names
+
+
+def test_names_form_with_empty_cell_and_inferred_sorted_names(tmp_path):
+    p = write(tmp_path, "a.tsv", "sequence\tlabels\nacgt\tb,a\nAAAA\t\nCCCC\tc\n")
+    split, names = load(p)
+    assert names == ["a", "b", "c"]
+    assert split.seqs == ["ACGT", "AAAA", "CCCC"]  # uppercased
+    assert split.labels.tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 1]]
+    assert split.mask.all()
+    assert split.ids == ["1", "2", "3"]
+
+
+def test_multi_hot_form_with_missing_values(tmp_path):
+    p = write(tmp_path, "b.csv", "sequence,label\nACGT,0;1;NA\nGGGG,1;-1;0\nTTTT,;0;1\n")
+    split, names = load(p, ["x", "y", "z"], label_col="label", multi_label_sep=";")
+    assert split.labels.tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
+    assert split.mask.tolist() == [[True, True, False], [True, False, True], [False, True, True]]
+
+
+def test_multi_hot_with_comma_separator_and_inferred_names(tmp_path):
+    p = write(tmp_path, "c.tsv", "sequence\tlabels\nACGT\t0,1,1\nGGGG\t1,0,0\n")
+    split, names = load(p)
+    assert names == ["label_0", "label_1", "label_2"]
+    assert split.labels.tolist() == [[0, 1, 1], [1, 0, 0]]
+
+
+def test_wide_form(tmp_path):
+    p = write(tmp_path, "d.tsv", "id\tsequence\tleaf\troot\nr1\tACGT\t1\t0\nr2\tGGGG\tNA\t1\n")
+    split, names = load(p, label_cols=["leaf", "root"])
+    assert names == ["leaf", "root"]
+    assert split.labels.tolist() == [[1, 0], [0, 1]]
+    assert split.mask.tolist() == [[True, True], [False, True]]
+
+
+def test_crlf_bom_trailing_blank_lines_and_gzip(tmp_path):
+    text = "\ufeffsequence\tlabels\r\nACGT\ta\r\nGGGG\tb\r\n\r\n\r\n"
+    for name in ("e.tsv", "e.tsv.gz"):
+        split, names = load(write(tmp_path, name, text))
+        assert names == ["a", "b"] and split.seqs == ["ACGT", "GGGG"]
+
+
+def test_fasta_with_labels_and_wrapped_lines(tmp_path):
+    p = write(tmp_path, "f.fa", ">s1 a,b\nACGT\nacgt\n>s2\nGG\n")
+    split, names = load(p)
+    assert split.ids == ["s1", "s2"] and split.seqs == ["ACGTACGT", "GG"]
+    assert names == ["a", "b"] and split.labels.tolist() == [[1, 1], [0, 0]]
+
+
+@pytest.mark.parametrize("name, text, kw, message", [
+    ("m.tsv", None, {}, "m.tsv: no such file"),
+    ("col.tsv", "seq\tlabels\nACGT\ta\n", {}, "col.tsv:1: no column 'sequence' (columns present: seq, labels)"),
+    ("empty_seq.tsv", "sequence\tlabels\nACGT\ta\n\tb\n", {}, "empty_seq.tsv:3: empty sequence"),
+    ("char.tsv", "sequence\tlabels\nACGT\ta\nACXT\tb\n", {}, "char.tsv:3: invalid character 'X' at position 3"),
+    ("unk.tsv", "sequence\tlabels\nACGT\ta\nACGT\tz\n", {"names": ["a", "b"]},
+     "unk.tsv:3: unknown label 'z' (known labels: a, b)"),
+    ("count.csv", "sequence,labels\nACGT,0;1\nACGT,0;1;1\n", {"names": ["a", "b"], "multi_label_sep": ";"},
+     "count.csv:3: multi-hot label cell has 3 fields (expected 2"),
+    ("value.csv", "sequence,labels\nACGT,0;1\nACGT,0;2\n", {"names": ["a", "b"], "multi_label_sep": ";"},
+     "value.csv:3: label value '2' in a multi-hot cell (expected 0, 1, or NA/empty/-1"),
+    ("void.tsv", "", {}, "void.tsv:1: empty file"),
+    ("header.tsv", "sequence\tlabels\n", {}, "header.tsv:2: no data rows after the header"),
+    ("dup.tsv", "sequence\tlabels\tsequence\nA\ta\tC\n", {}, "dup.tsv:1: duplicate column name 'sequence'"),
+    ("fields.tsv", "sequence\tlabels\nACGT\ta\textra\n", {}, "fields.tsv:2: 3 fields (expected 2"),
+    ("wide.tsv", "sequence\tleaf\nACGT\tyes\n", {"label_cols": ["leaf"]}, "wide.tsv:2: label value 'yes'"),
+    ("bad.fa", ">s1\nACGU\n", {}, "bad.fa:1: invalid character 'U'"),
+])
+def test_bad_input_is_one_line_with_path_and_line(tmp_path, name, text, kw, message):
+    path = str(tmp_path / name) if text is None else write(tmp_path, name, text)
+    names = kw.pop("names", None)
+    with pytest.raises(DataError) as e:
+        load(path, names, **kw)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_split_by_fractions_is_deterministic_and_complete(tmp_path):
+    rows = "".join(f"{'ACGT' * (i % 5 + 1)}\t{'a' if i % 3 else 'b'}\n" for i in range(100))
+    p = write(tmp_path, "s.tsv", "sequence\tlabels\n" + rows)
+    d = cfg_data(path=p, train_size=0.7, validation_size=0.2, test_size=0.1)
+    s1, names = data.load_splits(d)
+    s2, _ = data.load_splits(d)
+    assert [len(s1[k]) for k in ("train", "validation", "test")] == [70, 20, 10]
+    assert all(s1[k].ids == s2[k].ids for k in s1)
+    all_ids = sorted(int(i) for k in s1 for i in s1[k].ids)
+    assert all_ids == list(range(1, 101))  # every row lands in exactly one split
+    other, _ = data.load_splits(dict(d, seed=1))
+    assert other["test"].ids != s1["test"].ids
+
+
+def test_separate_files_use_training_labels(tmp_path):
+    tr = write(tmp_path, "tr.tsv", "sequence\tlabels\nACGT\ta\nGGGG\tb\n")
+    va = write(tmp_path, "va.tsv", "sequence\tlabels\nACGT\tc\n")
+    with pytest.raises(DataError, match="va.tsv:2: unknown label 'c'"):
+        data.load_splits(cfg_data(train=tr, validation=va))
+    splits, names = data.load_splits(cfg_data(train=tr, validation=tr))
+    assert names == ["a", "b"] and splits["test"] is None
+
+
+@pytest.mark.parametrize("hf", [False, True])
+def test_tokenize_counts_truncation_and_keeps_special_tokens(hf):
+    from conftest import char_tokenizer
+    tok = char_tokenizer() if hf else KmerTokenizer(3)
+    ids, truncated = data.tokenize(tok, ["ACGTACGTAC", "ACG"], max_length=5)
+    assert truncated == 1
+    assert [len(x) for x in ids] == [5, 5 if hf else 3]
+    assert ids[0][0] == tok.cls_token_id and ids[0][-1] == tok.sep_token_id
+
+
+def test_kmer_tokenizer_overlapping_and_unknown():
+    tok = KmerTokenizer(2)
+    ids = tok(["ACGN"], add_special_tokens=False)["input_ids"][0]
+    base = len(tok.specials)
+    assert ids == [base + 0 * 4 + 1, base + 1 * 4 + 2, tok.unk_token_id]  # AC, CG, GN
+    assert KmerTokenizer(2, stride=2)(["ACGT"], add_special_tokens=False)["input_ids"][0] == [base + 1, base + 11]
+
+
+def test_collate_pads_to_longest_on_either_side():
+    batch = [(0, np.array([5, 6, 7], np.int32), np.zeros(2, np.float32), np.ones(2, bool)),
+             (1, np.array([8], np.int32), np.ones(2, np.float32), np.ones(2, bool))]
+    right = data.Collate(0, "right")(batch)
+    assert right["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert right["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    left = data.Collate(0, "left")(batch)
+    assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert left["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_example_generator_is_deterministic_with_the_promised_prevalences(tmp_path):
+    a = data.make_example(str(tmp_path / "a.tsv"), n=3000)
+    b = data.make_example(str(tmp_path / "b.tsv"), n=3000)
+    assert open(a).read() == open(b).read()
+    split, names = load(a)
+    assert names == sorted(data.EXAMPLE_LABELS)
+    prevalence = split.labels.mean(0)
+    assert prevalence.max() > 0.3 and 0.01 < prevalence.min() < 0.06
+    lengths = [len(s) for s in split.seqs]
+    assert min(lengths) >= 100 and max(lengths) <= 300
+    # co-occurrence: flower is much more common among leaf sequences
+    leaf, flower = names.index("leaf"), names.index("flower")
+    y = split.labels
+    assert y[y[:, leaf] == 1, flower].mean() > 2 * y[y[:, leaf] == 0, flower].mean()

@@ -1,0 +1,118 @@
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from metrics import compute_metrics
+
+
+def brute_auroc(y, s):
+    """Probability that a random positive outscores a random negative, ties counting one half."""
+    pos, neg = s[y == 1], s[y == 0]
+    wins = sum((p > n) + 0.5 * (p == n) for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+def brute_ap(y, s):
+    """Average precision by its definition: sum over distinct thresholds of (R_k - R_{k-1}) * P_k."""
+    ap, prev_recall = 0.0, 0.0
+    for t in sorted(set(s), reverse=True):
+        pred = s >= t
+        tp = np.sum(pred & (y == 1))
+        recall, precision = tp / np.sum(y == 1), tp / np.sum(pred)
+        ap += (recall - prev_recall) * precision
+        prev_recall = recall
+    return ap
+
+
+def brute_counts(y, p):
+    tp = np.sum((p == 1) & (y == 1))
+    fp = np.sum((p == 1) & (y == 0))
+    fn = np.sum((p == 0) & (y == 1))
+    return tp, fp, fn
+
+
+def test_hand_worked_example():
+    labels = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    probs = np.array([[0.9, 0.2, 0.4], [0.1, 0.8, 0.1], [0.7, 0.3, 0.6], [0.2, 0.1, 0.3]])
+    m = compute_metrics(labels, probs, ["a", "b", "c"])
+    # predictions at 0.5: [1,0,0] [0,1,0] [1,0,1] [0,0,0]
+    # a: tp2 fp0 fn0 -> f1 1; b: tp1 fp0 fn1 -> f1 2/3; c: tp0 fp1 fn1 -> f1 0
+    assert m["f1/a"] == pytest.approx(1.0)
+    assert m["f1/b"] == pytest.approx(2 / 3)
+    assert m["f1/c"] == 0.0
+    assert m["f1_macro"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    # micro: tp 3, fp 1, fn 2 -> 6 / 9
+    assert m["f1_micro"] == pytest.approx(6 / 9)
+    assert m["precision_micro"] == pytest.approx(3 / 4)
+    assert m["recall_micro"] == pytest.approx(3 / 5)
+    assert m["accuracy"] == pytest.approx(2 / 4)  # rows 2 and 4 fully right
+    assert m["hamming_loss"] == pytest.approx(3 / 12)
+    assert m["support/a"] == 2 and m["support/b"] == 2 and m["support/c"] == 1
+    assert m["auroc/a"] == pytest.approx(1.0)
+    # c: positive 0.4 vs negatives 0.1, 0.6, 0.3 -> wins 2 of 3
+    assert m["auroc/c"] == pytest.approx(2 / 3)
+
+
+def test_matches_brute_force_with_ties_and_thresholds():
+    rng = np.random.RandomState(0)
+    n, L = 200, 5
+    labels = (rng.rand(n, L) < [0.5, 0.3, 0.1, 0.05, 0.6]).astype(int)
+    probs = np.round(rng.rand(n, L), 1)  # coarse values: many ties
+    thr = np.array([0.5, 0.3, 0.7, 0.2, 0.5])
+    m = compute_metrics(labels, probs, None, thr)
+    preds = (probs >= thr).astype(int)
+    tps, fps, fns = zip(*(brute_counts(labels[:, j], preds[:, j]) for j in range(L)))
+    f1s = [2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0 for tp, fp, fn in zip(tps, fps, fns)]
+    assert m["f1_macro"] == pytest.approx(np.mean(f1s))
+    assert m["f1_micro"] == pytest.approx(2 * sum(tps) / (2 * sum(tps) + sum(fps) + sum(fns)))
+    assert m["accuracy"] == pytest.approx(np.mean((preds == labels).all(1)))
+    assert m["hamming_loss"] == pytest.approx(np.mean(preds != labels))
+    for j in range(L):
+        assert m[f"auroc/{j}"] == pytest.approx(brute_auroc(labels[:, j], probs[:, j]))
+        assert m[f"auprc/{j}"] == pytest.approx(brute_ap(labels[:, j], probs[:, j]))
+    assert m["auroc_macro"] == pytest.approx(np.mean([brute_auroc(labels[:, j], probs[:, j]) for j in range(L)]))
+
+
+def test_label_without_positives_is_zero_f1_and_left_out_of_auc_average():
+    labels = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    probs = np.array([[0.9, 0.1], [0.2, 0.2], [0.6, 0.7], [0.4, 0.1]])
+    m = compute_metrics(labels, probs, ["x", "y"])
+    assert m["f1/y"] == 0.0 and m["precision/y"] == 0.0 and m["recall/y"] == 0.0
+    assert math.isnan(m["auroc/y"]) and math.isnan(m["auprc/y"])
+    assert m["auroc_macro"] == pytest.approx(1.0)  # only x counts
+    assert m["f1_macro"] == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_no_predictions_and_no_positives_give_zero_not_nan():
+    m = compute_metrics(np.zeros((3, 2)), np.zeros((3, 2)))
+    assert m["f1_macro"] == 0.0 and m["f1_micro"] == 0.0 and m["precision_micro"] == 0.0
+    assert m["accuracy"] == 1.0
+    assert math.isnan(m["auroc_macro"])
+
+
+def test_mask_leaves_unmeasured_entries_out():
+    labels = np.array([[1, 1], [0, 0], [1, 0]])
+    probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.8, 0.2]])
+    mask = np.array([[True, False], [True, False], [True, True]])
+    m = compute_metrics(labels, probs, ["a", "b"], mask=mask)
+    # only the measured entries: a perfect everywhere, b only row 3 (neg, predicted neg)
+    assert m["accuracy"] == 1.0
+    assert m["hamming_loss"] == 0.0
+    assert m["support/b"] == 0
+    # equal to dropping the unmeasured rows of b by hand
+    ref = compute_metrics(labels[:, :1], probs[:, :1])
+    assert m["f1/a"] == ref["f1/0"]
+
+
+def test_threshold_is_inclusive_and_per_label():
+    labels = np.array([[1, 1]])
+    probs = np.array([[0.5, 0.5]])
+    assert compute_metrics(labels, probs, threshold=0.5)["accuracy"] == 1.0
+    assert compute_metrics(labels, probs, threshold=[0.5, 0.6])["f1/1"] == 0.0
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError):
+        compute_metrics(np.zeros((3, 2)), np.zeros((3, 3)))

@@ -1,0 +1,80 @@
+import modelscope
+import huggingface_hub
+import pytest
+import torch
+
+import config
+import model
+from config import ConfigError
+from model import MultiLabelModel, load_backbone, pool
+
+
+def model_cfg(**kw):
+    d = dict(config.DEFAULTS["model"])
+    d.update(kw)
+    return d
+
+
+def test_pooling_is_right_for_either_padding_side():
+    h = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)  # values 0..7
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    left = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
+    assert pool(h, right, "cls").flatten().tolist() == [0, 4]
+    assert pool(h, right, "last").flatten().tolist() == [2, 5]
+    assert pool(h, right, "mean").flatten().tolist() == [1, 4.5]
+    assert pool(h, right, "max").flatten().tolist() == [2, 5]
+    assert pool(h, left, "cls").flatten().tolist() == [1, 6]
+    assert pool(h, left, "last").flatten().tolist() == [3, 7]
+    assert pool(h, left, "mean").flatten().tolist() == [2, 6.5]
+    # max ignores padding even when padding holds the largest values
+    assert pool(-h, left, "max").flatten().tolist() == [-1, -6]
+
+
+def test_scratch_model_forward_shape():
+    backbone, tok, path = load_backbone(model_cfg(n_embd=16, n_head=2, n_layer=1, kmer=3), 64)
+    assert path is None
+    net = MultiLabelModel(backbone, 5)
+    ids = torch.tensor(tok(["ACGTACGT"])["input_ids"])
+    assert net(ids, torch.ones_like(ids)).shape == (1, 5)
+
+
+def test_local_folder_loads_with_backbone_dropout_override(tiny_bert):
+    backbone, tok, path = load_backbone(model_cfg(source="local", name_or_path=tiny_bert, backbone_dropout=0.0), 64)
+    assert path == tiny_bert
+    assert backbone.config.hidden_dropout_prob == 0.0 and backbone.config.attention_probs_dropout_prob == 0.0
+    assert tok("ACGT", add_special_tokens=False)["input_ids"] == [4, 5, 6, 7]
+    kept, _, _ = load_backbone(model_cfg(source="local", name_or_path=tiny_bert), 64)
+    assert kept.config.hidden_dropout_prob == 0.1  # null keeps the pretrained value
+
+
+@pytest.mark.parametrize("source, module", [("modelscope", modelscope), ("huggingface", huggingface_hub)])
+def test_hub_sources_download_then_load(monkeypatch, tiny_bert, source, module):
+    asked = []
+
+    def fake_snapshot_download(repo_id, *args, **kwargs):
+        asked.append(repo_id)
+        return tiny_bert  # stands in for the hub's cache folder
+
+    monkeypatch.setattr(module, "snapshot_download", fake_snapshot_download)
+    backbone, tok, path = load_backbone(model_cfg(source=source, name_or_path="zhangtaolab/plant-dnagpt-BPE"), 64)
+    assert asked == ["zhangtaolab/plant-dnagpt-BPE"]
+    assert path == tiny_bert and type(backbone).__name__ == "BertModel"
+
+
+def test_gpt_style_tokenizer_without_pad_gets_one(tmp_path):
+    from conftest import save_tiny
+    path = save_tiny(tmp_path / "gpt", "gpt2")
+    tok = model.load_tokenizer(path)
+    assert tok.pad_token_id is not None
+
+
+def test_remote_code_needs_trust_remote_code(tiny_remote):
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_backbone(model_cfg(source="local", name_or_path=tiny_remote), 64)
+    backbone, tok, _ = load_backbone(model_cfg(source="local", name_or_path=tiny_remote, trust_remote_code=True), 64)
+    assert type(backbone).__name__ == "TinyDnaModel" and tok.padding_side == "left"
+
+
+def test_missing_local_folder_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="is not a folder"):
+        load_backbone(model_cfg(source="local", name_or_path=str(tmp_path / "nope")), 64)

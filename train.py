@@ -1,0 +1,466 @@
+"""
+Fine-tune a DNA language model to predict many binary labels per sequence.
+
+    python train.py                                   # the default experiment (config.yaml)
+    python train.py my.yaml training.learning_rate=3e-5
+    torchrun --nproc_per_node=8 train.py my.yaml      # DDP, one process per GPU
+
+Read top to bottom: config -> distributed setup -> data -> model -> optimizer -> steps -> eval -> checkpoints -> test.
+"""
+import json
+import math
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+
+import config
+import data
+import metrics
+from model import MultiLabelModel, bce_with_logits, load_backbone, resolve_pos_weight
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# -----------------------------------------------------------------------------
+# small helpers
+
+def log(*args):
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(*args, flush=True)
+
+
+def setup_device(train_cfg):
+    """Starts DDP when launched by torchrun. Returns (rank, world_size, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    want = train_cfg["device"]
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(f"cuda:{local_rank}" if want == "cuda" and world > 1 else want)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def amp_dtype(train_cfg, device):
+    if train_cfg["bf16"]:
+        return torch.bfloat16
+    if train_cfg["fp16"]:
+        if device.type != "cuda":
+            raise config.ConfigError("config: training.fp16 needs a CUDA device (use bf16 or neither on CPU)")
+        return torch.float16
+    return None
+
+
+def lr_lambda(train_cfg, total_steps):
+    warmup = train_cfg["warmup_steps"] or math.ceil(train_cfg["warmup_ratio"] * total_steps)
+    kind = train_cfg["lr_scheduler_type"]
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return max(0.0, 1 - progress) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def global_batches(n, size, seed, epoch):
+    """The training order of one epoch as global batches of indices. It depends on the seed and the epoch only,
+    never on the world size, so every scale sees the same batches; resume just skips the first few."""
+    g = torch.Generator().manual_seed(seed * 1000003 + epoch)
+    order = torch.randperm(n, generator=g).numpy()
+    return [order[i:i + size] for i in range(0, n, size)]
+
+
+def rng_state():
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj, path):
+    """A crash mid-write leaves the previous file intact: write aside, then rename over."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def run_info(cfg, device):
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    import transformers
+    return {"argv": sys.argv, "git_commit": commit, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "world_size": dist.get_world_size() if dist.is_initialized() else 1}
+
+
+# -----------------------------------------------------------------------------
+# evaluation
+
+@torch.no_grad()
+def predict_logits(net, dataset, collate, batch_size, device, autocast):
+    """Logits for every sequence of dataset, each scored exactly once across ranks, in dataset order."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    mine = np.arange(rank, len(dataset), world)  # a strided shard: no padding duplicates, no drops
+    mine = mine[np.argsort([len(dataset.ids[i]) for i in mine], kind="stable")]  # similar lengths pad less
+    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    net.eval()
+    index, out = [], []
+    for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=collate):
+        with autocast:
+            logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        index.append(batch["index"]), out.append(logits.float().cpu())
+    net.train()
+    index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
+    out = torch.cat(out) if out else torch.zeros(0, dataset.labels.shape[1])
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, (index, out))
+        index, out = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    logits = torch.empty_like(out)
+    logits[index] = out
+    return logits
+
+
+def evaluate(net, dataset, names, thresholds, collate, batch_size, device, autocast, pos_weight):
+    logits = predict_logits(net, dataset, collate, batch_size, device, autocast)
+    labels, mask = torch.from_numpy(dataset.labels), torch.from_numpy(dataset.mask)
+    loss = bce_with_logits(logits, labels, mask, pos_weight).item()
+    probs = torch.sigmoid(logits).numpy()
+    result = metrics.compute_metrics(dataset.labels, probs, names, thresholds, dataset.mask)
+    result["loss"] = loss
+    return result, probs
+
+
+def write_test_outputs(out_dir, split, names, probs, result, thresholds, sep):
+    with open(os.path.join(out_dir, "test_metrics.json"), "w") as f:
+        json.dump({f"test_{k}": (None if isinstance(v, float) and math.isnan(v) else v)
+                   for k, v in result.items()}, f, indent=2)
+    with open(os.path.join(out_dir, "test_predictions.tsv"), "w") as f:
+        f.write("\t".join(["id", *names, "predicted", "labels"]) + "\n")
+        for rid, p, y, m in zip(split.ids, probs, split.labels, split.mask):
+            predicted = sep.join(n for n, pj, t in zip(names, p, thresholds) if pj >= t)
+            truth = sep.join(n for n, yj, mj in zip(names, y, m) if yj and mj)
+            f.write("\t".join([rid, *(f"{x:.6f}" for x in p), predicted, truth]) + "\n")
+    prevalence = safe_mean(split.labels, split.mask)
+    with open(os.path.join(out_dir, "per_label.tsv"), "w") as f:
+        cols = ["label", "support", "prevalence", "precision", "recall", "f1", "auroc", "auprc", "threshold"]
+        f.write("\t".join(cols) + "\n")
+        for j, n in enumerate(names):
+            row = [n, str(result[f"support/{n}"]), f"{prevalence[j]:.4f}"]
+            row += [f"{result[f'{k}/{n}']:.4f}" for k in ("precision", "recall", "f1", "auroc", "auprc")]
+            f.write("\t".join(row + [f"{thresholds[j]:g}"]) + "\n")
+
+
+def safe_mean(labels, mask):
+    return (labels * mask).sum(0) / np.maximum(mask.sum(0), 1)
+
+
+def print_per_label(names, result):
+    log(f"{'label':<20} {'support':>8} {'precision':>9} {'recall':>7} {'f1':>7} {'auroc':>7} {'auprc':>7}")
+    for n in names:
+        log(f"{n:<20} {result[f'support/{n}']:>8} {result[f'precision/{n}']:>9.4f} {result[f'recall/{n}']:>7.4f} "
+            f"{result[f'f1/{n}']:>7.4f} {result[f'auroc/{n}']:>7.4f} {result[f'auprc/{n}']:>7.4f}")
+
+
+# -----------------------------------------------------------------------------
+# the run
+
+def train(cfg):
+    task_cfg, data_cfg, model_cfg, tc = cfg["task"], cfg["data"], cfg["model"], cfg["training"]
+    rank, world, device = setup_device(tc)
+    master = rank == 0
+    seed_everything(tc["seed"])
+    if tc["deterministic"]:
+        torch.use_deterministic_algorithms(True)
+    out_dir = tc["output_dir"]
+    log_dir = tc["logging_dir"] or os.path.join(out_dir, "tensorboard")
+    dtype = amp_dtype(tc, device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+    # data
+    splits, names = data.load_splits(data_cfg, config.label_names_from_config(task_cfg))
+    L = len(names)
+    task_cfg["label_map"], task_cfg["num_labels"], task_cfg["label_names"] = dict(enumerate(names)), L, None
+    thresholds = np.broadcast_to(np.asarray(task_cfg["threshold"], np.float64), (L,)).copy()
+
+    # model
+    backbone, tokenizer, _ = load_backbone(model_cfg, data_cfg["max_length"])
+    net = MultiLabelModel(backbone, L, model_cfg["pooling"], model_cfg["dropout"]).to(device)
+    datasets = {}
+    for name, split in splits.items():
+        if split is None:
+            continue
+        ids, truncated = data.tokenize(tokenizer, split.seqs, data_cfg["max_length"])
+        datasets[name] = data.TokenDataset(ids, split.labels, split.mask)
+        prevalence = " ".join(f"{n}={p:.1%}" for n, p in zip(names, safe_mean(split.labels, split.mask)))
+        log(f"data: {name}: {len(split)} sequences from {split.path}, {truncated} truncated to "
+            f"{data_cfg['max_length']} tokens | {prevalence}")
+    train_set = datasets["train"]
+    collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"))
+    pos_weight = resolve_pos_weight(tc["pos_weight"], names, train_set.labels, train_set.mask)
+    if pos_weight is not None:
+        log("pos_weight: " + " ".join(f"{n}={w:.2f}" for n, w in zip(names, pos_weight.tolist())))
+        pos_weight = pos_weight.to(device)
+    n_params = sum(p.numel() for p in net.parameters())
+    log(f"model: {model_cfg['source']} {model_cfg['name_or_path'] or ''} | {n_params / 1e6:.2f}M parameters | "
+        f"pooling {model_cfg['pooling']} | {L} labels | device {device} x {world}")
+    model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
+
+    # optimizer and schedule: weight decay on matrices only, never on biases and norms
+    decay = [p for p in net.parameters() if p.dim() >= 2]
+    no_decay = [p for p in net.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc["weight_decay"]},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc["learning_rate"],
+                                  betas=(tc["adam_beta1"], tc["adam_beta2"]), eps=tc["adam_epsilon"])
+    accum = tc["gradient_accumulation_steps"]
+    global_size = tc["per_device_train_batch_size"] * world * accum
+    steps_per_epoch = math.ceil(len(train_set) / global_size)
+    total_steps = tc["max_steps"] if tc["max_steps"] > 0 else math.ceil(tc["num_train_epochs"] * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc, total_steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    metric = tc["metric_for_best_model"].removeprefix("eval_")
+    greater = tc["greater_is_better"] if tc["greater_is_better"] is not None else not metric.endswith("loss")
+    eval_every = (tc["eval_steps"] or tc["logging_steps"]) if tc["evaluation_strategy"] == "steps" else None
+    step, best, best_state = 0, None, None
+
+    def checkpoint():
+        return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "step": step, "epoch": step / steps_per_epoch, "config": cfg,
+                "label_names": names, "thresholds": thresholds.tolist(), "rng": rng_state(),
+                "best": best}
+
+    resume = tc["resume_from_checkpoint"]
+    if resume == "auto":
+        resume = os.path.join(out_dir, "last.pt") if os.path.exists(os.path.join(out_dir, "last.pt")) else None
+    if resume:
+        if not os.path.isfile(resume):
+            raise config.ConfigError(f"config: training.resume_from_checkpoint '{resume}' is not a file")
+        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
+        if ckpt["label_names"] != names:
+            raise config.ConfigError(f"{resume}: checkpoint labels {ckpt['label_names']} differ from {names}")
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        step, best = ckpt["step"], ckpt["best"]
+        set_rng_state(ckpt["rng"])
+        log(f"resumed from {resume} at step {step}")
+
+    writer = None
+    if master:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(cfg, f, sort_keys=False)
+        with open(os.path.join(out_dir, "run.json"), "w") as f:
+            json.dump(run_info(cfg, device), f, indent=2)
+        tokenizer.save_pretrained(os.path.join(out_dir, "tokenizer"))
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(log_dir)
+
+    def save(name):
+        if master:
+            save_atomic(checkpoint(), os.path.join(out_dir, name))
+
+    def run_eval(split):
+        return evaluate(model, datasets[split], names, thresholds, collate, tc["per_device_eval_batch_size"],
+                        device, autocast, pos_weight)
+
+    def eval_and_keep_best():
+        nonlocal best, best_state
+        result, _ = run_eval("validation")
+        if writer:
+            for k, v in result.items():
+                if not k.startswith("support/"):
+                    writer.add_scalar(f"eval/{k}", v, step)
+        log(f"eval step {step}: loss {result['loss']:.4f} | f1_macro {result['f1_macro']:.4f} | "
+            f"f1_micro {result['f1_micro']:.4f} | accuracy {result['accuracy']:.4f} | "
+            f"auroc_macro {result['auroc_macro']:.4f}")
+        if metric not in result:
+            raise config.ConfigError(f"config: training.metric_for_best_model '{metric}' is not a metric "
+                                     f"(known: {', '.join(k for k in result if '/' not in k)})")
+        value = result[metric]
+        if best is None or (value > best if greater else value < best):
+            best = value
+            if tc["save_strategy"] == "no":
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                save("best.pt")
+            log(f"new best {metric} {value:.4f} at step {step}")
+
+    # preemption: finish the step in flight, write last.pt, then leave
+    stop = {}
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.setdefault("signal", signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    has_val = "validation" in datasets and tc["evaluation_strategy"] != "no"
+    log(f"training: {total_steps} steps of {global_size} sequences ({steps_per_epoch} steps per epoch), "
+        f"{accum} micro-steps per step")
+    model.train()
+    t0, seen, loss_sum, loss_count = time.time(), 0, 0.0, 0
+    while step < total_steps and "signal" not in stop:
+        epoch, position = divmod(step, steps_per_epoch)
+        batches = global_batches(len(train_set), global_size, tc["seed"], epoch)[position:]
+        batches = batches[:total_steps - step]
+        # every global batch is cut into world*accum near-equal parts; this rank takes one per micro-step
+        parts = [np.array_split(b, world * accum) for b in batches]
+        micro = [p[k * world + rank] for p in parts for k in range(accum)]
+        loader = iter(DataLoader(train_set, batch_sampler=micro, collate_fn=collate, num_workers=tc["num_workers"]))
+        for b in batches:
+            # normalise by the measured entries of the whole global batch, so the loss (and gradient) is the
+            # same whatever the world size and accumulation; DDP averages over ranks, hence the * world
+            measured = max(int(train_set.mask[b].sum()), 1)
+            for k in range(accum):
+                batch = next(loader)
+                sync = k == accum - 1 or world == 1
+                with (nullcontext() if sync else model.no_sync()):
+                    with autocast:
+                        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                    loss = bce_with_logits(logits, batch["labels"].to(device), batch["mask"].to(device), pos_weight,
+                                           reduction="sum") * world / measured
+                    scaler.scale(loss).backward()
+                loss_sum += loss.item() / world
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc["max_grad_norm"] or float("inf"))
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            seen += len(b)
+            loss_count += 1
+            if step % tc["logging_steps"] == 0 or step == total_steps:
+                lr = scheduler.get_last_lr()[0]
+                stats = torch.tensor([loss_sum / loss_count], device=device)
+                if world > 1:
+                    dist.all_reduce(stats)
+                    stats /= world
+                rate = seen / (time.time() - t0)
+                log(f"step {step}/{total_steps} | epoch {step / steps_per_epoch:.2f} | loss {stats.item():.4f} | "
+                    f"lr {lr:.2e} | grad norm {grad_norm.item():.3f} | {rate:.0f} seq/s")
+                if writer:
+                    for k, v in (("loss", stats.item()), ("lr", lr), ("grad_norm", grad_norm.item()),
+                                 ("samples_per_s", rate)):
+                        writer.add_scalar(f"train/{k}", v, step)
+                t0, seen, loss_sum, loss_count = time.time(), 0, 0.0, 0
+            end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+            if has_val and (eval_every and step % eval_every == 0 or
+                            tc["evaluation_strategy"] == "epoch" and end_of_epoch):
+                eval_and_keep_best()
+            if (tc["save_strategy"] == "steps" and step % tc["save_steps"] == 0 or
+                    tc["save_strategy"] == "epoch" and end_of_epoch):
+                save("last.pt")
+                if master and tc["save_total_limit"]:
+                    keep_snapshots(out_dir, step, tc["save_total_limit"])
+            if "signal" in stop:
+                break
+
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    if "signal" in stop:
+        save("last.pt")
+        log(f"stopped by signal {stop['signal']} at step {step}; resume with "
+            f"training.resume_from_checkpoint={os.path.join(out_dir, 'last.pt')}")
+        return 128 + stop["signal"]
+    if tc["save_strategy"] != "no":
+        save("last.pt")
+
+    # test, with the best weights when asked for
+    if tc["load_best_model_at_end"] and best is not None:
+        state = best_state
+        if state is None and os.path.exists(os.path.join(out_dir, "best.pt")):
+            if dist.is_initialized():
+                dist.barrier()  # rank 0 wrote it
+            state = torch.load(os.path.join(out_dir, "best.pt"), map_location="cpu", weights_only=True)["model"]
+        if state is not None:
+            net.load_state_dict(state)
+            log(f"loaded the best model ({metric} {best:.4f})")
+    if "test" in datasets:
+        result, probs = run_eval("test")
+        if master:
+            write_test_outputs(out_dir, splits["test"], names, probs, result, thresholds, data_cfg["multi_label_sep"])
+            if writer:
+                for j, n in enumerate(names):
+                    writer.add_pr_curve(f"test_pr/{n}", splits["test"].labels[:, j][splits["test"].mask[:, j]],
+                                        probs[:, j][splits["test"].mask[:, j]], step)
+        print_per_label(names, result)
+        summary = {f"test_{k}": round(v, 4) for k, v in result.items() if "/" not in k}
+        log(f"Test Metrics: {summary}")
+    else:
+        log("no test split: skipping the test evaluation")
+    if writer:
+        writer.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+def keep_snapshots(out_dir, step, limit):
+    """Keeps step-<n>.pt copies of last.pt, at most `limit` of them (save_total_limit)."""
+    snap = os.path.join(out_dir, f"step-{step}.pt")
+    if os.path.exists(snap):
+        os.remove(snap)
+    os.link(os.path.join(out_dir, "last.pt"), snap)
+    snaps = sorted((f for f in os.listdir(out_dir) if f.startswith("step-") and f.endswith(".pt")),
+                   key=lambda f: int(f[5:-3]))
+    for f in snaps[:-limit]:
+        os.remove(os.path.join(out_dir, f))
+
+
+def main(argv):
+    path = "config.yaml" if not argv or "=" in argv[0] else argv[0]
+    overrides = argv if not argv or "=" in argv[0] else argv[1:]
+    try:
+        cfg = config.load(path, overrides)
+        return train(cfg)
+    except (config.ConfigError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except torch.cuda.OutOfMemoryError:
+        print("error: CUDA out of memory. Lower training.per_device_train_batch_size (and raise "
+              "training.gradient_accumulation_steps to keep the same global batch), or data.max_length.",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
