@@ -20,6 +20,7 @@ IUPAC = "ACGTNRYSWKMBDHV"
 BAD_BASE = re.compile(f"[^{IUPAC}]")
 MISSING = {"", "NA", "NAN", "-1"}  # a multi-hot or wide label value that was not measured
 BINARY = {"0", "1"}
+COMPLEMENT = str.maketrans("ACGTNRYSWKMBDHV", "TGCANYRSWMKVHDB")
 
 
 class DataError(ValueError):
@@ -42,8 +43,9 @@ def is_fasta(path):
     return name.lower().endswith((".fa", ".fasta", ".fna", ".fas"))
 
 
-def read_table(path, columns):
-    """Rows of a delimited file with a header. Yields (line, {column: value}) for the named columns only."""
+def read_table(path, columns, optional=()):
+    """Rows of a delimited file with a header. Yields (line, {column: value}) for the named columns only;
+    an optional column that the file lacks reads as None."""
     name = path[:-3] if path.endswith(".gz") else path
     delimiter = "," if name.lower().endswith(".csv") else "\t"
     with open_text(path) as f:
@@ -60,9 +62,9 @@ def read_table(path, columns):
                 raise DataError(f"{path}:{reader.line_num}: duplicate column name '{h}' (expected unique names)")
             seen.add(h)
         for c in columns:
-            if c not in seen:
+            if c not in seen and c not in optional:
                 raise DataError(f"{path}:{reader.line_num}: no column '{c}' (columns present: {', '.join(header)})")
-        where = [header.index(c) for c in columns]
+        where = [header.index(c) if c in seen else None for c in columns]
         rows = 0
         for fields in reader:
             if not any(x.strip() for x in fields):
@@ -71,7 +73,7 @@ def read_table(path, columns):
                 raise DataError(f"{path}:{reader.line_num}: {len(fields)} fields (expected {len(header)}, "
                                 f"as in the header)")
             rows += 1
-            yield reader.line_num, {c: fields[i].strip() for c, i in zip(columns, where)}
+            yield reader.line_num, {c: None if i is None else fields[i].strip() for c, i in zip(columns, where)}
         if rows == 0:
             raise DataError(f"{path}:{reader.line_num + 1}: no data rows after the header (expected sequences)")
 
@@ -111,21 +113,30 @@ def clean_sequence(seq, path, line):
     return seq
 
 
-def read_records(path, cfg_data):
-    """All records of a file as (lines, ids, seqs, label cells). A cell is a string, or a list in the wide form."""
-    lines, ids, seqs, cells = [], [], [], []
+def iter_records(path, cfg_data, labels_optional=False):
+    """Streams (line, id, sequence, label cell) from a table or FASTA. A cell is a string, a list in the wide
+    form, or None when labels_optional and the file has none. The id is the FASTA id or the row number from 1."""
     if is_fasta(path):
         for line, rid, desc, seq in read_fasta(path):
-            lines.append(line), ids.append(rid), cells.append(desc)
-            seqs.append(clean_sequence(seq, path, line))
-        return lines, ids, seqs, cells
+            yield line, rid, clean_sequence(seq, path, line), (None if labels_optional else desc)
+        return
     wide = cfg_data["label_cols"]
-    columns = [cfg_data["seq_col"]] + (list(wide) if wide else [cfg_data["label_col"]])
-    for n, (line, row) in enumerate(read_table(path, columns), 1):
-        lines.append(line), ids.append(str(n))
-        seqs.append(clean_sequence(row[cfg_data["seq_col"]], path, line))
-        cells.append([row[c] for c in wide] if wide else row[cfg_data["label_col"]])
-    return lines, ids, seqs, cells
+    label_cols = list(wide) if wide else [cfg_data["label_col"]]
+    rows = read_table(path, [cfg_data["seq_col"]] + label_cols, optional=label_cols if labels_optional else ())
+    for n, (line, row) in enumerate(rows, 1):
+        cells = [row[c] for c in label_cols]
+        cell = None if None in cells else cells if wide else cells[0]
+        yield line, str(n), clean_sequence(row[cfg_data["seq_col"]], path, line), cell
+
+
+def reverse_complement(seq):
+    return seq.translate(COMPLEMENT)[::-1]
+
+
+def read_records(path, cfg_data):
+    """All records of a file as (lines, ids, seqs, label cells)."""
+    records = list(iter_records(path, cfg_data))
+    return tuple(map(list, zip(*records)))
 
 
 # -----------------------------------------------------------------------------

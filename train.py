@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -223,7 +224,7 @@ def train(cfg):
     thresholds = np.broadcast_to(np.asarray(task_cfg["threshold"], np.float64), (L,)).copy()
 
     # model
-    backbone, tokenizer, _ = load_backbone(model_cfg, data_cfg["max_length"])
+    backbone, tokenizer, source_dir = load_backbone(model_cfg, data_cfg["max_length"])
     net = MultiLabelModel(backbone, L, model_cfg["pooling"], model_cfg["dropout"]).to(device)
     datasets = {}
     for name, split in splits.items():
@@ -294,6 +295,7 @@ def train(cfg):
         with open(os.path.join(out_dir, "run.json"), "w") as f:
             json.dump(run_info(cfg, device), f, indent=2)
         tokenizer.save_pretrained(os.path.join(out_dir, "tokenizer"))
+        save_backbone_config(backbone, source_dir, os.path.join(out_dir, "backbone"))
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(log_dir)
 
@@ -432,6 +434,16 @@ def train(cfg):
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
+
+
+def save_backbone_config(backbone, source_dir, path):
+    """The backbone's architecture (and its code, for trust_remote_code models), so that predict.py can rebuild
+    it from the run folder alone, offline."""
+    backbone.config.save_pretrained(path)
+    if source_dir:
+        for f in os.listdir(source_dir):
+            if f.endswith(".py"):
+                shutil.copy(os.path.join(source_dir, f), path)
 
 
 def keep_snapshots(out_dir, step, limit):

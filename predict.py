@@ -1,0 +1,130 @@
+"""
+Score new sequences with a trained model.
+
+    python predict.py out/example data/new.fa -o predictions.tsv
+    python predict.py out/example/last.pt windows.tsv.gz --rc-average --batch-size 256
+    torchrun --nproc_per_node=8 predict.py out/example genome_windows.fa -o windows.tsv
+
+Works offline from what train.py saved (config, tokenizer, backbone architecture, weights, thresholds). The output
+is a TSV in input order: id, one probability column per label, and `predicted`, the labels at or above their
+thresholds. When the input has labels, the metrics are printed and saved beside the output.
+"""
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from transformers import AutoConfig, AutoModel
+
+import config
+import data
+import metrics
+import train
+from model import MultiLabelModel, load_tokenizer
+
+CHUNK = 8192  # sequences read, scored and written at a time: memory stays bounded on any input size
+
+
+def load_trained(path, device):
+    """(model, tokenizer, checkpoint) from a run folder (its best.pt, else last.pt) or a checkpoint file."""
+    if os.path.isdir(path):
+        best, last = os.path.join(path, "best.pt"), os.path.join(path, "last.pt")
+        path = best if os.path.exists(best) else last
+    if not os.path.isfile(path):
+        raise config.ConfigError(f"{path}: no checkpoint (expected a run folder with best.pt or last.pt, or a .pt)")
+    run_dir = os.path.dirname(os.path.abspath(path))
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model_cfg = ckpt["config"]["model"]
+    trust = bool(model_cfg["trust_remote_code"])
+    backbone = AutoModel.from_config(AutoConfig.from_pretrained(os.path.join(run_dir, "backbone"),
+                                                                trust_remote_code=trust), trust_remote_code=trust)
+    net = MultiLabelModel(backbone, len(ckpt["label_names"]), model_cfg["pooling"], model_cfg["dropout"])
+    net.load_state_dict(ckpt["model"])
+    tokenizer = load_tokenizer(os.path.join(run_dir, "tokenizer"), trust)
+    return net.to(device).eval(), tokenizer, ckpt
+
+
+def predict(args):
+    rank, world, device = train.setup_device({"device": args.device})
+    net, tokenizer, ckpt = load_trained(args.run, device)
+    cfg_data, names = ckpt["config"]["data"], ckpt["label_names"]
+    thresholds = np.broadcast_to(np.asarray(ckpt["thresholds"] if args.threshold is None else args.threshold,
+                                            np.float64), (len(names),))
+    sep = cfg_data["multi_label_sep"]
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"))
+
+    def score(seqs):
+        ids, truncated = data.tokenize(tokenizer, seqs, cfg_data["max_length"])
+        n = len(ids)
+        dataset = data.TokenDataset(ids, np.zeros((n, len(names)), np.float32), np.ones((n, len(names)), bool))
+        logits = train.predict_logits(net, dataset, collate, args.batch_size, device, autocast)
+        return torch.sigmoid(logits).numpy(), truncated
+
+    tmp = args.output + ".tmp"
+    out = open(tmp, "w") if rank == 0 else None
+    if out:
+        out.write("\t".join(["id", *names, "predicted"]) + "\n")
+    records = data.iter_records(args.input, cfg_data, labels_optional=True)
+    all_labels, all_mask, all_probs, total, truncated = [], [], [], 0, 0
+    while True:
+        chunk = list(itertools.islice(records, CHUNK))
+        if not chunk:
+            break
+        lines, ids, seqs, cells = zip(*chunk)
+        probs, cut = score(list(seqs))
+        if args.rc_average:
+            probs = (probs + score([data.reverse_complement(s) for s in seqs])[0]) / 2
+        total, truncated = total + len(seqs), truncated + cut
+        if cells[0] is not None:
+            labels, mask = data.parse_labels(args.input, lines, cells, names, sep)
+            all_labels.append(labels), all_mask.append(mask), all_probs.append(probs)
+        if out:
+            for rid, p in zip(ids, probs):
+                predicted = sep.join(n for n, pj, t in zip(names, p, thresholds) if pj >= t)
+                out.write("\t".join([rid, *(f"{x:.6f}" for x in p), predicted]) + "\n")
+    if out:
+        out.close()
+        os.replace(tmp, args.output)  # a half-written file never takes the output's name
+        train.log(f"wrote {total} predictions to {args.output} ({truncated} sequences truncated to "
+                  f"{cfg_data['max_length']} tokens)")
+    if all_labels and rank == 0:
+        result = metrics.compute_metrics(np.concatenate(all_labels), np.concatenate(all_probs), names, thresholds,
+                                         np.concatenate(all_mask))
+        path = os.path.splitext(args.output)[0] + ".metrics.json"
+        with open(path, "w") as f:
+            json.dump({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}, f,
+                      indent=2)
+        train.print_per_label(names, result)
+        train.log(f"Metrics: { {k: round(v, 4) for k, v in result.items() if '/' not in k} } (saved to {path})")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description="Score sequences with a model trained by train.py.")
+    p.add_argument("run", help="a run folder (output_dir of train.py) or a checkpoint .pt")
+    p.add_argument("input", help="TSV/CSV with the training seq_col, or FASTA; optionally .gz")
+    p.add_argument("-o", "--output", default="predictions.tsv")
+    p.add_argument("--threshold", type=float, default=None, help="one threshold for every label")
+    p.add_argument("--rc-average", action="store_true", help="average with the reverse complement's probabilities")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    args = p.parse_args(argv)
+    try:
+        predict(args)
+    except (config.ConfigError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,91 @@
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import data
+import predict
+import train
+from conftest import ROOT
+from test_train import TINY, random_tsv
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A small trained run with separate train/validation/test files."""
+    tmp = tmp_path_factory.mktemp("run")
+    files = {k: random_tsv(str(tmp / f"{k}.tsv"), ["a", "b", "c"], n=80, seed=i)
+             for i, k in enumerate(("train", "validation", "test"))}
+    args = ["config.yaml", "data.path=null", *(f"data.{k}={v}" for k, v in files.items()), "task.label_map=null",
+            "task.num_labels=null", f"training.output_dir={tmp / 'out'}", "training.num_train_epochs=2",
+            "task.threshold=0.4", *TINY]
+    assert train.main(args) == 0
+    return tmp
+
+
+def read_tsv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_predict_reproduces_test_predictions(run_dir):
+    out = str(run_dir / "pred.tsv")
+    assert predict.main([str(run_dir / "out"), str(run_dir / "test.tsv"), "-o", out, "--batch-size", "7"]) == 0
+    ours, theirs = read_tsv(out), read_tsv(run_dir / "out" / "test_predictions.tsv")
+    assert list(ours[0]) == ["id", "a", "b", "c", "predicted"]
+    assert [r["id"] for r in ours] == [str(i) for i in range(1, 81)]
+    for a, b in zip(ours, theirs):
+        assert a["id"] == b["id"] and a["predicted"] == b["predicted"]
+        for name in "abc":
+            assert abs(float(a[name]) - float(b[name])) <= 1e-4
+    # the input had labels, so the metrics are saved too, and equal the test metrics
+    saved = json.load(open(run_dir / "pred.metrics.json"))
+    test = json.load(open(run_dir / "out" / "test_metrics.json"))
+    assert saved["f1_macro"] == pytest.approx(test["test_f1_macro"], abs=1e-6)
+
+
+def test_wrapped_fasta_gives_the_same_probabilities_in_order(run_dir):
+    rows = read_tsv(run_dir / "test.tsv")
+    fasta = run_dir / "test.fa"
+    with open(fasta, "w") as f:
+        for i, r in enumerate(rows):
+            s = r["sequence"]
+            f.write(f">seq{i} some description\n" + "\n".join(s[j:j + 13] for j in range(0, len(s), 13)) + "\n")
+    out_tsv, out_fa = str(run_dir / "p1.tsv"), str(run_dir / "p2.tsv")
+    assert predict.main([str(run_dir / "out"), str(run_dir / "test.tsv"), "-o", out_tsv]) == 0
+    assert predict.main([str(run_dir / "out"), str(fasta), "-o", out_fa]) == 0
+    a, b = read_tsv(out_tsv), read_tsv(out_fa)
+    assert [r["id"] for r in b] == [f"seq{i}" for i in range(len(rows))]
+    assert all(x[n] == y[n] for x, y in zip(a, b) for n in ("a", "b", "c", "predicted"))
+
+
+def test_threshold_override_and_rc_average(run_dir):
+    out = str(run_dir / "t.tsv")
+    assert predict.main([str(run_dir / "out"), str(run_dir / "test.tsv"), "-o", out, "--threshold", "0"]) == 0
+    assert all(r["predicted"] == "a,b,c" for r in read_tsv(out))
+    # --rc-average equals averaging by hand with a reverse-complemented copy of the input
+    flipped = run_dir / "flipped.tsv"
+    with open(flipped, "w") as f:
+        f.write("sequence\tlabels\n")
+        f.writelines(f"{data.reverse_complement(r['sequence'])}\t{r['labels']}\n" for r in read_tsv(run_dir / "test.tsv"))
+    paths = {k: str(run_dir / f"{k}.out.tsv") for k in ("plain", "flip", "avg")}
+    assert predict.main([str(run_dir / "out"), str(run_dir / "test.tsv"), "-o", paths["plain"]]) == 0
+    assert predict.main([str(run_dir / "out"), str(flipped), "-o", paths["flip"]]) == 0
+    assert predict.main([str(run_dir / "out"), str(run_dir / "test.tsv"), "-o", paths["avg"], "--rc-average"]) == 0
+    p = {k: np.array([[float(r[n]) for n in "abc"] for r in read_tsv(v)]) for k, v in paths.items()}
+    assert np.allclose(p["avg"], (p["plain"] + p["flip"]) / 2, atol=2e-6)
+    assert not np.allclose(p["avg"], p["plain"], atol=1e-4)
+
+
+def test_invalid_fasta_exits_2_with_one_line(run_dir):
+    bad = run_dir / "bad.fa"
+    bad.write_text(">s1\nACGT\n>s2\nACGZ\n")
+    p = subprocess.run([sys.executable, "predict.py", str(run_dir / "out"), str(bad), "-o", str(run_dir / "x.tsv")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"error: {bad}:3: invalid character 'Z' at position 4 of the sequence " \
+                               f"(expected A, C, G, T, N or another IUPAC code)"
+    assert not (run_dir / "x.tsv").exists()
