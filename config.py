@@ -80,7 +80,8 @@ DEFAULTS = {
         "greater_is_better": None,  # null = False for a loss, True otherwise (as in HF)
         "seed": 42,
         "deterministic": False,
-        "bf16": False,
+        "mixed_precision": "auto",  # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | no | bf16 | fp16
+        "bf16": False,  # HF flags; either one wins over mixed_precision
         "fp16": False,
         "device": "auto",  # auto | cpu | cuda | cuda:N
         "num_workers": 0,
@@ -227,7 +228,7 @@ def validate(cfg):
     label_names_from_config(task)
     if train["eval_strategy"] is not None:
         train["evaluation_strategy"] = train["eval_strategy"]
-    for key in ("evaluation_strategy", "save_strategy"):
+    for key in ("evaluation_strategy", "save_strategy", "mixed_precision"):
         if train[key] is False:  # YAML 1.1 reads a bare `no` as false
             train[key] = "no"
     choose(cfg, "model", "source", ("scratch", "local", "huggingface", "modelscope"))
@@ -235,6 +236,7 @@ def validate(cfg):
     choose(cfg, "training", "evaluation_strategy", ("epoch", "steps", "no"))
     choose(cfg, "training", "save_strategy", ("epoch", "steps", "no"))
     choose(cfg, "training", "lr_scheduler_type", ("linear", "cosine", "constant"))
+    choose(cfg, "training", "mixed_precision", ("auto", "no", "bf16", "fp16"))
     if model["source"] != "scratch" and not model["name_or_path"]:
         raise ConfigError(f"config: model.source is '{model['source']}' but model.name_or_path is not set")
     if data["path"] is None and data["train"] is None:

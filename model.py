@@ -129,6 +129,8 @@ def pool(h, mask, how):
 class MultiLabelModel(nn.Module):
     def __init__(self, backbone, num_labels, pooling="max", dropout=0.1):
         super().__init__()
+        if getattr(backbone, "pooler", None) is not None:
+            backbone.pooler = None  # we pool ourselves; an unused pooler would also stall DDP's gradient sync
         self.backbone, self.pooling = backbone, pooling
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size(backbone.config), num_labels)

@@ -64,13 +64,17 @@ def seed_everything(seed):
 
 
 def amp_dtype(train_cfg, device):
-    if train_cfg["bf16"]:
-        return torch.bfloat16
-    if train_cfg["fp16"]:
-        if device.type != "cuda":
-            raise config.ConfigError("config: training.fp16 needs a CUDA device (use bf16 or neither on CPU)")
-        return torch.float16
-    return None
+    """The autocast dtype, or None for fp32. The HF flags bf16/fp16 win over training.mixed_precision."""
+    mode = "bf16" if train_cfg["bf16"] else "fp16" if train_cfg["fp16"] else train_cfg["mixed_precision"]
+    if mode == "auto":
+        mode = "no" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mode == "fp16" and device.type != "cuda":
+        raise config.ConfigError("config: fp16 needs a CUDA device (use bf16 or no mixed precision on CPU)")
+    return {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+class NonFiniteError(RuntimeError):
+    pass
 
 
 def lr_lambda(train_cfg, total_steps):
@@ -145,7 +149,7 @@ def predict_logits(net, dataset, collate, batch_size, device, autocast):
     batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
     net.eval()
     index, out = [], []
-    for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=collate):
+    for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=collate, generator=torch.Generator()):
         with autocast:
             logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         index.append(batch["index"]), out.append(logits.float().cpu())
@@ -338,7 +342,7 @@ def train(cfg):
     log(f"training: {total_steps} steps of {global_size} sequences ({steps_per_epoch} steps per epoch), "
         f"{accum} micro-steps per step")
     model.train()
-    t0, seen, loss_sum, loss_count = time.time(), 0, 0.0, 0
+    t0, seen, loss_sum, loss_count, bad_steps = time.time(), 0, 0.0, 0, 0
     while step < total_steps and "signal" not in stop:
         epoch, position = divmod(step, steps_per_epoch)
         batches = global_batches(len(train_set), global_size, tc["seed"], epoch)[position:]
@@ -346,7 +350,9 @@ def train(cfg):
         # every global batch is cut into world*accum near-equal parts; this rank takes one per micro-step
         parts = [np.array_split(b, world * accum) for b in batches]
         micro = [p[k * world + rank] for p in parts for k in range(accum)]
-        loader = iter(DataLoader(train_set, batch_sampler=micro, collate_fn=collate, num_workers=tc["num_workers"]))
+        # a private generator: a DataLoader draws a seed from the global RNG, which would shift dropout on resume
+        loader = iter(DataLoader(train_set, batch_sampler=micro, collate_fn=collate, num_workers=tc["num_workers"],
+                                 generator=torch.Generator()))
         for b in batches:
             # normalise by the measured entries of the whole global batch, so the loss (and gradient) is the
             # same whatever the world size and accumulation; DDP averages over ranks, hence the * world
@@ -363,8 +369,16 @@ def train(cfg):
                 loss_sum += loss.item() / world
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc["max_grad_norm"] or float("inf"))
-            scaler.step(optimizer)
-            scaler.update()
+            if scaler.is_enabled() or torch.isfinite(grad_norm):
+                scaler.step(optimizer)  # under fp16 the scaler itself skips non-finite steps and lowers its scale
+                scaler.update()
+                bad_steps = 0
+            else:  # the same on every rank: gradients are already all-reduced
+                bad_steps += 1
+                log(f"warning: non-finite loss or gradient at step {step + 1}; the update was skipped")
+                if bad_steps >= 3:
+                    raise NonFiniteError(f"non-finite loss or gradient at {bad_steps} steps in a row (step "
+                                         f"{step + 1}); lower training.learning_rate or check the data")
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
@@ -467,6 +481,9 @@ def main(argv):
     except (config.ConfigError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except torch.cuda.OutOfMemoryError:
         print("error: CUDA out of memory. Lower training.per_device_train_batch_size (and raise "
               "training.gradient_accumulation_steps to keep the same global batch), or data.max_length.",

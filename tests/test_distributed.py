@@ -1,0 +1,147 @@
+"""DDP, exact resume and preemption, on CPU with gloo; torchrun runs in a subprocess as a user would start it."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from conftest import ROOT
+from test_train import TINY, random_tsv
+
+NO_DROPOUT = ["model.dropout=0", "model.backbone_dropout=0"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args, nproc=1, extra=()):
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *extra, "train.py",
+            "config.yaml", *args]
+
+
+def env():
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    e.pop("WORLD_SIZE", None)
+    return e
+
+
+def check(cmd, timeout=300):
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env())
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a, b, atol=1e-5):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=atol), (k, (wa[k] - wb[k]).abs().max())
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    return random_tsv(str(tmp / "d.tsv"), ["a", "b", "c"], n=103), tmp  # 103: no world size divides it
+
+
+def common(path, out, *more):
+    return [f"data.path={path}", "task.label_map=null", "task.num_labels=null", f"training.output_dir={out}",
+            "training.evaluation_strategy=no", "training.save_strategy=steps", "training.save_steps=1000",
+            "training.max_steps=4",
+            "training.learning_rate=1e-2", *TINY, *NO_DROPOUT, *more]
+
+
+def test_same_weights_at_any_scale(dataset):
+    path, tmp = dataset
+    runs = {
+        "1x8": torchrun(*common(path, tmp / "1x8", "training.per_device_train_batch_size=8")),
+        "2x4": torchrun(*common(path, tmp / "2x4", "training.per_device_train_batch_size=4"), nproc=2),
+        "1x4x2": torchrun(*common(path, tmp / "1x4x2", "training.per_device_train_batch_size=4",
+                                  "training.gradient_accumulation_steps=2")),
+    }
+    for cmd in runs.values():
+        check(cmd)
+    # two nodes of one process each, meeting over loopback through torchrun's c10d rendezvous
+    port = free_port()
+    nodes = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test"]
+    cmd = torchrun(*common(path, tmp / "2nodes", "training.per_device_train_batch_size=4"), extra=nodes)
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+             for _ in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out[-3000:]
+    for name in ("2x4", "1x4x2", "2nodes"):
+        assert_same_weights(tmp / "1x8" / "last.pt", tmp / name / "last.pt")
+
+
+def test_distributed_evaluation_scores_every_sequence_once(dataset):
+    path, tmp = dataset
+    args = ["data.train_size=0.5", "data.validation_size=0.1", "data.test_size=0.4"]  # 103 -> 41 test sequences
+    check(torchrun(*common(path, tmp / "eval1", *args)))
+    check(torchrun(*common(path, tmp / "eval2", "training.per_device_train_batch_size=8", *args), nproc=2))
+    one = (tmp / "eval1" / "test_predictions.tsv").read_text().splitlines()
+    two = (tmp / "eval2" / "test_predictions.tsv").read_text().splitlines()
+    assert len(one) == len(two) == 42
+    assert [r.split("\t")[0] for r in one] == [r.split("\t")[0] for r in two]
+
+
+def test_resume_mid_epoch_gives_the_same_weights(dataset):
+    path, tmp = dataset
+    # 103 sequences in batches of 16: 7 steps an epoch; snapshots at steps 3, 6, 9
+    base = common(path, tmp / "full", "training.max_steps=10", "training.save_strategy=steps",
+                  "training.save_steps=3", "training.save_total_limit=5", "model.dropout=0.3")
+    assert train.main(["config.yaml", *base]) == 0
+    resumed = common(path, tmp / "resumed", "training.max_steps=10", "model.dropout=0.3",
+                     f"training.resume_from_checkpoint={tmp / 'full' / 'step-3.pt'}", "training.save_strategy=steps",
+                     "training.save_steps=100")
+    assert train.main(["config.yaml", *resumed]) == 0
+    assert torch.load(tmp / "resumed" / "last.pt", weights_only=True)["step"] == 10
+    assert_same_weights(tmp / "full" / "last.pt", tmp / "resumed" / "last.pt", atol=1e-6)
+
+
+def test_sigterm_writes_last_and_resume_finishes_the_same(dataset):
+    path, tmp = dataset
+    args = common(path, tmp / "sig", "training.max_steps=300", "training.logging_steps=1",
+                  "training.save_strategy=steps", "training.save_steps=1000", "model.dropout=0.3")
+    p = subprocess.Popen([sys.executable, "train.py", "config.yaml", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=env())
+    for line in p.stdout:
+        if line.startswith("step 5/"):
+            p.send_signal(signal.SIGTERM)
+            break
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == 143, out[-2000:]
+    assert "resume with training.resume_from_checkpoint=" in out
+    stopped = torch.load(tmp / "sig" / "last.pt", weights_only=True)["step"]
+    assert 5 <= stopped < 300
+    check([sys.executable, "train.py", "config.yaml", *args, "training.resume_from_checkpoint=auto"])
+    full = common(path, tmp / "nosig", "training.max_steps=300", "model.dropout=0.3", "training.save_strategy=steps",
+                  "training.save_steps=1000")
+    check([sys.executable, "train.py", "config.yaml", *full])  # same thread count as the stopped run
+    assert_same_weights(tmp / "nosig" / "last.pt", tmp / "sig" / "last.pt", atol=1e-6)
+
+
+def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    path = str(tmp_path / "last.pt")
+    train.save_atomic({"step": 1}, path)
+
+    def crash(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_atomic({"step": 2}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
