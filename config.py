@@ -178,7 +178,10 @@ def load(path=None, overrides=(), warn=lambda msg: print(msg, file=sys.stderr)):
         if section not in cfg:
             raise ConfigError(f"command line: unknown section '{section}'{closest(section, cfg)}")
         merge(cfg, section, {key: value}, "command line", warn)
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as e:  # name the file the bad value most likely came from
+        raise ConfigError(str(e).replace("config:", f"{path}:", 1) if path else str(e)) from None
     return cfg
 
 

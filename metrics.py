@@ -11,20 +11,22 @@ CHUNK = 1 << 16  # rows at a time, so boolean temporaries stay small on genome-s
 
 def ranking_scores(y, s):
     """(AUROC, average precision) of scores s for binary truth y; nan when y has a single class.
-    Tied scores form one threshold, as in scikit-learn."""
-    pos = int(y.sum())
-    neg = len(y) - pos
-    if pos == 0 or neg == 0:
+    Sorting positives and negatives apart and counting with binary search is exact, ties included (a tie counts
+    one half in AUROC and tied scores form one threshold in AP, as in scikit-learn), and much faster than an
+    argsort: sorting plain floats is vectorised."""
+    pos, neg = np.sort(s[y]), np.sort(s[~y])
+    P, N = len(pos), len(neg)
+    if P == 0 or N == 0:
         return float("nan"), float("nan")
-    order = np.argsort(-s, kind="stable")
-    s, y = s[order], y[order]
-    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # last index of each run of equal scores
-    tps = np.cumsum(y, dtype=np.int64)[last]
-    fps = last + 1 - tps
-    tpr, fpr = np.r_[0, tps] / pos, np.r_[0, fps] / neg
-    auroc = float(np.sum((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1])) / 2)
-    ap = float(np.sum((tpr[1:] - tpr[:-1]) * (tps / (tps + fps))))
-    return auroc, ap
+    below = np.searchsorted(neg, pos, "left")
+    ties = np.searchsorted(neg, pos, "right") - below
+    auroc = (below.sum() + 0.5 * ties.sum()) / (P * N)
+    # AP: one term per distinct positive score t, weighted by the positives at t, of precision at threshold t
+    starts = np.r_[0, np.flatnonzero(pos[1:] != pos[:-1]) + 1]
+    tp = P - starts  # positives scoring >= t
+    fp = N - np.searchsorted(neg, pos[starts], "left")
+    ap = np.sum(np.diff(np.r_[starts, P]) / P * tp / (tp + fp))
+    return float(auroc), float(ap)
 
 
 def safe_div(a, b):
@@ -66,9 +68,14 @@ def compute_metrics(labels, probs, label_names=None, threshold=0.5, mask=None):
         "hamming_loss": float(safe_div(fp.sum() + fn.sum(), measured)),
     }
     auroc, auprc = np.full(L, np.nan), np.full(L, np.nan)
-    for j in range(L):
-        keep = slice(None) if mask is None else np.asarray(mask[:, j], bool)
-        auroc[j], auprc[j] = ranking_scores(labels[keep, j] > 0.5, probs[keep, j])
+    for j0 in range(0, L, 64):  # a block of columns, transposed once, so each label's scores are contiguous
+        ys = np.ascontiguousarray(labels[:, j0:j0 + 64].T) > 0.5
+        ss = np.ascontiguousarray(probs[:, j0:j0 + 64].T)
+        ms = None if mask is None else np.ascontiguousarray(np.asarray(mask[:, j0:j0 + 64], bool).T)
+        for j, (y, s) in enumerate(zip(ys, ss), j0):
+            if ms is not None:
+                y, s = y[ms[j - j0]], s[ms[j - j0]]
+            auroc[j], auprc[j] = ranking_scores(y, s)
     defined = ~np.isnan(auroc)
     out["auroc_macro"] = float(auroc[defined].mean()) if defined.any() else float("nan")
     out["auprc_macro"] = float(auprc[defined].mean()) if defined.any() else float("nan")

@@ -139,7 +139,7 @@ def test_unknown_key_in_file_names_file_and_closest_key(tmp_path):
 
 
 def test_label_map_and_num_labels_must_agree(tmp_path):
-    with pytest.raises(ConfigError, match="num_labels is 5 but task.label_map has 4 labels"):
+    with pytest.raises(ConfigError, match=r"c.yaml: task.num_labels is 5 but task.label_map has 4 labels"):
         config.load(write(tmp_path, SEED_YAML.replace("num_labels: 4", "num_labels: 5")))
 
 

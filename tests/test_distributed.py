@@ -145,3 +145,14 @@ def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         train.save_atomic({"step": 2}, path)
     assert torch.load(path, weights_only=True) == {"step": 1}
+
+
+def test_non_finite_gradients_stop_the_run_without_a_checkpoint(dataset, monkeypatch, capsys):
+    path, tmp = dataset
+    real = train.bce_with_logits
+    monkeypatch.setattr(train, "bce_with_logits", lambda *a, **k: real(*a, **k) * float("nan"))
+    out = tmp / "nan"
+    assert train.main(["config.yaml", *common(path, out, "training.max_steps=10")]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss or gradient at 3 steps in a row" in err
+    assert not (out / "last.pt").exists()

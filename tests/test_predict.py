@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -89,3 +90,18 @@ def test_invalid_fasta_exits_2_with_one_line(run_dir):
     assert p.stderr.strip() == f"error: {bad}:3: invalid character 'Z' at position 4 of the sequence " \
                                f"(expected A, C, G, T, N or another IUPAC code)"
     assert not (run_dir / "x.tsv").exists()
+
+
+def test_sharded_prediction_under_torchrun_matches_one_process(run_dir):
+    one, two = str(run_dir / "one.tsv"), str(run_dir / "two.tsv")
+    assert predict.main([str(run_dir / "out"), str(run_dir / "test.tsv"), "-o", one]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "predict.py", str(run_dir / "out"),
+           str(run_dir / "test.tsv"), "-o", two, "--batch-size", "5"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    a, b = read_tsv(one), read_tsv(two)
+    assert [r["id"] for r in a] == [r["id"] for r in b]
+    for x, y in zip(a, b):
+        assert x["predicted"] == y["predicted"]
+        assert all(abs(float(x[n]) - float(y[n])) <= 1e-5 for n in "abc")
