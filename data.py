@@ -255,6 +255,17 @@ def load_splits(cfg_data, names=None):
     return splits, names
 
 
+def prevalence(labels, mask):
+    """Share of positives per label among the measured entries."""
+    return (labels * mask).sum(0) / np.maximum(mask.sum(0), 1)
+
+
+def prediction_row(rid, probs, names, thresholds, sep):
+    """One output row: id, a probability per label, and the labels at or above their thresholds."""
+    predicted = sep.join(n for n, p, t in zip(names, probs, thresholds) if p >= t)
+    return [rid, *(f"{p:.6f}" for p in probs), predicted]
+
+
 # -----------------------------------------------------------------------------
 # tokenising and batching
 

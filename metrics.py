@@ -4,6 +4,9 @@ f1/precision/recall with average='macro'|'micro', accuracy_score (subset accurac
 hamming_loss, and per-label roc_auc_score / average_precision_score averaged over labels that have both classes.
 A mask (True = measured) leaves unmeasured entries out of every count.
 """
+import json
+import math
+
 import numpy as np
 
 CHUNK = 1 << 16  # rows at a time, so boolean temporaries stay small on genome-scale arrays
@@ -87,3 +90,19 @@ def compute_metrics(labels, probs, label_names=None, threshold=0.5, mask=None):
         out[f"auprc/{name}"] = float(auprc[j])
         out[f"support/{name}"] = int(tp[j] + fn[j])
     return out
+
+
+def per_label_text(names, result):
+    """The per-label table printed at the end of a run."""
+    lines = [f"{'label':<20} {'support':>8} {'precision':>9} {'recall':>7} {'f1':>7} {'auroc':>7} {'auprc':>7}"]
+    for n in names:
+        lines.append(f"{n:<20} {result[f'support/{n}']:>8} {result[f'precision/{n}']:>9.4f} "
+                     f"{result[f'recall/{n}']:>7.4f} {result[f'f1/{n}']:>7.4f} {result[f'auroc/{n}']:>7.4f} "
+                     f"{result[f'auprc/{n}']:>7.4f}")
+    return "\n".join(lines)
+
+
+def save_json(result, path):
+    """Undefined metrics (nan: a label with one class) are written as null, which JSON readers understand."""
+    with open(path, "w") as f:
+        json.dump({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()}, f, indent=2)

@@ -11,8 +11,6 @@ thresholds. When the input has labels, the metrics are printed and saved beside 
 """
 import argparse
 import itertools
-import json
-import math
 import os
 import sys
 from contextlib import nullcontext
@@ -87,9 +85,8 @@ def predict(args):
             labels, mask = data.parse_labels(args.input, lines, cells, names, sep)
             all_labels.append(labels), all_mask.append(mask), all_probs.append(probs)
         if out:
-            for rid, p in zip(ids, probs):
-                predicted = sep.join(n for n, pj, t in zip(names, p, thresholds) if pj >= t)
-                out.write("\t".join([rid, *(f"{x:.6f}" for x in p), predicted]) + "\n")
+            out.writelines("\t".join(data.prediction_row(rid, p, names, thresholds, sep)) + "\n"
+                           for rid, p in zip(ids, probs))
     if out:
         out.close()
         os.replace(tmp, args.output)  # a half-written file never takes the output's name
@@ -99,10 +96,8 @@ def predict(args):
         result = metrics.compute_metrics(np.concatenate(all_labels), np.concatenate(all_probs), names, thresholds,
                                          np.concatenate(all_mask))
         path = os.path.splitext(args.output)[0] + ".metrics.json"
-        with open(path, "w") as f:
-            json.dump({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}, f,
-                      indent=2)
-        train.print_per_label(names, result)
+        metrics.save_json(result, path)
+        train.log(metrics.per_label_text(names, result))
         train.log(f"Metrics: { {k: round(v, 4) for k, v in result.items() if '/' not in k} } (saved to {path})")
     if dist.is_initialized():
         dist.destroy_process_group()

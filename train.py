@@ -176,16 +176,13 @@ def evaluate(net, dataset, names, thresholds, collate, batch_size, device, autoc
 
 
 def write_test_outputs(out_dir, split, names, probs, result, thresholds, sep):
-    with open(os.path.join(out_dir, "test_metrics.json"), "w") as f:
-        json.dump({f"test_{k}": (None if isinstance(v, float) and math.isnan(v) else v)
-                   for k, v in result.items()}, f, indent=2)
+    metrics.save_json({f"test_{k}": v for k, v in result.items()}, os.path.join(out_dir, "test_metrics.json"))
     with open(os.path.join(out_dir, "test_predictions.tsv"), "w") as f:
         f.write("\t".join(["id", *names, "predicted", "labels"]) + "\n")
         for rid, p, y, m in zip(split.ids, probs, split.labels, split.mask):
-            predicted = sep.join(n for n, pj, t in zip(names, p, thresholds) if pj >= t)
             truth = sep.join(n for n, yj, mj in zip(names, y, m) if yj and mj)
-            f.write("\t".join([rid, *(f"{x:.6f}" for x in p), predicted, truth]) + "\n")
-    prevalence = safe_mean(split.labels, split.mask)
+            f.write("\t".join(data.prediction_row(rid, p, names, thresholds, sep) + [truth]) + "\n")
+    prevalence = data.prevalence(split.labels, split.mask)
     with open(os.path.join(out_dir, "per_label.tsv"), "w") as f:
         cols = ["label", "support", "prevalence", "precision", "recall", "f1", "auroc", "auprc", "threshold"]
         f.write("\t".join(cols) + "\n")
@@ -193,17 +190,6 @@ def write_test_outputs(out_dir, split, names, probs, result, thresholds, sep):
             row = [n, str(result[f"support/{n}"]), f"{prevalence[j]:.4f}"]
             row += [f"{result[f'{k}/{n}']:.4f}" for k in ("precision", "recall", "f1", "auroc", "auprc")]
             f.write("\t".join(row + [f"{thresholds[j]:g}"]) + "\n")
-
-
-def safe_mean(labels, mask):
-    return (labels * mask).sum(0) / np.maximum(mask.sum(0), 1)
-
-
-def print_per_label(names, result):
-    log(f"{'label':<20} {'support':>8} {'precision':>9} {'recall':>7} {'f1':>7} {'auroc':>7} {'auprc':>7}")
-    for n in names:
-        log(f"{n:<20} {result[f'support/{n}']:>8} {result[f'precision/{n}']:>9.4f} {result[f'recall/{n}']:>7.4f} "
-            f"{result[f'f1/{n}']:>7.4f} {result[f'auroc/{n}']:>7.4f} {result[f'auprc/{n}']:>7.4f}")
 
 
 # -----------------------------------------------------------------------------
@@ -236,7 +222,7 @@ def train(cfg):
             continue
         ids, truncated = data.tokenize(tokenizer, split.seqs, data_cfg["max_length"])
         datasets[name] = data.TokenDataset(ids, split.labels, split.mask)
-        prevalence = " ".join(f"{n}={p:.1%}" for n, p in zip(names, safe_mean(split.labels, split.mask)))
+        prevalence = " ".join(f"{n}={p:.1%}" for n, p in zip(names, data.prevalence(split.labels, split.mask)))
         log(f"data: {name}: {len(split)} sequences from {split.path}, {truncated} truncated to "
             f"{data_cfg['max_length']} tokens | {prevalence}")
     train_set = datasets["train"]
@@ -438,7 +424,7 @@ def train(cfg):
                 for j, n in enumerate(names):
                     writer.add_pr_curve(f"test_pr/{n}", splits["test"].labels[:, j][splits["test"].mask[:, j]],
                                         probs[:, j][splits["test"].mask[:, j]], step)
-        print_per_label(names, result)
+        log(metrics.per_label_text(names, result))
         summary = {f"test_{k}": round(v, 4) for k, v in result.items() if "/" not in k}
         log(f"Test Metrics: {summary}")
     else:
