@@ -211,7 +211,11 @@ def train(cfg):
     splits, names = data.load_splits(data_cfg, config.label_names_from_config(task_cfg))
     L = len(names)
     task_cfg["label_map"], task_cfg["num_labels"], task_cfg["label_names"] = dict(enumerate(names)), L, None
-    thresholds = np.broadcast_to(np.asarray(task_cfg["threshold"], np.float64), (L,)).copy()
+    threshold = np.asarray(task_cfg["threshold"], np.float64)
+    if threshold.ndim > 1 or threshold.size not in (1, L):
+        raise config.ConfigError(f"config: task.threshold has {threshold.size} values for {L} labels "
+                                 f"(expected one number, or one per label)")
+    thresholds = np.broadcast_to(threshold, (L,)).copy()
 
     # model
     backbone, tokenizer, source_dir = load_backbone(model_cfg, data_cfg["max_length"])

@@ -122,3 +122,10 @@ def test_cli_errors_are_one_line_with_exit_status_2(tmp_path, args, message):
     assert p.returncode == 2
     assert p.stderr.strip().startswith(message), p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_threshold_list_must_match_the_labels(tmp_path, capsys):
+    tsv = random_tsv(str(tmp_path / "d.tsv"), ["a", "b", "c"])
+    assert train.main(["config.yaml", f"data.path={tsv}", "task.label_map=null", "task.num_labels=null",
+                       "task.threshold=[0.5, 0.5]", f"training.output_dir={tmp_path}"]) == 2
+    assert "task.threshold has 2 values for 3 labels" in capsys.readouterr().err
