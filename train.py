@@ -49,7 +49,7 @@ def setup_device(train_cfg):
     want = train_cfg["device"]
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(f"cuda:{local_rank}" if want == "cuda" and world > 1 else want)
+    device = torch.device(f"cuda:{local_rank}" if want == "cuda" else want)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1:
@@ -397,6 +397,11 @@ def train(cfg):
                 save("last.pt")
                 if master and tc["save_total_limit"]:
                     keep_snapshots(out_dir, step, tc["save_total_limit"])
+            if world > 1:  # all ranks stop at the same step, or the others would wait forever in the next one
+                flag = torch.tensor([stop.get("signal", 0)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                if flag.item():
+                    stop["signal"] = int(flag.item())
             if "signal" in stop:
                 break
 
@@ -406,6 +411,10 @@ def train(cfg):
         save("last.pt")
         log(f"stopped by signal {stop['signal']} at step {step}; resume with "
             f"training.resume_from_checkpoint={os.path.join(out_dir, 'last.pt')}")
+        if writer:
+            writer.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
         return 128 + stop["signal"]
     if tc["save_strategy"] != "no":
         save("last.pt")
@@ -425,6 +434,9 @@ def train(cfg):
         if master:
             write_test_outputs(out_dir, splits["test"], names, probs, result, thresholds, data_cfg["multi_label_sep"])
             if writer:
+                for k, v in result.items():
+                    if "/" not in k:
+                        writer.add_scalar(f"test/{k}", v, step)
                 for j, n in enumerate(names):
                     writer.add_pr_curve(f"test_pr/{n}", splits["test"].labels[:, j][splits["test"].mask[:, j]],
                                         probs[:, j][splits["test"].mask[:, j]], step)
