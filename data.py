@@ -179,22 +179,21 @@ def parse_labels(path, lines, cells, names, sep):
     index = {name: i for i, name in enumerate(names)}
     multi_hot = None  # decided by the first non-empty cell, then held to for the whole file
     for r, (line, cell) in enumerate(zip(lines, cells)):
-        if isinstance(cell, list):  # wide
-            if len(cell) != L:
-                raise DataError(f"{path}:{line}: {len(cell)} label columns but {L} labels in the config "
-                                f"(expected data.label_cols to match task.label_map)")
-            for j, v in enumerate(cell):
-                y[r, j], m[r, j] = parse_value(v, path, line, "a label column")
-            continue
-        fields = [x.strip() for x in cell.split(sep)] if cell else []
-        if multi_hot is None and fields:
-            multi_hot = looks_multi_hot(fields, names)
-        if multi_hot and fields:
-            if len(fields) != L:
-                raise DataError(f"{path}:{line}: multi-hot label cell has {len(fields)} fields "
-                                f"(expected {L}, one per label, separated by '{sep}')")
-            for j, v in enumerate(fields):
-                y[r, j], m[r, j] = parse_value(v, path, line, "a multi-hot cell")
+        values, fields = None, []
+        if isinstance(cell, list):  # wide: one value per label column
+            values, what = cell, "a label column"
+        else:
+            fields = [x.strip() for x in cell.split(sep)] if cell else []
+            if multi_hot is None and fields:
+                multi_hot = looks_multi_hot(fields, names)
+            if multi_hot and fields:
+                values, what = fields, "a multi-hot cell"
+        if values is not None:
+            if len(values) != L:
+                raise DataError(f"{path}:{line}: {what} has {len(values)} fields (expected {L}, one per label, "
+                                f"separated by '{sep}')")
+            for j, v in enumerate(values):
+                y[r, j], m[r, j] = parse_value(v, path, line, what)
             continue
         for x in fields:
             if not x:
@@ -224,6 +223,10 @@ class Split:
 
 
 def load_file(path, cfg_data, names):
+    wide = cfg_data["label_cols"]
+    if wide and names is not None and len(wide) != len(names):
+        raise DataError(f"{path}: data.label_cols names {len(wide)} columns for {len(names)} labels "
+                        f"(expected one column per label of task.label_map)")
     lines, ids, seqs, cells = read_records(path, cfg_data)
     if names is None:
         try:

@@ -333,6 +333,7 @@ def train(cfg):
         f"{accum} micro-steps per step")
     model.train()
     t0, seen, loss_sum, loss_count, bad_steps = time.time(), 0, 0.0, 0, 0
+    progress = master and sys.stderr.isatty()  # a step counter between log lines, on a terminal only
     while step < total_steps and "signal" not in stop:
         epoch, position = divmod(step, steps_per_epoch)
         batches = global_batches(len(train_set), global_size, tc["seed"], epoch)[position:]
@@ -374,7 +375,11 @@ def train(cfg):
             step += 1
             seen += len(b)
             loss_count += 1
+            if progress:
+                print(f"\r{step}/{total_steps}", end="", file=sys.stderr, flush=True)
             if step % tc["logging_steps"] == 0 or step == total_steps:
+                if progress:
+                    print("\r", end="", file=sys.stderr)
                 lr = scheduler.get_last_lr()[0]
                 stats = torch.tensor([loss_sum / loss_count], device=device)
                 if world > 1:

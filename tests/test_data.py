@@ -85,7 +85,7 @@ def test_fasta_with_labels_and_wrapped_lines(tmp_path):
     ("unk.tsv", "sequence\tlabels\nACGT\ta\nACGT\tz\n", {"names": ["a", "b"]},
      "unk.tsv:3: unknown label 'z' (known labels: a, b)"),
     ("count.csv", "sequence,labels\nACGT,0;1\nACGT,0;1;1\n", {"names": ["a", "b"], "multi_label_sep": ";"},
-     "count.csv:3: multi-hot label cell has 3 fields (expected 2"),
+     "count.csv:3: a multi-hot cell has 3 fields (expected 2, one per label"),
     ("value.csv", "sequence,labels\nACGT,0;1\nACGT,0;2\n", {"names": ["a", "b"], "multi_label_sep": ";"},
      "value.csv:3: label value '2' in a multi-hot cell (expected 0, 1, or NA/empty/-1"),
     ("void.tsv", "", {}, "void.tsv:1: empty file"),
@@ -170,3 +170,9 @@ def test_example_generator_is_deterministic_with_the_promised_prevalences(tmp_pa
     leaf, flower = names.index("leaf"), names.index("flower")
     y = split.labels
     assert y[y[:, leaf] == 1, flower].mean() > 2 * y[y[:, leaf] == 0, flower].mean()
+
+
+def test_wide_columns_must_match_the_label_count(tmp_path):
+    p = write(tmp_path, "w.tsv", "sequence\tleaf\troot\nACGT\t1\t0\n")
+    with pytest.raises(DataError, match="data.label_cols names 2 columns for 3 labels"):
+        load(p, ["leaf", "root", "stem"], label_cols=["leaf", "root"])
