@@ -19,7 +19,8 @@ DEFAULTS = {
         "num_labels": None,  # checked against label_map when both are given
         "label_map": None,  # {0: name, 1: name, ...}; null = inferred from the training data, sorted
         "label_names": None,  # a list, DNALLM's alternative to label_map
-        "threshold": 0.5,  # a number or one number per label
+        "threshold": 0.5,  # a number, one number per label, or tuned (per label, best F1 on the validation split)
+        "labels": None,  # a subset of the labels to train on, e.g. [leaf, root]; null = all
     },
     "data": {
         "path": None,  # one file, split by the fractions below
@@ -35,6 +36,7 @@ DEFAULTS = {
         "validation_size": 0.1,
         "test_size": 0.1,
         "seed": 42,  # of the split, kept apart from training.seed so the split stays put across training seeds
+        "stratify": False,  # iterative stratification: every label, even a rare one, in every split in proportion
     },
     "model": {
         "source": "scratch",  # scratch | local | huggingface | modelscope

@@ -237,15 +237,51 @@ def load_file(path, cfg_data, names):
     return Split(path, ids, seqs, labels, mask), names
 
 
+def stratified_split(labels, fractions, seed):
+    """Iterative stratification for multi-label data (Sechidis et al., 2011): the examples of the rarest label
+    are placed first, each in the split that most lacks that label, so that even a rare label lands in every
+    split in proportion. Deterministic for a seed. Returns the split index of each example."""
+    rng = np.random.RandomState(seed)
+    y = labels > 0.5
+    n = len(y)
+    want = np.asarray(fractions, np.float64)[:, None] * y.sum(0)  # (splits, labels) still wanted
+    want_total = np.asarray(fractions, np.float64) * n
+    which = np.full(n, -1)
+
+    def place(i, candidates):
+        best = candidates[want_total[candidates] == want_total[candidates].max()]
+        s = best[rng.randint(len(best))]
+        which[i] = s
+        want[s] -= y[i]
+        want_total[s] -= 1
+
+    while True:
+        left = which < 0
+        counts = y[left].sum(0)
+        if not counts.any():
+            break
+        label = np.flatnonzero(counts == counts[counts > 0].min())[0]
+        for i in rng.permutation(np.flatnonzero(left & y[:, label])):
+            col = want[:, label]
+            place(i, np.flatnonzero(col == col.max()))
+    for i in rng.permutation(np.flatnonzero(which < 0)):  # examples without any label
+        place(i, np.arange(len(fractions)))
+    return which
+
+
 def load_splits(cfg_data, names=None):
     """{'train', 'validation', 'test'} -> Split (validation/test may be None), and the label names.
     names=None infers them from the training data (the whole file when one file is split)."""
     if cfg_data["path"]:
         full, names = load_file(cfg_data["path"], cfg_data, names)
-        order = np.random.RandomState(cfg_data["seed"]).permutation(len(full))
-        n_train = int(round(len(full) * cfg_data["train_size"]))
-        n_val = int(round(len(full) * cfg_data["validation_size"]))
-        parts = np.split(order, [n_train, n_train + n_val])
+        fractions = [cfg_data["train_size"], cfg_data["validation_size"], cfg_data["test_size"]]
+        if cfg_data["stratify"]:
+            which = stratified_split(full.labels * full.mask, fractions, cfg_data["seed"])
+            parts = [np.flatnonzero(which == s) for s in range(3)]
+        else:
+            order = np.random.RandomState(cfg_data["seed"]).permutation(len(full))
+            n_train, n_val = (int(round(len(full) * f)) for f in fractions[:2])
+            parts = np.split(order, [n_train, n_train + n_val])
         splits = {k: full.subset(np.sort(p)) if len(p) else None
                   for k, p in zip(("train", "validation", "test"), parts)}
     else:
@@ -267,6 +303,19 @@ def prediction_row(rid, probs, names, thresholds, sep):
     """One output row: id, a probability per label, and the labels at or above their thresholds."""
     predicted = sep.join(n for n, p, t in zip(names, probs, thresholds) if p >= t)
     return [rid, *(f"{p:.6f}" for p in probs), predicted]
+
+
+def select_labels(splits, names, subset):
+    """Keeps only the labels in subset (task.labels), in that order, in every split. Returns the kept names."""
+    subset = [str(x) for x in ([subset] if isinstance(subset, str) else subset)]
+    unknown = [x for x in subset if x not in names]
+    if unknown or not subset:
+        raise DataError(f"task.labels: unknown labels {unknown} (labels in the data: {', '.join(names)})")
+    idx = [names.index(x) for x in subset]
+    for split in splits.values():
+        if split is not None:
+            split.labels, split.mask = split.labels[:, idx], split.mask[:, idx]
+    return subset
 
 
 # -----------------------------------------------------------------------------

@@ -106,3 +106,29 @@ def save_json(result, path):
     """Undefined metrics (nan: a label with one class) are written as null, which JSON readers understand."""
     with open(path, "w") as f:
         json.dump({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()}, f, indent=2)
+
+
+def tune_thresholds(labels, probs, mask=None, default=0.5):
+    """Per label, the threshold that maximises F1 on these data (a validation split). It is placed halfway
+    between the lowest score kept positive and the next lower score, so it does not sit on a training point.
+    A label without positives keeps the default."""
+    L = labels.shape[1]
+    out = np.full(L, default, np.float64)
+    for j in range(L):
+        y, s = labels[:, j] > 0.5, probs[:, j].astype(np.float64)
+        if mask is not None:
+            keep = np.asarray(mask[:, j], bool)
+            y, s = y[keep], s[keep]
+        P = int(y.sum())
+        if P == 0:
+            continue
+        order = np.argsort(-s, kind="stable")
+        s, y = s[order], y[order]
+        last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # cut after each run of equal scores
+        tp = np.cumsum(y)[last]
+        fp = last + 1 - tp
+        f1 = 2 * tp / (2 * tp + fp + (P - tp))
+        k = int(np.argmax(f1))  # the first maximum: the highest threshold among equals
+        below = s[last[k] + 1] if last[k] + 1 < len(s) else s[last[k]] - 1e-6
+        out[j] = (s[last[k]] + below) / 2
+    return out

@@ -52,6 +52,7 @@ def predict(args):
     rank, world, device = train.setup_device({"device": args.device})
     net, tokenizer, ckpt = load_trained(args.run, device)
     cfg_data, names = ckpt["config"]["data"], ckpt["label_names"]
+    data_names = config.label_names_from_config(ckpt["config"]["task"]) or names
     thresholds = np.broadcast_to(np.asarray(ckpt["thresholds"] if args.threshold is None else args.threshold,
                                             np.float64), (len(names),))
     sep = cfg_data["multi_label_sep"]
@@ -81,8 +82,10 @@ def predict(args):
         if args.rc_average:
             probs = (probs + score([data.reverse_complement(s) for s in seqs])[0]) / 2
         total, truncated = total + len(seqs), truncated + cut
-        if cells[0] is not None:
-            labels, mask = data.parse_labels(args.input, lines, cells, names, sep)
+        if cells[0] is not None:  # parsed with all labels of the training data, then cut to the model's
+            labels, mask = data.parse_labels(args.input, lines, cells, data_names, sep)
+            keep = [data_names.index(n) for n in names]
+            labels, mask = labels[:, keep], mask[:, keep]
             all_labels.append(labels), all_mask.append(mask), all_probs.append(probs)
         if out:
             out.writelines("\t".join(data.prediction_row(rid, p, names, thresholds, sep)) + "\n"

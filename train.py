@@ -208,10 +208,16 @@ def train(cfg):
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
     # data
-    splits, names = data.load_splits(data_cfg, config.label_names_from_config(task_cfg))
+    splits, all_names = data.load_splits(data_cfg, config.label_names_from_config(task_cfg))
+    # the resolved config keeps every label of the data, so that it reads the same files again
+    task_cfg["label_map"], task_cfg["num_labels"], task_cfg["label_names"] = dict(enumerate(all_names)), \
+        len(all_names), None
+    names = data.select_labels(splits, all_names, task_cfg["labels"]) if task_cfg["labels"] else all_names
     L = len(names)
-    task_cfg["label_map"], task_cfg["num_labels"], task_cfg["label_names"] = dict(enumerate(names)), L, None
-    threshold = np.asarray(task_cfg["threshold"], np.float64)
+    tune = task_cfg["threshold"] == "tuned"
+    threshold = np.asarray(0.5 if tune else task_cfg["threshold"], np.float64)
+    if tune and splits["validation"] is None:
+        raise config.ConfigError("config: task.threshold 'tuned' needs a validation split to tune on")
     if threshold.ndim > 1 or threshold.size not in (1, L):
         raise config.ConfigError(f"config: task.threshold has {threshold.size} values for {L} labels "
                                  f"(expected one number, or one per label)")
@@ -292,6 +298,11 @@ def train(cfg):
         save_backbone_config(backbone, source_dir, os.path.join(out_dir, "backbone"))
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(log_dir)
+        # row i, column j: the share of label i's training sequences that also carry label j
+        y = train_set.labels * train_set.mask
+        cooccurrence = (y.T @ y) / np.maximum(y.sum(0), 1)[:, None]
+        writer.add_image("train/label_cooccurrence", np.kron(cooccurrence, np.ones((16, 16)))[None], 0)
+        writer.add_text("train/label_order", ", ".join(names))
 
     def save(name):
         if master:
@@ -434,8 +445,22 @@ def train(cfg):
         if state is not None:
             net.load_state_dict(state)
             log(f"loaded the best model ({metric} {best:.4f})")
+    if tune:
+        val = datasets["validation"]
+        thresholds = metrics.tune_thresholds(val.labels, run_eval("validation")[1], val.mask)
+        log("thresholds tuned for F1 on the validation split: " +
+            " ".join(f"{n}={t:.3f}" for n, t in zip(names, thresholds)))
+        for name in ("last.pt", "best.pt"):  # predict.py reads them from there
+            path = os.path.join(out_dir, name)
+            if master and os.path.exists(path):
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+                ckpt["thresholds"] = thresholds.tolist()
+                save_atomic(ckpt, path)
     if "test" in datasets:
         result, probs = run_eval("test")
+        if np.any(thresholds != 0.5):  # for comparison, the same predictions cut at 0.5
+            at_half = metrics.compute_metrics(datasets["test"].labels, probs, names, 0.5, datasets["test"].mask)
+            result.update({f"{k}@0.5": v for k, v in at_half.items() if "/" not in k})
         if master:
             write_test_outputs(out_dir, splits["test"], names, probs, result, thresholds, data_cfg["multi_label_sep"])
             if writer:
@@ -446,8 +471,10 @@ def train(cfg):
                     writer.add_pr_curve(f"test_pr/{n}", splits["test"].labels[:, j][splits["test"].mask[:, j]],
                                         probs[:, j][splits["test"].mask[:, j]], step)
         log(metrics.per_label_text(names, result))
-        summary = {f"test_{k}": round(v, 4) for k, v in result.items() if "/" not in k}
+        summary = {f"test_{k}": round(v, 4) for k, v in result.items() if "/" not in k and "@" not in k}
         log(f"Test Metrics: {summary}")
+        if "f1_macro@0.5" in result:
+            log(f"Test Metrics at threshold 0.5: { {f'test_{k[:-4]}': round(v, 4) for k, v in result.items() if k.endswith('@0.5')} }")
     else:
         log("no test split: skipping the test evaluation")
     if writer:

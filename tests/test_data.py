@@ -176,3 +176,32 @@ def test_wide_columns_must_match_the_label_count(tmp_path):
     p = write(tmp_path, "w.tsv", "sequence\tleaf\troot\nACGT\t1\t0\n")
     with pytest.raises(DataError, match="data.label_cols names 2 columns for 3 labels"):
         load(p, ["leaf", "root", "stem"], label_cols=["leaf", "root"])
+
+
+def test_stratified_split_puts_a_rare_label_in_every_split_in_proportion(tmp_path):
+    rng = np.random.RandomState(0)
+    rows = []
+    for i in range(1000):
+        labels = [n for n, p in (("common", 0.4), ("mid", 0.1), ("rare", 0.02)) if rng.rand() < p]
+        rows.append(f"ACGT\t{','.join(labels)}\n")
+    p = write(tmp_path, "r.tsv", "sequence\tlabels\n" + "".join(rows))
+    d = cfg_data(path=p, stratify=True)
+    splits, names = data.load_splits(d)
+    again, _ = data.load_splits(d)
+    assert all(splits[k].ids == again[k].ids for k in splits)  # deterministic
+    assert sorted(int(i) for k in splits for i in splits[k].ids) == list(range(1, 1001))
+    total = sum(splits[k].labels.sum(0) for k in splits)
+    for k, frac in (("train", 0.8), ("validation", 0.1), ("test", 0.1)):
+        assert abs(len(splits[k]) - frac * 1000) <= 2
+        got = splits[k].labels.sum(0)
+        assert np.all(got >= 1)  # the rare label (about 20 sequences) is in every split
+        assert np.all(np.abs(got - frac * total) <= 1.0)
+
+
+def test_select_labels_keeps_a_subset_in_order(tmp_path):
+    p = write(tmp_path, "s.tsv", "sequence\tlabels\nACGT\ta,c\nGGGG\tb\n")
+    splits, names = data.load_splits(cfg_data(path=p, train_size=1.0, validation_size=0.0, test_size=0.0))
+    assert data.select_labels(splits, names, ["c", "a"]) == ["c", "a"]
+    assert splits["train"].labels.tolist() == [[1, 1], [0, 0]]
+    with pytest.raises(DataError, match=r"unknown labels \['z'\]"):
+        data.select_labels(splits, ["c", "a"], ["z"])

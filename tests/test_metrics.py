@@ -116,3 +116,16 @@ def test_threshold_is_inclusive_and_per_label():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError):
         compute_metrics(np.zeros((3, 2)), np.zeros((3, 3)))
+
+
+def test_tuned_thresholds_maximise_f1_on_the_data():
+    rng = np.random.RandomState(1)
+    labels = (rng.rand(300, 4) < [0.5, 0.2, 0.05, 0.0]).astype(int)
+    probs = np.clip(labels * 0.3 + rng.rand(300, 4) * 0.7, 0, 1).round(2)  # informative, with ties
+    from metrics import tune_thresholds
+    thr = tune_thresholds(labels, probs)
+    assert thr[3] == 0.5  # no positives: the default
+    for j in range(3):
+        best = max(compute_metrics(labels[:, [j]], probs[:, [j]], threshold=t)["f1/0"] for t in np.unique(probs[:, j]))
+        assert compute_metrics(labels[:, [j]], probs[:, [j]], threshold=thr[j])["f1/0"] == pytest.approx(best)
+        assert thr[j] not in set(probs[:, j])  # between two observed scores

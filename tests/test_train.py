@@ -129,3 +129,26 @@ def test_threshold_list_must_match_the_labels(tmp_path, capsys):
     assert train.main(["config.yaml", f"data.path={tsv}", "task.label_map=null", "task.num_labels=null",
                        "task.threshold=[0.5, 0.5]", f"training.output_dir={tmp_path}"]) == 2
     assert "task.threshold has 2 values for 3 labels" in capsys.readouterr().err
+
+
+def test_tuned_thresholds_on_a_label_subset_with_stratified_split(tmp_path):
+    tsv = random_tsv(str(tmp_path / "d.tsv"), ["a", "b", "c"], n=200)
+    out = tmp_path / "out"
+    run(["config.yaml", f"data.path={tsv}", "task.label_map=null", "task.num_labels=null", "task.labels=[c, a]",
+         "task.threshold=tuned", "data.stratify=true", f"training.output_dir={out}", "training.num_train_epochs=2",
+         *TINY])
+    m = read_json(out / "test_metrics.json")
+    assert "test_f1/c" in m and "test_f1/a" in m and "test_f1/b" not in m
+    assert "test_f1_macro@0.5" in m
+    thresholds = torch.load(out / "last.pt", weights_only=True)["thresholds"]
+    assert len(thresholds) == 2 and thresholds != [0.5, 0.5]
+    assert torch.load(out / "best.pt", weights_only=True)["thresholds"] == thresholds
+    with open(out / "per_label.tsv") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [r["label"] for r in rows] == ["c", "a"]
+    assert [float(r["threshold"]) for r in rows] == pytest.approx(thresholds, abs=1e-6)
+    # the resolved config still reads the full data; predict.py scores the subset with the tuned thresholds
+    import predict
+    assert predict.main([str(out), tsv, "-o", str(tmp_path / "p.tsv")]) == 0
+    with open(tmp_path / "p.tsv") as f:
+        assert f.readline().split() == ["id", "c", "a", "predicted"]
