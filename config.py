@@ -36,7 +36,9 @@ DEFAULTS = {
         "validation_size": 0.1,
         "test_size": 0.1,
         "seed": 42,  # of the split, kept apart from training.seed so the split stays put across training seeds
-        "stratify": False,  # iterative stratification: every label, even a rare one, in every split in proportion
+        "stratify": False,
+        "oversample_rare": 0,  # ALPHA > 0 samples a sequence with weight (1/prevalence of its rarest label)^ALPHA
+        "rc_augment": False,  # train on the reverse complement with probability 0.5  # iterative stratification: every label, even a rare one, in every split in proportion
     },
     "model": {
         "source": "scratch",  # scratch | local | huggingface | modelscope
@@ -45,6 +47,10 @@ DEFAULTS = {
         "dropout": 0.1,  # the head's
         "backbone_dropout": None,  # a number overrides every dropout of the backbone; null keeps pretrained values
         "trust_remote_code": False,
+        "head_groups": None,  # {group: [labels]}: a small MLP head per group; labels not named share one more
+        "finetune": "full",  # full | head (frozen backbone) | lora
+        "lora": None,  # {r: 8, alpha: 16, dropout: 0.0, targets: null (every linear layer) or [name parts]}
+        "rc_average": False,  # average the probabilities of a sequence and its reverse complement (eval, predict)
         # scratch only: a small BERT-style encoder over overlapping k-mers
         "kmer": 6,
         "kmer_stride": 1,  # 1 = overlapping k-mers; larger strides make shorter, faster, coarser sequences

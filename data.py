@@ -299,6 +299,13 @@ def prevalence(labels, mask):
     return (labels * mask).sum(0) / np.maximum(mask.sum(0), 1)
 
 
+def oversample_weights(labels, mask, alpha):
+    """Sampling weight per sequence: (1/prevalence of its rarest positive label)^alpha; 1 without labels."""
+    y = (labels * mask) > 0.5
+    rarest = np.where(y, prevalence(labels, mask), np.inf).min(1)
+    return torch.tensor(np.where(np.isfinite(rarest), 1 / np.maximum(rarest, 1e-12), 1.0) ** alpha)
+
+
 def prediction_row(rid, probs, names, thresholds, sep):
     """One output row: id, a probability per label, and the labels at or above their thresholds."""
     predicted = sep.join(n for n, p, t in zip(names, probs, thresholds) if p >= t)
@@ -338,14 +345,17 @@ def tokenize(tokenizer, seqs, max_length, chunk=2048):
 
 
 class TokenDataset(torch.utils.data.Dataset):
-    def __init__(self, ids, labels, mask):
-        self.ids, self.labels, self.mask = ids, labels, mask
+    """Token ids with labels and mask; rc_ids, when given, are the reverse complements' token ids."""
+
+    def __init__(self, ids, labels, mask, rc_ids=None):
+        self.ids, self.labels, self.mask, self.rc_ids = ids, labels, mask, rc_ids
 
     def __len__(self):
         return len(self.ids)
 
-    def __getitem__(self, i):
-        return i, self.ids[i], self.labels[i], self.mask[i]
+    def __getitem__(self, key):
+        i, flip = (key, False) if np.ndim(key) == 0 else key  # training samplers give (index, reverse?) pairs
+        return i, (self.rc_ids if flip else self.ids)[i], self.labels[i], self.mask[i]
 
 
 class Collate:

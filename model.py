@@ -3,6 +3,7 @@ Model: a backbone (pretrained from ModelScope / the Hugging Face Hub / a local f
 scratch), a pooling of its token states, a linear head with one logit per label, and the loss.
 """
 import json
+import math
 import os
 
 import numpy as np
@@ -127,17 +128,118 @@ def pool(h, mask, how):
 
 
 class MultiLabelModel(nn.Module):
-    def __init__(self, backbone, num_labels, pooling="max", dropout=0.1):
+    """Backbone -> pooling -> dropout -> head(s). With groups (lists of label indices), each group of labels gets
+    its own small MLP head on the shared backbone, for tasks that are better kept apart."""
+
+    def __init__(self, backbone, num_labels, pooling="max", dropout=0.1, groups=None):
         super().__init__()
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # we pool ourselves; an unused pooler would also stall DDP's gradient sync
         self.backbone, self.pooling = backbone, pooling
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size(backbone.config), num_labels)
+        H = hidden_size(backbone.config)
+        if groups:
+            self.heads = nn.ModuleList(nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.Linear(H, len(g))) for g in groups)
+            order = [i for g in groups for i in g]
+            self.register_buffer("label_order", torch.tensor(np.argsort(order)), persistent=False)
+        else:
+            self.head = nn.Linear(H, num_labels)
 
     def forward(self, input_ids, attention_mask):
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(self.dropout(pool(h, attention_mask, self.pooling)))
+        x = self.dropout(pool(h, attention_mask, self.pooling))
+        if hasattr(self, "heads"):  # heads give their groups' logits; put them back in label order
+            return torch.cat([head(x) for head in self.heads], dim=1)[:, self.label_order]
+        return self.head(x)
+
+
+def head_groups(spec, names):
+    """model.head_groups {group: [labels]} -> lists of label indices; labels not named form one more group."""
+    if not spec:
+        return None
+    if not isinstance(spec, dict):
+        raise ConfigError("config: model.head_groups must be a mapping {group: [label, ...]}")
+    groups, seen = [], set()
+    for group, labels in spec.items():
+        labels = [labels] if isinstance(labels, str) else list(labels)
+        unknown = [x for x in labels if x not in names]
+        if unknown:
+            raise ConfigError(f"config: model.head_groups.{group} names unknown labels {unknown} (known: {names})")
+        if seen & set(labels):
+            raise ConfigError(f"config: model.head_groups puts {sorted(seen & set(labels))} in two groups")
+        seen |= set(labels)
+        groups.append([names.index(x) for x in labels])
+    rest = [i for i, n in enumerate(names) if n not in seen]
+    return [g for g in groups if g] + ([rest] if rest else [])
+
+
+class LoRA(nn.Module):
+    """A frozen linear layer plus a trainable low-rank update: W x + (alpha/r) B A x. B starts at zero, so
+    training starts from the pretrained function. Wraps nn.Linear and GPT-2's Conv1D (weight stored in x out)."""
+
+    def __init__(self, base, r=8, alpha=16, dropout=0.0):
+        super().__init__()
+        self.base, self.scale = base, alpha / r
+        self.conv1d = type(base).__name__ == "Conv1D"
+        n_in, n_out = base.weight.shape if self.conv1d else base.weight.shape[::-1]
+        self.A = nn.Parameter(torch.randn(r, n_in) / math.sqrt(n_in))
+        self.B = nn.Parameter(torch.zeros(n_out, r))
+        self.dropout = nn.Dropout(dropout)
+        for p in base.parameters():
+            p.requires_grad = False
+
+    def forward(self, x):
+        return self.base(x) + (self.dropout(x) @ self.A.T @ self.B.T) * self.scale
+
+    def merged(self):
+        delta = (self.B @ self.A) * self.scale  # (out, in)
+        with torch.no_grad():
+            self.base.weight += delta.T if self.conv1d else delta
+        return self.base
+
+
+def add_lora(backbone, r, alpha, dropout, targets=None):
+    """Wraps the backbone's linear layers (attention and MLP) whose names contain one of targets (all if None)."""
+    wrapped = 0
+    for name, module in list(backbone.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if (isinstance(child, nn.Linear) or type(child).__name__ == "Conv1D") and \
+                    (targets is None or any(t in full for t in targets)):
+                setattr(module, child_name, LoRA(child, r, alpha, dropout))
+                wrapped += 1
+    if wrapped == 0:
+        raise ConfigError(f"config: model.lora.targets {targets} match no linear layer of the backbone")
+    return wrapped
+
+
+def merge_lora(net):
+    """Folds every LoRA update into plain weights, for inference at full speed."""
+    for module in list(net.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, LoRA):
+                setattr(module, child_name, child.merged())
+    return net
+
+
+def build_model(backbone, names, cfg_model):
+    """The full model as the config says: heads, then which parameters train (model.finetune)."""
+    net = MultiLabelModel(backbone, len(names), cfg_model["pooling"], cfg_model["dropout"],
+                          head_groups(cfg_model["head_groups"], names))
+    mode = cfg_model["finetune"]
+    if mode in ("head", "lora"):
+        for p in net.backbone.parameters():
+            p.requires_grad = False
+    if mode == "lora":
+        lora = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": None, **(cfg_model["lora"] or {})}
+        unknown = set(lora) - {"r", "alpha", "dropout", "targets"}
+        if unknown:
+            raise ConfigError(f"config: model.lora has unknown keys {sorted(unknown)} (known: r, alpha, dropout, "
+                              f"targets)")
+        add_lora(net.backbone, lora["r"], lora["alpha"], lora["dropout"], lora["targets"])
+    elif mode not in ("full", "head"):
+        raise ConfigError(f"config: model.finetune is '{mode}' (expected one of full, head, lora)")
+    return net
 
 
 def bce_with_logits(logits, targets, mask=None, pos_weight=None, reduction="mean"):

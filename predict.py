@@ -24,7 +24,7 @@ import config
 import data
 import metrics
 import train
-from model import MultiLabelModel, load_tokenizer
+from model import build_model, load_tokenizer, merge_lora
 
 CHUNK = 8192  # sequences read, scored and written at a time: memory stays bounded on any input size
 
@@ -42,8 +42,9 @@ def load_trained(path, device):
     trust = bool(model_cfg["trust_remote_code"])
     backbone = AutoModel.from_config(AutoConfig.from_pretrained(os.path.join(run_dir, "backbone"),
                                                                 trust_remote_code=trust), trust_remote_code=trust)
-    net = MultiLabelModel(backbone, len(ckpt["label_names"]), model_cfg["pooling"], model_cfg["dropout"])
+    net = build_model(backbone, ckpt["label_names"], model_cfg)
     net.load_state_dict(ckpt["model"])
+    merge_lora(net)  # LoRA updates folded into plain weights: same outputs, faster
     tokenizer = load_tokenizer(os.path.join(run_dir, "tokenizer"), trust)
     return net.to(device).eval(), tokenizer, ckpt
 
@@ -79,7 +80,7 @@ def predict(args):
             break
         lines, ids, seqs, cells = zip(*chunk)
         probs, cut = score(list(seqs))
-        if args.rc_average:
+        if args.rc_average or ckpt["config"]["model"]["rc_average"]:
             probs = (probs + score([data.reverse_complement(s) for s in seqs])[0]) / 2
         total, truncated = total + len(seqs), truncated + cut
         if cells[0] is not None:  # parsed with all labels of the training data, then cut to the model's

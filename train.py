@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 import config
 import data
 import metrics
-from model import MultiLabelModel, bce_with_logits, load_backbone, resolve_pos_weight
+from model import bce_with_logits, build_model, load_backbone, resolve_pos_weight
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -91,12 +91,18 @@ def lr_lambda(train_cfg, total_steps):
     return factor
 
 
-def global_batches(n, size, seed, epoch):
-    """The training order of one epoch as global batches of indices. It depends on the seed and the epoch only,
-    never on the world size, so every scale sees the same batches; resume just skips the first few."""
+def global_batches(n, size, seed, epoch, weights=None, flip=False):
+    """The training order of one epoch as global batches of (index, reverse-complement?) pairs. It depends on the
+    seed and the epoch only, never on the world size, so every scale sees the same batches and resume just skips
+    the first few. With weights, n draws with replacement (oversampling); with flip, a fair coin per draw."""
     g = torch.Generator().manual_seed(seed * 1000003 + epoch)
-    order = torch.randperm(n, generator=g).numpy()
-    return [order[i:i + size] for i in range(0, n, size)]
+    if weights is None:
+        order = torch.randperm(n, generator=g)
+    else:
+        order = torch.multinomial(weights, n, replacement=True, generator=g)
+    flips = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    pairs = np.stack([order.numpy(), flips.numpy()], axis=1)
+    return [pairs[i:i + size] for i in range(0, n, size)]
 
 
 def rng_state():
@@ -167,6 +173,10 @@ def predict_logits(net, dataset, collate, batch_size, device, autocast):
 
 def evaluate(net, dataset, names, thresholds, collate, batch_size, device, autocast, pos_weight):
     logits = predict_logits(net, dataset, collate, batch_size, device, autocast)
+    if dataset.rc_ids is not None:  # model.rc_average: average both strands' probabilities
+        rc = data.TokenDataset(dataset.rc_ids, dataset.labels, dataset.mask)
+        p = (torch.sigmoid(logits) + torch.sigmoid(predict_logits(net, rc, collate, batch_size, device, autocast))) / 2
+        logits = torch.logit(p, eps=1e-7)
     labels, mask = torch.from_numpy(dataset.labels), torch.from_numpy(dataset.mask)
     loss = bce_with_logits(logits, labels, mask, pos_weight).item()
     probs = torch.sigmoid(logits).numpy()
@@ -225,13 +235,16 @@ def train(cfg):
 
     # model
     backbone, tokenizer, source_dir = load_backbone(model_cfg, data_cfg["max_length"])
-    net = MultiLabelModel(backbone, L, model_cfg["pooling"], model_cfg["dropout"]).to(device)
+    net = build_model(backbone, names, model_cfg).to(device)
     datasets = {}
     for name, split in splits.items():
         if split is None:
             continue
         ids, truncated = data.tokenize(tokenizer, split.seqs, data_cfg["max_length"])
-        datasets[name] = data.TokenDataset(ids, split.labels, split.mask)
+        both = data_cfg["rc_augment"] if name == "train" else model_cfg["rc_average"]
+        rc_ids = data.tokenize(tokenizer, [data.reverse_complement(s) for s in split.seqs],
+                               data_cfg["max_length"])[0] if both else None
+        datasets[name] = data.TokenDataset(ids, split.labels, split.mask, rc_ids)
         prevalence = " ".join(f"{n}={p:.1%}" for n, p in zip(names, data.prevalence(split.labels, split.mask)))
         log(f"data: {name}: {len(split)} sequences from {split.path}, {truncated} truncated to "
             f"{data_cfg['max_length']} tokens | {prevalence}")
@@ -242,13 +255,22 @@ def train(cfg):
         log("pos_weight: " + " ".join(f"{n}={w:.2f}" for n, w in zip(names, pos_weight.tolist())))
         pos_weight = pos_weight.to(device)
     n_params = sum(p.numel() for p in net.parameters())
-    log(f"model: {model_cfg['source']} {model_cfg['name_or_path'] or ''} | {n_params / 1e6:.2f}M parameters | "
-        f"pooling {model_cfg['pooling']} | {L} labels | device {device} x {world}")
+    n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    log(f"model: {model_cfg['source']} {model_cfg['name_or_path'] or ''} | {n_params / 1e6:.2f}M parameters, "
+        f"{n_train / 1e6:.3f}M trained ({model_cfg['finetune']}) | pooling {model_cfg['pooling']} | {L} labels | "
+        f"device {device} x {world}")
+    sample_weights = None
+    if data_cfg["oversample_rare"]:
+        sample_weights = data.oversample_weights(train_set.labels, train_set.mask, data_cfg["oversample_rare"])
+        y = train_set.labels * train_set.mask
+        share = (sample_weights.numpy() @ y) / sample_weights.sum().item()
+        log("oversampling: expected share per label " + " ".join(f"{n}={s:.1%}" for n, s in zip(names, share)))
     model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
 
     # optimizer and schedule: weight decay on matrices only, never on biases and norms
-    decay = [p for p in net.parameters() if p.dim() >= 2]
-    no_decay = [p for p in net.parameters() if p.dim() < 2]
+    trained = [p for p in net.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.dim() >= 2]
+    no_decay = [p for p in trained if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc["weight_decay"]},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=tc["learning_rate"],
                                   betas=(tc["adam_beta1"], tc["adam_beta2"]), eps=tc["adam_epsilon"])
@@ -347,7 +369,8 @@ def train(cfg):
     progress = master and sys.stderr.isatty()  # a step counter between log lines, on a terminal only
     while step < total_steps and "signal" not in stop:
         epoch, position = divmod(step, steps_per_epoch)
-        batches = global_batches(len(train_set), global_size, tc["seed"], epoch)[position:]
+        batches = global_batches(len(train_set), global_size, tc["seed"], epoch, sample_weights,
+                                 data_cfg["rc_augment"])[position:]
         batches = batches[:total_steps - step]
         # every global batch is cut into world*accum near-equal parts; this rank takes one per micro-step
         parts = [np.array_split(b, world * accum) for b in batches]
@@ -358,7 +381,7 @@ def train(cfg):
         for b in batches:
             # normalise by the measured entries of the whole global batch, so the loss (and gradient) is the
             # same whatever the world size and accumulation; DDP averages over ranks, hence the * world
-            measured = max(int(train_set.mask[b].sum()), 1)
+            measured = max(int(train_set.mask[b[:, 0]].sum()), 1)
             for k in range(accum):
                 batch = next(loader)
                 sync = k == accum - 1 or world == 1

@@ -96,18 +96,20 @@ def test_distributed_evaluation_scores_every_sequence_once(dataset):
     assert [r.split("\t")[0] for r in one] == [r.split("\t")[0] for r in two]
 
 
-def test_resume_mid_epoch_gives_the_same_weights(dataset):
+@pytest.mark.parametrize("extra", [[], ["data.oversample_rare=1", "data.rc_augment=true"]])
+def test_resume_mid_epoch_gives_the_same_weights(dataset, extra):
     path, tmp = dataset
-    # 103 sequences in batches of 16: 7 steps an epoch; snapshots at steps 3, 6, 9
-    base = common(path, tmp / "full", "training.max_steps=10", "training.save_strategy=steps",
-                  "training.save_steps=3", "training.save_total_limit=5", "model.dropout=0.3")
+    tag = str(len(extra))
+    # 82 training sequences in batches of 16: 6 steps an epoch; snapshots at steps 3, 6, 9
+    base = common(path, tmp / f"full{tag}", "training.max_steps=10", "training.save_strategy=steps",
+                  "training.save_steps=3", "training.save_total_limit=5", "model.dropout=0.3", *extra)
     assert train.main(["config.yaml", *base]) == 0
-    resumed = common(path, tmp / "resumed", "training.max_steps=10", "model.dropout=0.3",
-                     f"training.resume_from_checkpoint={tmp / 'full' / 'step-3.pt'}", "training.save_strategy=steps",
-                     "training.save_steps=100")
+    resumed = common(path, tmp / f"resumed{tag}", "training.max_steps=10", "model.dropout=0.3",
+                     f"training.resume_from_checkpoint={tmp / f'full{tag}' / 'step-3.pt'}",
+                     "training.save_strategy=steps", "training.save_steps=100", *extra)
     assert train.main(["config.yaml", *resumed]) == 0
-    assert torch.load(tmp / "resumed" / "last.pt", weights_only=True)["step"] == 10
-    assert_same_weights(tmp / "full" / "last.pt", tmp / "resumed" / "last.pt", atol=1e-6)
+    assert torch.load(tmp / f"resumed{tag}" / "last.pt", weights_only=True)["step"] == 10
+    assert_same_weights(tmp / f"full{tag}" / "last.pt", tmp / f"resumed{tag}" / "last.pt", atol=1e-6)
 
 
 def test_sigterm_writes_last_and_resume_finishes_the_same(dataset):
