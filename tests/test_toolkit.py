@@ -126,3 +126,24 @@ def test_every_switch_together(tmp_path):
     for x, y in zip(test_rows, again):
         assert all(abs(float(x[n]) - float(y[n])) <= 1e-4 for n in ("a", "b", "rare"))
         assert x["predicted"] == y["predicted"]
+
+
+def test_negative_transfer_table_against_single_task_baselines(tmp_path, capsys):
+    import compare
+    tsv = random_tsv(str(tmp_path / "d.tsv"), ["a", "b", "c"], n=150)
+    base = ["config.yaml", f"data.path={tsv}", "task.label_map=null", "task.num_labels=null",
+            "training.num_train_epochs=1", *TINY]
+    assert train.main([*base, f"training.output_dir={tmp_path / 'multi'}"]) == 0
+    for label in ("a", "c"):
+        assert train.main([*base, f"task.labels=[{label}]", f"training.output_dir={tmp_path / label}"]) == 0
+    rows = compare.compare(str(tmp_path / "multi"), [str(tmp_path / "a"), str(tmp_path / "c")])
+    assert [r[0] for r in rows] == ["a", "c"]
+    multi = {r["label"]: r for r in csv.DictReader(open(tmp_path / "multi" / "per_label.tsv"), delimiter="\t")}
+    single = next(csv.DictReader(open(tmp_path / "c" / "per_label.tsv"), delimiter="\t"))
+    f1_multi, f1_single, diff = rows[1][1:4]
+    assert f1_multi == float(multi["c"]["f1"]) and f1_single == float(single["f1"])
+    assert diff == pytest.approx(f1_multi - f1_single)
+    capsys.readouterr()
+    compare.main([str(tmp_path / "multi"), str(tmp_path / "a")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["label", "f1", "multi", "f1"] and lines[1].startswith("a ")
