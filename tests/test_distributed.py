@@ -85,6 +85,14 @@ def test_same_weights_at_any_scale(dataset):
         assert_same_weights(tmp / "1x8" / "last.pt", tmp / name / "last.pt")
 
 
+def test_oversampling_and_strand_flips_are_the_same_at_any_scale(dataset):
+    path, tmp = dataset
+    extra = ["data.oversample_rare=1", "data.rc_augment=true"]
+    check(torchrun(*common(path, tmp / "o1x8", "training.per_device_train_batch_size=8", *extra)))
+    check(torchrun(*common(path, tmp / "o2x4", "training.per_device_train_batch_size=4", *extra), nproc=2))
+    assert_same_weights(tmp / "o1x8" / "last.pt", tmp / "o2x4" / "last.pt")
+
+
 def test_distributed_evaluation_scores_every_sequence_once(dataset):
     path, tmp = dataset
     args = ["data.train_size=0.5", "data.validation_size=0.1", "data.test_size=0.4"]  # 103 -> 41 test sequences

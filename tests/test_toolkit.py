@@ -116,6 +116,11 @@ def test_every_switch_together(tmp_path):
     assert len(thresholds) == 3 and thresholds != [0.5] * 3
     m = json.load(open(out / "test_metrics.json"))
     assert "test_f1/c" not in m and "test_f1/rare" in m
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert "train/label_cooccurrence" in events.Tags()["images"]
+    assert "eval/f1/rare" in events.Tags()["scalars"] and "eval/auroc/rare" in events.Tags()["scalars"]
     # test split rows, scored again by predict.py (LoRA merged, both strands averaged)
     test_rows = list(csv.DictReader(open(out / "test_predictions.tsv"), delimiter="\t"))
     lines = open(tsv).read().splitlines()
