@@ -91,7 +91,7 @@ def lr_lambda(train_cfg, total_steps):
     return factor
 
 
-def global_batches(n, size, seed, epoch, weights=None, flip=False):
+def global_batches(n, size, seed, epoch, weights=None, flip=False, min_size=1):
     """The training order of one epoch as global batches of (index, reverse-complement?) pairs. It depends on the
     seed and the epoch only, never on the world size, so every scale sees the same batches and resume just skips
     the first few. With weights, n draws with replacement (oversampling); with flip, a fair coin per draw."""
@@ -102,7 +102,8 @@ def global_batches(n, size, seed, epoch, weights=None, flip=False):
         order = torch.multinomial(weights, n, replacement=True, generator=g)
     flips = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
     pairs = np.stack([order.numpy(), flips.numpy()], axis=1)
-    return [pairs[i:i + size] for i in range(0, n, size)]
+    # a last batch too small to give every rank and micro-step a sequence is left out (and reported)
+    return [pairs[i:i + size] for i in range(0, n, size) if n - i >= min_size]
 
 
 def rng_state():
@@ -276,7 +277,14 @@ def train(cfg):
                                   betas=(tc["adam_beta1"], tc["adam_beta2"]), eps=tc["adam_epsilon"])
     accum = tc["gradient_accumulation_steps"]
     global_size = tc["per_device_train_batch_size"] * world * accum
-    steps_per_epoch = math.ceil(len(train_set) / global_size)
+    parts_per_step = world * accum
+    steps_per_epoch = len(train_set) // global_size + (len(train_set) % global_size >= parts_per_step)
+    if steps_per_epoch == 0:
+        raise config.ConfigError(f"config: the training split has {len(train_set)} sequences, fewer than the "
+                                 f"{parts_per_step} processes x gradient_accumulation_steps that share a step")
+    if 0 < len(train_set) % global_size < parts_per_step:
+        log(f"note: the last {len(train_set) % global_size} sequences of each epoch's shuffled order are left out: "
+            f"fewer than the {parts_per_step} ranks x micro-steps that share a step")
     total_steps = tc["max_steps"] if tc["max_steps"] > 0 else math.ceil(tc["num_train_epochs"] * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -370,10 +378,10 @@ def train(cfg):
     while step < total_steps and "signal" not in stop:
         epoch, position = divmod(step, steps_per_epoch)
         batches = global_batches(len(train_set), global_size, tc["seed"], epoch, sample_weights,
-                                 data_cfg["rc_augment"])[position:]
+                                 data_cfg["rc_augment"], parts_per_step)[position:]
         batches = batches[:total_steps - step]
         # every global batch is cut into world*accum near-equal parts; this rank takes one per micro-step
-        parts = [np.array_split(b, world * accum) for b in batches]
+        parts = [np.array_split(b, parts_per_step) for b in batches]
         micro = [p[k * world + rank] for p in parts for k in range(accum)]
         # a private generator: a DataLoader draws a seed from the global RNG, which would shift dropout on resume
         loader = iter(DataLoader(train_set, batch_sampler=micro, collate_fn=collate, num_workers=tc["num_workers"],

@@ -166,3 +166,14 @@ def test_non_finite_gradients_stop_the_run_without_a_checkpoint(dataset, monkeyp
     err = capsys.readouterr().err
     assert "non-finite loss or gradient at 3 steps in a row" in err
     assert not (out / "last.pt").exists()
+
+
+def test_a_last_batch_too_small_to_share_is_left_out_and_reported(dataset, capsys):
+    path, tmp = dataset  # 82 training sequences; 4 micro-steps of 4: the last 2 cannot give every micro-step one
+    assert train.main(["config.yaml", *common(path, tmp / "small", "training.per_device_train_batch_size=4",
+                                              "training.gradient_accumulation_steps=4", "training.max_steps=-1",
+                                              "training.num_train_epochs=1")]) == 0
+    out = capsys.readouterr().out
+    assert "the last 2 sequences of each epoch's shuffled order are left out" in out
+    assert torch.load(tmp / "small" / "last.pt", weights_only=True)["step"] == 5
+    assert [len(b) for b in train.global_batches(82, 16, 0, 0, min_size=4)] == [16] * 5
