@@ -132,3 +132,13 @@ def tune_thresholds(labels, probs, mask=None, default=0.5):
         below = s[last[k] + 1] if last[k] + 1 < len(s) else s[last[k]] - 1e-6
         out[j] = (s[last[k]] + below) / 2
     return out
+
+
+def save_per_label(path, names, result, prevalence, thresholds):
+    """per_label.tsv: one row per label with its support, prevalence, scores and threshold."""
+    with open(path, "w") as f:
+        f.write("label\tsupport\tprevalence\tprecision\trecall\tf1\tauroc\tauprc\tthreshold\n")
+        for j, n in enumerate(names):
+            row = [n, str(result[f"support/{n}"]), f"{prevalence[j]:.4f}"]
+            row += [f"{result[f'{k}/{n}']:.4f}" for k in ("precision", "recall", "f1", "auroc", "auprc")]
+            f.write("\t".join(row + [f"{thresholds[j]:g}"]) + "\n")

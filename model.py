@@ -1,6 +1,7 @@
 """
 Model: a backbone (pretrained from ModelScope / the Hugging Face Hub / a local folder, or a small one built from
-scratch), a pooling of its token states, a linear head with one logit per label, and the loss.
+scratch), a pooling of its token states, a head with one logit per label (or one head per group of labels),
+LoRA, the loss, and the scoring of a dataset across ranks.
 """
 import json
 import math
@@ -8,8 +9,10 @@ import os
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig
 
 from config import ConfigError
@@ -282,3 +285,28 @@ def resolve_pos_weight(spec, names, labels, mask):
             raise ConfigError(f"config: training.pos_weight names unknown labels {sorted(unknown)} (known: {names})")
         return torch.tensor([float(spec.get(n, 1.0)) for n in names])
     raise ConfigError(f"config: training.pos_weight is {spec!r} (expected null, auto, sqrt, a list or a mapping by label)")
+
+
+@torch.no_grad()
+def predict_logits(net, dataset, collate, batch_size, device, autocast):
+    """Logits for every sequence of dataset, each scored exactly once across ranks, in dataset order."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    mine = np.arange(rank, len(dataset), world)  # a strided shard: no padding duplicates, no drops
+    mine = mine[np.argsort([len(dataset.ids[i]) for i in mine], kind="stable")]  # similar lengths pad less
+    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    net.eval()
+    index, out = [], []
+    for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=collate, generator=torch.Generator()):
+        with autocast:
+            logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        index.append(batch["index"]), out.append(logits.float().cpu())
+    net.train()
+    index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
+    out = torch.cat(out) if out else torch.zeros(0, dataset.labels.shape[1])
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, (index, out))
+        index, out = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    logits = torch.empty_like(out)
+    logits[index] = out
+    return logits

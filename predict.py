@@ -24,7 +24,7 @@ import config
 import data
 import metrics
 import train
-from model import build_model, load_tokenizer, merge_lora
+from model import build_model, load_tokenizer, merge_lora, predict_logits
 
 CHUNK = 8192  # sequences read, scored and written at a time: memory stays bounded on any input size
 
@@ -65,7 +65,7 @@ def predict(args):
         ids, truncated = data.tokenize(tokenizer, seqs, cfg_data["max_length"])
         n = len(ids)
         dataset = data.TokenDataset(ids, np.zeros((n, len(names)), np.float32), np.ones((n, len(names)), bool))
-        logits = train.predict_logits(net, dataset, collate, args.batch_size, device, autocast)
+        logits = predict_logits(net, dataset, collate, args.batch_size, device, autocast)
         return torch.sigmoid(logits).numpy(), truncated
 
     tmp = args.output + ".tmp"

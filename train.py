@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 import config
 import data
 import metrics
-from model import bce_with_logits, build_model, load_backbone, resolve_pos_weight
+from model import bce_with_logits, build_model, load_backbone, predict_logits, resolve_pos_weight
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -147,31 +147,6 @@ def run_info(cfg, device):
 # -----------------------------------------------------------------------------
 # evaluation
 
-@torch.no_grad()
-def predict_logits(net, dataset, collate, batch_size, device, autocast):
-    """Logits for every sequence of dataset, each scored exactly once across ranks, in dataset order."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    mine = np.arange(rank, len(dataset), world)  # a strided shard: no padding duplicates, no drops
-    mine = mine[np.argsort([len(dataset.ids[i]) for i in mine], kind="stable")]  # similar lengths pad less
-    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
-    net.eval()
-    index, out = [], []
-    for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=collate, generator=torch.Generator()):
-        with autocast:
-            logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        index.append(batch["index"]), out.append(logits.float().cpu())
-    net.train()
-    index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
-    out = torch.cat(out) if out else torch.zeros(0, dataset.labels.shape[1])
-    if world > 1:
-        parts = [None] * world
-        dist.all_gather_object(parts, (index, out))
-        index, out = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    logits = torch.empty_like(out)
-    logits[index] = out
-    return logits
-
-
 def evaluate(net, dataset, names, thresholds, collate, batch_size, device, autocast, pos_weight):
     logits = predict_logits(net, dataset, collate, batch_size, device, autocast)
     if dataset.rc_ids is not None:  # model.rc_average: average both strands' probabilities
@@ -193,14 +168,8 @@ def write_test_outputs(out_dir, split, names, probs, result, thresholds, sep):
         for rid, p, y, m in zip(split.ids, probs, split.labels, split.mask):
             truth = sep.join(n for n, yj, mj in zip(names, y, m) if yj and mj)
             f.write("\t".join(data.prediction_row(rid, p, names, thresholds, sep) + [truth]) + "\n")
-    prevalence = data.prevalence(split.labels, split.mask)
-    with open(os.path.join(out_dir, "per_label.tsv"), "w") as f:
-        cols = ["label", "support", "prevalence", "precision", "recall", "f1", "auroc", "auprc", "threshold"]
-        f.write("\t".join(cols) + "\n")
-        for j, n in enumerate(names):
-            row = [n, str(result[f"support/{n}"]), f"{prevalence[j]:.4f}"]
-            row += [f"{result[f'{k}/{n}']:.4f}" for k in ("precision", "recall", "f1", "auroc", "auprc")]
-            f.write("\t".join(row + [f"{thresholds[j]:g}"]) + "\n")
+    metrics.save_per_label(os.path.join(out_dir, "per_label.tsv"), names, result,
+                           data.prevalence(split.labels, split.mask), thresholds)
 
 
 # -----------------------------------------------------------------------------
