@@ -38,7 +38,8 @@ DEFAULTS = {
         "seed": 42,  # of the split, kept apart from training.seed so the split stays put across training seeds
         "stratify": False,
         "oversample_rare": 0,  # ALPHA > 0 samples a sequence with weight (1/prevalence of its rarest label)^ALPHA
-        "rc_augment": False,  # train on the reverse complement with probability 0.5  # iterative stratification: every label, even a rare one, in every split in proportion
+        "rc_augment": False,  # train on the reverse complement with probability 0.5
+        "group_by_length": False,  # batches of similar lengths (sorted runs of 50 batches): far less padding  # iterative stratification: every label, even a rare one, in every split in proportion
     },
     "model": {
         "source": "scratch",  # scratch | local | huggingface | modelscope

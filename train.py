@@ -91,10 +91,12 @@ def lr_lambda(train_cfg, total_steps):
     return factor
 
 
-def global_batches(n, size, seed, epoch, weights=None, flip=False, min_size=1):
+def global_batches(n, size, seed, epoch, weights=None, flip=False, min_size=1, lengths=None):
     """The training order of one epoch as global batches of (index, reverse-complement?) pairs. It depends on the
     seed and the epoch only, never on the world size, so every scale sees the same batches and resume just skips
-    the first few. With weights, n draws with replacement (oversampling); with flip, a fair coin per draw."""
+    the first few. With weights, n draws with replacement (oversampling); with flip, a fair coin per draw.
+    With lengths, each run of 50 batches is sorted by length before it is cut, so a batch holds similar lengths
+    and pads little, and the batches are then shuffled, so the order stays random across batches."""
     g = torch.Generator().manual_seed(seed * 1000003 + epoch)
     if weights is None:
         order = torch.randperm(n, generator=g)
@@ -102,8 +104,16 @@ def global_batches(n, size, seed, epoch, weights=None, flip=False, min_size=1):
         order = torch.multinomial(weights, n, replacement=True, generator=g)
     flips = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
     pairs = np.stack([order.numpy(), flips.numpy()], axis=1)
+    if lengths is not None:
+        mega = 50 * size
+        for i in range(0, n, mega):
+            chunk = pairs[i:i + mega]
+            pairs[i:i + mega] = chunk[np.argsort(-lengths[chunk[:, 0]], kind="stable")]
     # a last batch too small to give every rank and micro-step a sequence is left out (and reported)
-    return [pairs[i:i + size] for i in range(0, n, size) if n - i >= min_size]
+    batches = [pairs[i:i + size] for i in range(0, n, size) if n - i >= min_size]
+    if lengths is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    return batches
 
 
 def rng_state():
@@ -229,6 +239,7 @@ def train(cfg):
     log(f"model: {model_cfg['source']} {model_cfg['name_or_path'] or ''} | {n_params / 1e6:.2f}M parameters, "
         f"{n_train / 1e6:.3f}M trained ({model_cfg['finetune']}) | pooling {model_cfg['pooling']} | {L} labels | "
         f"device {device} x {world}")
+    lengths = np.array([len(x) for x in train_set.ids]) if data_cfg["group_by_length"] else None
     sample_weights = None
     if data_cfg["oversample_rare"]:
         sample_weights = data.oversample_weights(train_set.labels, train_set.mask, data_cfg["oversample_rare"])
@@ -347,7 +358,7 @@ def train(cfg):
     while step < total_steps and "signal" not in stop:
         epoch, position = divmod(step, steps_per_epoch)
         batches = global_batches(len(train_set), global_size, tc["seed"], epoch, sample_weights,
-                                 data_cfg["rc_augment"], parts_per_step)[position:]
+                                 data_cfg["rc_augment"], parts_per_step, lengths)[position:]
         batches = batches[:total_steps - step]
         # every global batch is cut into world*accum near-equal parts; this rank takes one per micro-step
         parts = [np.array_split(b, parts_per_step) for b in batches]

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,7 +88,7 @@ def test_same_weights_at_any_scale(dataset):
 
 def test_oversampling_and_strand_flips_are_the_same_at_any_scale(dataset):
     path, tmp = dataset
-    extra = ["data.oversample_rare=1", "data.rc_augment=true"]
+    extra = ["data.oversample_rare=1", "data.rc_augment=true", "data.group_by_length=true"]
     check(torchrun(*common(path, tmp / "o1x8", "training.per_device_train_batch_size=8", *extra)))
     check(torchrun(*common(path, tmp / "o2x4", "training.per_device_train_batch_size=4", *extra), nproc=2))
     assert_same_weights(tmp / "o1x8" / "last.pt", tmp / "o2x4" / "last.pt")
@@ -104,7 +105,8 @@ def test_distributed_evaluation_scores_every_sequence_once(dataset):
     assert [r.split("\t")[0] for r in one] == [r.split("\t")[0] for r in two]
 
 
-@pytest.mark.parametrize("extra", [[], ["data.oversample_rare=1", "data.rc_augment=true"]])
+@pytest.mark.parametrize("extra", [[], ["data.oversample_rare=1", "data.rc_augment=true",
+                                         "data.group_by_length=true"]])
 def test_resume_mid_epoch_gives_the_same_weights(dataset, extra):
     path, tmp = dataset
     tag = str(len(extra))
@@ -177,3 +179,22 @@ def test_a_last_batch_too_small_to_share_is_left_out_and_reported(dataset, capsy
     assert "the last 2 sequences of each epoch's shuffled order are left out" in out
     assert torch.load(tmp / "small" / "last.pt", weights_only=True)["step"] == 5
     assert [len(b) for b in train.global_batches(82, 16, 0, 0, min_size=4)] == [16] * 5
+
+
+def padding_fraction(batches, lengths):
+    """Share of padded positions when each batch is padded to its longest sequence."""
+    padded = sum(len(b) * lengths[b[:, 0]].max() for b in batches)
+    return 1 - sum(lengths[b[:, 0]].sum() for b in batches) / padded
+
+
+def test_group_by_length_pads_little_and_keeps_every_sequence_once():
+    lengths = np.random.RandomState(0).randint(200, 2001, size=5000)
+    plain = train.global_batches(5000, 32, seed=0, epoch=0)
+    grouped = train.global_batches(5000, 32, seed=0, epoch=0, lengths=lengths)
+    assert sorted(np.concatenate(grouped)[:, 0].tolist()) == list(range(5000))
+    assert padding_fraction(grouped, lengths) <= 0.10 < padding_fraction(plain, lengths)
+    again = train.global_batches(5000, 32, seed=0, epoch=0, lengths=lengths)
+    assert all(np.array_equal(a, b) for a, b in zip(grouped, again))
+    # the batch order is still shuffled: lengths do not run down monotonically across batches
+    maxima = [lengths[b[:, 0]].max() for b in grouped]
+    assert maxima != sorted(maxima, reverse=True)
