@@ -349,150 +349,152 @@ def train(cfg):
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.setdefault("signal", signum))
                 for sig in (signal.SIGTERM, signal.SIGINT)}
 
-    has_val = "validation" in datasets and tc["evaluation_strategy"] != "no"
-    log(f"training: {total_steps} steps of {global_size} sequences ({steps_per_epoch} steps per epoch), "
-        f"{accum} micro-steps per step")
-    model.train()
-    t0, seen, loss_sum, loss_count, bad_steps = time.time(), 0, 0.0, 0, 0
-    progress = master and sys.stderr.isatty()  # a step counter between log lines, on a terminal only
-    while step < total_steps and "signal" not in stop:
-        epoch, position = divmod(step, steps_per_epoch)
-        batches = global_batches(len(train_set), global_size, tc["seed"], epoch, sample_weights,
-                                 data_cfg["rc_augment"], parts_per_step, lengths)[position:]
-        batches = batches[:total_steps - step]
-        # every global batch is cut into world*accum near-equal parts; this rank takes one per micro-step
-        parts = [np.array_split(b, parts_per_step) for b in batches]
-        micro = [p[k * world + rank] for p in parts for k in range(accum)]
-        # a private generator: a DataLoader draws a seed from the global RNG, which would shift dropout on resume
-        loader = iter(DataLoader(train_set, batch_sampler=micro, collate_fn=collate, num_workers=tc["num_workers"],
-                                 generator=torch.Generator()))
-        for b in batches:
-            # normalise by the measured entries of the whole global batch, so the loss (and gradient) is the
-            # same whatever the world size and accumulation; DDP averages over ranks, hence the * world
-            measured = max(int(train_set.mask[b[:, 0]].sum()), 1)
-            for k in range(accum):
-                batch = next(loader)
-                sync = k == accum - 1 or world == 1
-                with (nullcontext() if sync else model.no_sync()):
-                    with autocast:
-                        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-                    loss = bce_with_logits(logits, batch["labels"].to(device), batch["mask"].to(device), pos_weight,
-                                           reduction="sum") * world / measured
-                    scaler.scale(loss).backward()
-                loss_sum += loss.item() / world
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc["max_grad_norm"] or float("inf"))
-            if scaler.is_enabled() or torch.isfinite(grad_norm):
-                scaler.step(optimizer)  # under fp16 the scaler itself skips non-finite steps and lowers its scale
-                scaler.update()
-                bad_steps = 0
-            else:  # the same on every rank: gradients are already all-reduced
-                bad_steps += 1
-                log(f"warning: non-finite loss or gradient at step {step + 1}; the update was skipped")
-                if bad_steps >= 3:
-                    raise NonFiniteError(f"non-finite loss or gradient at {bad_steps} steps in a row (step "
-                                         f"{step + 1}); lower training.learning_rate or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            seen += len(b)
-            loss_count += 1
-            if progress:
-                print(f"\r{step}/{total_steps}", end="", file=sys.stderr, flush=True)
-            if step % tc["logging_steps"] == 0 or step == total_steps:
+    try:
+        has_val = "validation" in datasets and tc["evaluation_strategy"] != "no"
+        log(f"training: {total_steps} steps of {global_size} sequences ({steps_per_epoch} steps per epoch), "
+            f"{accum} micro-steps per step")
+        model.train()
+        t0, seen, loss_sum, loss_count, bad_steps = time.time(), 0, 0.0, 0, 0
+        progress = master and sys.stderr.isatty()  # a step counter between log lines, on a terminal only
+        while step < total_steps and "signal" not in stop:
+            epoch, position = divmod(step, steps_per_epoch)
+            batches = global_batches(len(train_set), global_size, tc["seed"], epoch, sample_weights,
+                                     data_cfg["rc_augment"], parts_per_step, lengths)[position:]
+            batches = batches[:total_steps - step]
+            # every global batch is cut into world*accum near-equal parts; this rank takes one per micro-step
+            parts = [np.array_split(b, parts_per_step) for b in batches]
+            micro = [p[k * world + rank] for p in parts for k in range(accum)]
+            # a private generator: a DataLoader draws a seed from the global RNG, which would shift dropout on resume
+            loader = iter(DataLoader(train_set, batch_sampler=micro, collate_fn=collate, num_workers=tc["num_workers"],
+                                     generator=torch.Generator()))
+            for b in batches:
+                # normalise by the measured entries of the whole global batch, so the loss (and gradient) is the
+                # same whatever the world size and accumulation; DDP averages over ranks, hence the * world
+                measured = max(int(train_set.mask[b[:, 0]].sum()), 1)
+                for k in range(accum):
+                    batch = next(loader)
+                    sync = k == accum - 1 or world == 1
+                    with (nullcontext() if sync else model.no_sync()):
+                        with autocast:
+                            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                        loss = bce_with_logits(logits, batch["labels"].to(device), batch["mask"].to(device), pos_weight,
+                                               reduction="sum") * world / measured
+                        scaler.scale(loss).backward()
+                    loss_sum += loss.item() / world
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc["max_grad_norm"] or float("inf"))
+                if scaler.is_enabled() or torch.isfinite(grad_norm):
+                    scaler.step(optimizer)  # under fp16 the scaler itself skips non-finite steps and lowers its scale
+                    scaler.update()
+                    bad_steps = 0
+                else:  # the same on every rank: gradients are already all-reduced
+                    bad_steps += 1
+                    log(f"warning: non-finite loss or gradient at step {step + 1}; the update was skipped")
+                    if bad_steps >= 3:
+                        raise NonFiniteError(f"non-finite loss or gradient at {bad_steps} steps in a row (step "
+                                             f"{step + 1}); lower training.learning_rate or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                seen += len(b)
+                loss_count += 1
                 if progress:
-                    print("\r", end="", file=sys.stderr)
-                lr = scheduler.get_last_lr()[0]
-                stats = torch.tensor([loss_sum / loss_count], device=device)
-                if world > 1:
-                    dist.all_reduce(stats)
-                    stats /= world
-                rate = seen / (time.time() - t0)
-                log(f"step {step}/{total_steps} | epoch {step / steps_per_epoch:.2f} | loss {stats.item():.4f} | "
-                    f"lr {lr:.2e} | grad norm {grad_norm.item():.3f} | {rate:.0f} seq/s")
-                if writer:
-                    for k, v in (("loss", stats.item()), ("lr", lr), ("grad_norm", grad_norm.item()),
-                                 ("samples_per_s", rate)):
-                        writer.add_scalar(f"train/{k}", v, step)
-                t0, seen, loss_sum, loss_count = time.time(), 0, 0.0, 0
-            end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-            if has_val and (eval_every and step % eval_every == 0 or
-                            tc["evaluation_strategy"] == "epoch" and end_of_epoch):
-                eval_and_keep_best()
-            if (tc["save_strategy"] == "steps" and step % tc["save_steps"] == 0 or
-                    tc["save_strategy"] == "epoch" and end_of_epoch):
-                save("last.pt")
-                if master and tc["save_total_limit"]:
-                    keep_snapshots(out_dir, step, tc["save_total_limit"])
-            if world > 1:  # all ranks stop at the same step, or the others would wait forever in the next one
-                flag = torch.tensor([stop.get("signal", 0)], device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                if flag.item():
-                    stop["signal"] = int(flag.item())
-            if "signal" in stop:
-                break
+                    print(f"\r{step}/{total_steps}", end="", file=sys.stderr, flush=True)
+                if step % tc["logging_steps"] == 0 or step == total_steps:
+                    if progress:
+                        print("\r", end="", file=sys.stderr)
+                    lr = scheduler.get_last_lr()[0]
+                    stats = torch.tensor([loss_sum / loss_count], device=device)
+                    if world > 1:
+                        dist.all_reduce(stats)
+                        stats /= world
+                    rate = seen / (time.time() - t0)
+                    log(f"step {step}/{total_steps} | epoch {step / steps_per_epoch:.2f} | loss {stats.item():.4f} | "
+                        f"lr {lr:.2e} | grad norm {grad_norm.item():.3f} | {rate:.0f} seq/s")
+                    if writer:
+                        for k, v in (("loss", stats.item()), ("lr", lr), ("grad_norm", grad_norm.item()),
+                                     ("samples_per_s", rate)):
+                            writer.add_scalar(f"train/{k}", v, step)
+                    t0, seen, loss_sum, loss_count = time.time(), 0, 0.0, 0
+                end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+                if has_val and (eval_every and step % eval_every == 0 or
+                                tc["evaluation_strategy"] == "epoch" and end_of_epoch):
+                    eval_and_keep_best()
+                if (tc["save_strategy"] == "steps" and step % tc["save_steps"] == 0 or
+                        tc["save_strategy"] == "epoch" and end_of_epoch):
+                    save("last.pt")
+                    if master and tc["save_total_limit"]:
+                        keep_snapshots(out_dir, step, tc["save_total_limit"])
+                if world > 1:  # all ranks stop at the same step, or the others would wait forever in the next one
+                    flag = torch.tensor([stop.get("signal", 0)], device=device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    if flag.item():
+                        stop["signal"] = int(flag.item())
+                if "signal" in stop:
+                    break
 
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-    if "signal" in stop:
-        save("last.pt")
-        log(f"stopped by signal {stop['signal']} at step {step}; resume with "
-            f"training.resume_from_checkpoint={os.path.join(out_dir, 'last.pt')}")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if "signal" in stop:
+            save("last.pt")
+            log(f"stopped by signal {stop['signal']} at step {step}; resume with "
+                f"training.resume_from_checkpoint={os.path.join(out_dir, 'last.pt')}")
+            return 128 + stop["signal"]
+        if tc["save_strategy"] != "no":
+            save("last.pt")
+
+        # test, with the best weights when asked for
+        if tc["load_best_model_at_end"] and best is not None:
+            state = best_state
+            if state is None and os.path.exists(os.path.join(out_dir, "best.pt")):
+                if dist.is_initialized():
+                    dist.barrier()  # rank 0 wrote it
+                state = torch.load(os.path.join(out_dir, "best.pt"), map_location="cpu", weights_only=True)["model"]
+            if state is not None:
+                net.load_state_dict(state)
+                log(f"loaded the best model ({metric} {best:.4f})")
+        if tune:
+            val = datasets["validation"]
+            thresholds = metrics.tune_thresholds(val.labels, run_eval("validation")[1], val.mask)
+            log("thresholds tuned for F1 on the validation split: " +
+                " ".join(f"{n}={t:.3f}" for n, t in zip(names, thresholds)))
+            for name in ("last.pt", "best.pt"):  # predict.py reads them from there
+                path = os.path.join(out_dir, name)
+                if master and os.path.exists(path):
+                    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+                    ckpt["thresholds"] = thresholds.tolist()
+                    save_atomic(ckpt, path)
+        if "test" in datasets:
+            result, probs = run_eval("test")
+            if np.any(thresholds != 0.5):  # for comparison, the same predictions cut at 0.5
+                at_half = metrics.compute_metrics(datasets["test"].labels, probs, names, 0.5, datasets["test"].mask)
+                result.update({f"{k}@0.5": v for k, v in at_half.items() if "/" not in k})
+            if master:
+                write_test_outputs(out_dir, splits["test"], names, probs, result, thresholds,
+                                   data_cfg["multi_label_sep"])
+                if writer:
+                    for k, v in result.items():
+                        if "/" not in k:
+                            writer.add_scalar(f"test/{k}", v, step)
+                    for j, n in enumerate(names):
+                        writer.add_pr_curve(f"test_pr/{n}", splits["test"].labels[:, j][splits["test"].mask[:, j]],
+                                            probs[:, j][splits["test"].mask[:, j]], step)
+            log(metrics.per_label_text(names, result))
+            summary = {f"test_{k}": round(v, 4) for k, v in result.items() if "/" not in k and "@" not in k}
+            log(f"Test Metrics: {summary}")
+            if "f1_macro@0.5" in result:
+                at_half = {f"test_{k[:-4]}": round(v, 4) for k, v in result.items() if k.endswith("@0.5")}
+                log(f"Test Metrics at threshold 0.5: {at_half}")
+        else:
+            log("no test split: skipping the test evaluation")
+        return 0
+    finally:  # also on errors, so that an in-process caller gets its signal handlers back
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if writer:
             writer.close()
         if dist.is_initialized():
             dist.destroy_process_group()
-        return 128 + stop["signal"]
-    if tc["save_strategy"] != "no":
-        save("last.pt")
-
-    # test, with the best weights when asked for
-    if tc["load_best_model_at_end"] and best is not None:
-        state = best_state
-        if state is None and os.path.exists(os.path.join(out_dir, "best.pt")):
-            if dist.is_initialized():
-                dist.barrier()  # rank 0 wrote it
-            state = torch.load(os.path.join(out_dir, "best.pt"), map_location="cpu", weights_only=True)["model"]
-        if state is not None:
-            net.load_state_dict(state)
-            log(f"loaded the best model ({metric} {best:.4f})")
-    if tune:
-        val = datasets["validation"]
-        thresholds = metrics.tune_thresholds(val.labels, run_eval("validation")[1], val.mask)
-        log("thresholds tuned for F1 on the validation split: " +
-            " ".join(f"{n}={t:.3f}" for n, t in zip(names, thresholds)))
-        for name in ("last.pt", "best.pt"):  # predict.py reads them from there
-            path = os.path.join(out_dir, name)
-            if master and os.path.exists(path):
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-                ckpt["thresholds"] = thresholds.tolist()
-                save_atomic(ckpt, path)
-    if "test" in datasets:
-        result, probs = run_eval("test")
-        if np.any(thresholds != 0.5):  # for comparison, the same predictions cut at 0.5
-            at_half = metrics.compute_metrics(datasets["test"].labels, probs, names, 0.5, datasets["test"].mask)
-            result.update({f"{k}@0.5": v for k, v in at_half.items() if "/" not in k})
-        if master:
-            write_test_outputs(out_dir, splits["test"], names, probs, result, thresholds, data_cfg["multi_label_sep"])
-            if writer:
-                for k, v in result.items():
-                    if "/" not in k:
-                        writer.add_scalar(f"test/{k}", v, step)
-                for j, n in enumerate(names):
-                    writer.add_pr_curve(f"test_pr/{n}", splits["test"].labels[:, j][splits["test"].mask[:, j]],
-                                        probs[:, j][splits["test"].mask[:, j]], step)
-        log(metrics.per_label_text(names, result))
-        summary = {f"test_{k}": round(v, 4) for k, v in result.items() if "/" not in k and "@" not in k}
-        log(f"Test Metrics: {summary}")
-        if "f1_macro@0.5" in result:
-            log(f"Test Metrics at threshold 0.5: { {f'test_{k[:-4]}': round(v, 4) for k, v in result.items() if k.endswith('@0.5')} }")
-    else:
-        log("no test split: skipping the test evaluation")
-    if writer:
-        writer.close()
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
 
 
 def save_backbone_config(backbone, source_dir, path):

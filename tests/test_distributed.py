@@ -198,3 +198,13 @@ def test_group_by_length_pads_little_and_keeps_every_sequence_once():
     # the batch order is still shuffled: lengths do not run down monotonically across batches
     maxima = [lengths[b[:, 0]].max() for b in grouped]
     assert maxima != sorted(maxima, reverse=True)
+
+
+def test_a_failed_run_gives_the_signal_handlers_back(dataset, monkeypatch):
+    import signal as sig
+    path, tmp = dataset
+    before = sig.getsignal(sig.SIGINT)
+    real = train.bce_with_logits
+    monkeypatch.setattr(train, "bce_with_logits", lambda *a, **k: real(*a, **k) * float("nan"))
+    assert train.main(["config.yaml", *common(path, tmp / "nan2", "training.max_steps=10")]) == 1
+    assert sig.getsignal(sig.SIGINT) is before
