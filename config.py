@@ -36,10 +36,10 @@ DEFAULTS = {
         "validation_size": 0.1,
         "test_size": 0.1,
         "seed": 42,  # of the split, kept apart from training.seed so the split stays put across training seeds
-        "stratify": False,
+        "stratify": False,  # iterative stratification: every label, even a rare one, in every split in proportion
         "oversample_rare": 0,  # ALPHA > 0 samples a sequence with weight (1/prevalence of its rarest label)^ALPHA
         "rc_augment": False,  # train on the reverse complement with probability 0.5
-        "group_by_length": False,  # batches of similar lengths (sorted runs of 50 batches): far less padding  # iterative stratification: every label, even a rare one, in every split in proportion
+        "group_by_length": False,  # batches of similar lengths (sorted runs of 50 batches): far less padding
     },
     "model": {
         "source": "scratch",  # scratch | local | huggingface | modelscope

@@ -284,7 +284,8 @@ def resolve_pos_weight(spec, names, labels, mask):
         if unknown:
             raise ConfigError(f"config: training.pos_weight names unknown labels {sorted(unknown)} (known: {names})")
         return torch.tensor([float(spec.get(n, 1.0)) for n in names])
-    raise ConfigError(f"config: training.pos_weight is {spec!r} (expected null, auto, sqrt, a list or a mapping by label)")
+    raise ConfigError(f"config: training.pos_weight is {spec!r} "
+                      f"(expected null, auto, sqrt, a list or a mapping by label)")
 
 
 @torch.no_grad()

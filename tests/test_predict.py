@@ -71,7 +71,8 @@ def test_threshold_override_and_rc_average(run_dir):
     flipped = run_dir / "flipped.tsv"
     with open(flipped, "w") as f:
         f.write("sequence\tlabels\n")
-        f.writelines(f"{data.reverse_complement(r['sequence'])}\t{r['labels']}\n" for r in read_tsv(run_dir / "test.tsv"))
+        for r in read_tsv(run_dir / "test.tsv"):
+            f.write(f"{data.reverse_complement(r['sequence'])}\t{r['labels']}\n")
     paths = {k: str(run_dir / f"{k}.out.tsv") for k in ("plain", "flip", "avg")}
     assert predict.main([str(run_dir / "out"), str(run_dir / "test.tsv"), "-o", paths["plain"]]) == 0
     assert predict.main([str(run_dir / "out"), str(flipped), "-o", paths["flip"]]) == 0
