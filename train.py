@@ -494,6 +494,8 @@ def train(cfg):
         if writer:
             writer.close()
         if dist.is_initialized():
+            if sys.exc_info()[0] is None:  # a normal end on every rank: let rank 0 finish its writes first, as
+                dist.barrier()            # a rank that tears gloo down under a busy peer was seen to abort
             dist.destroy_process_group()
 
 
