@@ -40,6 +40,7 @@ DEFAULTS = {
         "oversample_rare": 0,  # ALPHA > 0 samples a sequence with weight (1/prevalence of its rarest label)^ALPHA
         "rc_augment": False,  # train on the reverse complement with probability 0.5
         "group_by_length": False,  # batches of similar lengths (sorted runs of 50 batches): far less padding
+        "cache_dir": "cache",  # token caches, one folder per data file, tokenizer and max_length; safe to delete
     },
     "model": {
         "source": "scratch",  # scratch | local | huggingface | modelscope

@@ -6,12 +6,20 @@ Also the generator of the shipped example data:
 
 Every problem with the input is a DataError, one line: `path:line: what is wrong (what was expected)`.
 """
+import collections
 import csv
 import gzip
+import hashlib
 import io
+import itertools
+import json
+import multiprocessing
 import os
 import re
+import shutil
 import sys
+import tempfile
+import time
 
 import numpy as np
 import torch
@@ -133,12 +141,6 @@ def reverse_complement(seq):
     return seq.translate(COMPLEMENT)[::-1]
 
 
-def read_records(path, cfg_data):
-    """All records of a file as (lines, ids, seqs, label cells)."""
-    records = list(iter_records(path, cfg_data))
-    return tuple(map(list, zip(*records)))
-
-
 # -----------------------------------------------------------------------------
 # labels: (a) names joined by sep, (b) multi-hot "0;1;NA", (c) wide, one column per label
 
@@ -172,21 +174,23 @@ def parse_value(v, path, line, what):
     raise DataError(f"{path}:{line}: label value '{v}' in {what} (expected 0, 1, or NA/empty/-1 for not measured)")
 
 
-def parse_labels(path, lines, cells, names, sep):
-    """Label cells -> (labels float32 (n, L), mask bool (n, L)); mask is False where a label was not measured."""
+def parse_labels(path, lines, cells, names, sep, form=None):
+    """Label cells -> (labels float32 (n, L), mask bool (n, L)); mask is False where a label was not measured.
+    form, a dict, carries across the chunks of one file whether its cells are multi-hot: the first non-empty
+    cell decides, and the whole file is then held to it."""
     n, L = len(cells), len(names)
     y, m = np.zeros((n, L), np.float32), np.ones((n, L), bool)
     index = {name: i for i, name in enumerate(names)}
-    multi_hot = None  # decided by the first non-empty cell, then held to for the whole file
+    form = {} if form is None else form
     for r, (line, cell) in enumerate(zip(lines, cells)):
         values, fields = None, []
         if isinstance(cell, list):  # wide: one value per label column
             values, what = cell, "a label column"
         else:
             fields = [x.strip() for x in cell.split(sep)] if cell else []
-            if multi_hot is None and fields:
-                multi_hot = looks_multi_hot(fields, names)
-            if multi_hot and fields:
+            if "multi_hot" not in form and fields:
+                form["multi_hot"] = looks_multi_hot(fields, names)
+            if form.get("multi_hot") and fields:
                 values, what = fields, "a multi-hot cell"
         if values is not None:
             if len(values) != L:
@@ -206,35 +210,165 @@ def parse_labels(path, lines, cells, names, sep):
 
 
 # -----------------------------------------------------------------------------
-# splits
+# the token cache: a data file is streamed once, tokenised and written to disk; later runs memory-map it
 
-class Split:
-    """One split of the data: sequences, labels, mask, and where each record came from."""
+CACHE_VERSION = 1
+CHUNK = 4096  # records read and tokenised at a time
+POOL_BYTES = 1 << 23  # files larger than this are tokenised by worker processes (unless the tokenizer is fast)
 
-    def __init__(self, path, ids, seqs, labels, mask):
-        self.path, self.ids, self.seqs, self.labels, self.mask = path, ids, seqs, labels, mask
+
+class Tokens:
+    """Ragged token ids: row i is flat[offsets[rows[i]]:offsets[rows[i] + 1]]. flat and offsets are memory-mapped
+    from the cache, so a split costs no memory beyond its row index."""
+
+    def __init__(self, flat, offsets, rows=None):
+        self.flat, self.offsets = flat, offsets
+        self.rows = np.arange(len(offsets) - 1) if rows is None else rows
+
+    @classmethod
+    def from_list(cls, arrays):
+        return cls(np.concatenate(arrays), np.r_[0, np.cumsum([len(a) for a in arrays])])
 
     def __len__(self):
-        return len(self.seqs)
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        r = self.rows[i]
+        return self.flat[self.offsets[r]:self.offsets[r + 1]]
+
+    def lengths(self):
+        return np.asarray(self.offsets[self.rows + 1] - self.offsets[self.rows], np.int64)
 
     def subset(self, idx):
-        return Split(self.path, [self.ids[i] for i in idx], [self.seqs[i] for i in idx], self.labels[idx],
-                     self.mask[idx])
+        return Tokens(self.flat, self.offsets, self.rows[idx])
 
 
-def load_file(path, cfg_data, names):
-    wide = cfg_data["label_cols"]
-    if wide and names is not None and len(wide) != len(names):
-        raise DataError(f"{path}: data.label_cols names {len(wide)} columns for {len(names)} labels "
-                        f"(expected one column per label of task.label_map)")
-    lines, ids, seqs, cells = read_records(path, cfg_data)
+class Split(torch.utils.data.Dataset):
+    """Token ids, labels float32 (n, L) and mask bool (n, L) of one split; ids are the FASTA ids or the row numbers
+    from 1. rc_tokens, when set, are the reverse complements' tokens. Items are (index, tokens, labels, mask); a
+    training sampler asks for (index, reverse complement?) pairs."""
+
+    def __init__(self, tokens, labels, mask, ids=None, path=None, rc_tokens=None, truncated=None):
+        self.tokens, self.labels, self.mask, self.path, self.rc_tokens = tokens, labels, mask, path, rc_tokens
+        self.ids = np.arange(1, len(tokens) + 1) if ids is None else ids
+        self.truncated = np.zeros(len(tokens), bool) if truncated is None else truncated
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def __getitem__(self, key):
+        i, flip = (key, False) if np.ndim(key) == 0 else key
+        return i, (self.rc_tokens if flip else self.tokens)[i], self.labels[i], self.mask[i]
+
+    def subset(self, idx):
+        return Split(self.tokens.subset(idx), self.labels[idx], self.mask[idx], self.ids[idx], self.path,
+                     None if self.rc_tokens is None else self.rc_tokens.subset(idx), self.truncated[idx])
+
+
+def digest(*parts, files=()):
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True).encode())
+    for path in files:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_digest(tokenizer):
+    """A fingerprint of all the tokenizer saves: a changed vocabulary or setting means new tokens."""
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save_pretrained(d)
+        names = sorted(f for f in os.listdir(d) if os.path.isfile(os.path.join(d, f)))
+        return digest(type(tokenizer).__name__, names, files=[os.path.join(d, f) for f in names])
+
+
+def encode_chunk(tokenizer, seqs, max_length, dtype):
+    """One chunk's tokens as (flat ids, lengths, truncated?): compact to send back from a worker process."""
+    ids, truncated = tokenize(tokenizer, seqs, max_length)
+    return np.concatenate(ids).astype(dtype), np.array([len(x) for x in ids]), truncated
+
+
+def build_cache(path, cfg_data, names, tokenizer, max_length, reverse, folder):
+    """Streams the file in chunks: this process reads, validates and parses labels while worker processes
+    tokenise (a fast Hugging Face tokenizer has threads of its own), and the tokens go straight to disk.
+    The folder appears complete or not at all."""
+    sep, wide = cfg_data["multi_label_sep"], cfg_data["label_cols"]
     if names is None:
         try:
-            names = infer_label_names(cells, cfg_data["multi_label_sep"], cfg_data["label_cols"])
+            names = infer_label_names((cell for *_, cell in iter_records(path, cfg_data)), sep, wide)
         except DataError as e:
             raise DataError(f"{path}: {e}") from None
-    labels, mask = parse_labels(path, lines, cells, names, cfg_data["multi_label_sep"])
-    return Split(path, ids, seqs, labels, mask), names
+    if wide and len(wide) != len(names):
+        raise DataError(f"{path}: data.label_cols names {len(wide)} columns for {len(names)} labels "
+                        f"(expected one column per label of task.label_map)")
+    dtype = np.uint8 if len(tokenizer) <= 1 << 8 else np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32
+    tmp = f"{folder}.tmp{os.getpid()}"
+    os.makedirs(tmp, exist_ok=True)
+    big = os.path.getsize(path) > POOL_BYTES and not getattr(tokenizer, "is_fast", False)
+    workers = min(os.cpu_count() or 1, 8) if big else 0
+    pool = multiprocessing.Pool(workers) if workers else None
+    lengths, labels, mask, ids, truncated, form = [], [], [], [], [], {}
+    try:
+        with open(os.path.join(tmp, "tokens.bin"), "wb") as out:
+            def write(chunk):
+                rids, y, m, result = chunk
+                flat, n_tokens, cut = result.get() if pool else result
+                out.write(flat.tobytes())
+                lengths.append(n_tokens), truncated.append(cut), ids.append(np.array(rids))
+                labels.append(np.packbits(y > 0.5, axis=1)), mask.append(np.packbits(m, axis=1))
+
+            records, inflight = iter_records(path, cfg_data), collections.deque()
+            while part := list(itertools.islice(records, CHUNK)):
+                lines, rids, seqs, cells = zip(*part)
+                y, m = parse_labels(path, lines, cells, names, sep, form)
+                seqs = [reverse_complement(x) for x in seqs] if reverse else list(seqs)
+                args = (tokenizer, seqs, max_length, dtype)
+                inflight.append((rids, y, m, pool.apply_async(encode_chunk, args) if pool else encode_chunk(*args)))
+                if len(inflight) > 2 * workers:
+                    write(inflight.popleft())
+            while inflight:
+                write(inflight.popleft())
+    finally:
+        if pool:
+            pool.terminate()
+    n_tokens = np.concatenate(lengths)
+    np.save(os.path.join(tmp, "offsets.npy"), np.r_[0, np.cumsum(n_tokens)].astype(np.int64))
+    np.save(os.path.join(tmp, "labels.npy"), np.concatenate(labels))
+    np.save(os.path.join(tmp, "mask.npy"), np.concatenate(mask))
+    np.save(os.path.join(tmp, "truncated.npy"), np.concatenate(truncated))
+    if is_fasta(path):  # a table's ids are its row numbers
+        np.save(os.path.join(tmp, "ids.npy"), np.concatenate(ids))
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump({"path": path, "names": names, "dtype": np.dtype(dtype).name, "rows": len(n_tokens)}, f)
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # another process built the same cache meanwhile: keep theirs
+        shutil.rmtree(tmp)
+
+
+def load_file(path, cfg_data, names, tokenizer, reverse=False):
+    """A whole file as a Split, from the cache; built first when this file's content, the tokenizer, max_length,
+    the label names or the label columns have none. Returns (split, names), names inferred when None."""
+    open_text(path).close()  # a missing file is a data error, not a traceback from the digest
+    key = digest(CACHE_VERSION, names, reverse, cfg_data["max_length"], tokenizer_digest(tokenizer),
+                 [cfg_data[k] for k in ("seq_col", "label_col", "label_cols", "multi_label_sep")], files=[path])
+    folder = os.path.join(cfg_data["cache_dir"], f"{os.path.basename(path)}.{key[:16]}")
+    if not os.path.isdir(folder):
+        t0 = time.time()
+        os.makedirs(cfg_data["cache_dir"], exist_ok=True)
+        build_cache(path, cfg_data, names, tokenizer, cfg_data["max_length"], reverse, folder)
+        print(f"data: tokenised {path}{' (reverse complements)' if reverse else ''} into {folder} in "
+              f"{time.time() - t0:.1f} s; later runs map it", flush=True)
+    with open(os.path.join(folder, "meta.json")) as f:
+        meta = json.load(f)
+    L, where = len(meta["names"]), lambda name: os.path.join(folder, name)
+    tokens = Tokens(np.memmap(where("tokens.bin"), meta["dtype"], "r"), np.load(where("offsets.npy"), mmap_mode="r"))
+    labels = np.unpackbits(np.load(where("labels.npy")), axis=1, count=L).astype(np.float32)
+    mask = np.unpackbits(np.load(where("mask.npy")), axis=1, count=L).astype(bool)
+    ids = np.load(where("ids.npy")) if os.path.exists(where("ids.npy")) else None
+    return Split(tokens, labels, mask, ids, path, truncated=np.load(where("truncated.npy"))), meta["names"]
 
 
 def stratified_split(labels, fractions, seed):
@@ -269,11 +403,18 @@ def stratified_split(labels, fractions, seed):
     return which
 
 
-def load_splits(cfg_data, names=None):
+def load_splits(cfg_data, tokenizer, names=None, reverse=False):
     """{'train', 'validation', 'test'} -> Split (validation/test may be None), and the label names.
-    names=None infers them from the training data (the whole file when one file is split)."""
+    names=None infers them from the training data (the whole file when one file is split). With reverse, each
+    split also gets the tokens of its reverse complements."""
+    def load(path, names):
+        split, names = load_file(path, cfg_data, names, tokenizer)
+        if reverse:
+            split.rc_tokens = load_file(path, cfg_data, names, tokenizer, reverse=True)[0].tokens
+        return split, names
+
     if cfg_data["path"]:
-        full, names = load_file(cfg_data["path"], cfg_data, names)
+        full, names = load(cfg_data["path"], names)
         fractions = [cfg_data["train_size"], cfg_data["validation_size"], cfg_data["test_size"]]
         if cfg_data["stratify"]:
             which = stratified_split(full.labels * full.mask, fractions, cfg_data["seed"])
@@ -285,10 +426,10 @@ def load_splits(cfg_data, names=None):
         splits = {k: full.subset(np.sort(p)) if len(p) else None
                   for k, p in zip(("train", "validation", "test"), parts)}
     else:
-        train, names = load_file(cfg_data["train"], cfg_data, names)
+        train, names = load(cfg_data["train"], names)
         splits = {"train": train}
         for k in ("validation", "test"):
-            splits[k] = load_file(cfg_data[k], cfg_data, names)[0] if cfg_data[k] else None
+            splits[k] = load(cfg_data[k], names)[0] if cfg_data[k] else None
     if splits["train"] is None:
         raise DataError(f"{cfg_data['path']}: the training split is empty (expected a larger data.train_size)")
     return splits, names
@@ -329,8 +470,8 @@ def select_labels(splits, names, subset):
 # tokenising and batching
 
 def tokenize(tokenizer, seqs, max_length, chunk=2048):
-    """Token ids per sequence (int32 arrays), special tokens included, and how many were truncated."""
-    out, truncated = [], 0
+    """Token ids per sequence (int32 arrays), special tokens included, and which sequences were truncated."""
+    out, truncated = [], np.zeros(len(seqs), bool)
     for i in range(0, len(seqs), chunk):
         part = seqs[i:i + chunk]
         ids = tokenizer(part, add_special_tokens=True)["input_ids"]
@@ -339,34 +480,21 @@ def tokenize(tokenizer, seqs, max_length, chunk=2048):
             cut = tokenizer([part[j] for j in long], add_special_tokens=True, truncation=True, max_length=max_length)
             for j, x in zip(long, cut["input_ids"]):
                 ids[j] = x
-            truncated += len(long)
+            truncated[i + np.array(long)] = True
         out.extend(np.asarray(x, dtype=np.int32) for x in ids)
     return out, truncated
 
 
-class TokenDataset(torch.utils.data.Dataset):
-    """Token ids with labels and mask; rc_ids, when given, are the reverse complements' token ids."""
-
-    def __init__(self, ids, labels, mask, rc_ids=None):
-        self.ids, self.labels, self.mask, self.rc_ids = ids, labels, mask, rc_ids
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, key):
-        i, flip = (key, False) if np.ndim(key) == 0 else key  # training samplers give (index, reverse?) pairs
-        return i, (self.rc_ids if flip else self.ids)[i], self.labels[i], self.mask[i]
-
-
 class Collate:
-    """Pads each batch only to its longest sequence, on the side the tokenizer pads."""
+    """Pads each batch only to its longest sequence (rounded up to a multiple, for tensor cores on CUDA), on the
+    side the tokenizer pads."""
 
-    def __init__(self, pad_id, padding_side="right"):
-        self.pad_id, self.left = pad_id, padding_side == "left"
+    def __init__(self, pad_id, padding_side="right", multiple=1):
+        self.pad_id, self.left, self.multiple = pad_id, padding_side == "left", multiple
 
     def __call__(self, batch):
         index, ids, labels, mask = zip(*batch)
-        width = max(len(x) for x in ids)
+        width = -(-max(len(x) for x in ids) // self.multiple) * self.multiple
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(ids), width), dtype=torch.long)
         for r, x in enumerate(ids):

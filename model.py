@@ -34,6 +34,9 @@ class KmerTokenizer:
         for i, b in enumerate(b"ACGT"):
             self.code[b] = i
 
+    def __len__(self):
+        return self.vocab_size
+
     def encode(self, seq):
         x = self.code[np.frombuffer(seq.encode(), np.uint8)]
         if len(x) < self.k:
@@ -293,7 +296,7 @@ def predict_logits(net, dataset, collate, batch_size, device, autocast):
     """Logits for every sequence of dataset, each scored exactly once across ranks, in dataset order."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     mine = np.arange(rank, len(dataset), world)  # a strided shard: no padding duplicates, no drops
-    mine = mine[np.argsort([len(dataset.ids[i]) for i in mine], kind="stable")]  # similar lengths pad less
+    mine = mine[np.argsort(dataset.tokens.lengths()[mine], kind="stable")]  # similar lengths pad less
     batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
     net.eval()
     index, out = [], []

@@ -64,16 +64,17 @@ def predict(args):
     def score(seqs):
         ids, truncated = data.tokenize(tokenizer, seqs, cfg_data["max_length"])
         n = len(ids)
-        dataset = data.TokenDataset(ids, np.zeros((n, len(names)), np.float32), np.ones((n, len(names)), bool))
+        dataset = data.Split(data.Tokens.from_list(ids), np.zeros((n, len(names)), np.float32),
+                             np.ones((n, len(names)), bool))
         logits = predict_logits(net, dataset, collate, args.batch_size, device, autocast)
-        return torch.sigmoid(logits).numpy(), truncated
+        return torch.sigmoid(logits).numpy(), int(truncated.sum())
 
     tmp = args.output + ".tmp"
     out = open(tmp, "w") if rank == 0 else None
     if out:
         out.write("\t".join(["id", *names, "predicted"]) + "\n")
     records = data.iter_records(args.input, cfg_data, labels_optional=True)
-    all_labels, all_mask, all_probs, total, truncated = [], [], [], 0, 0
+    all_labels, all_mask, all_probs, total, truncated, form = [], [], [], 0, 0, {}
     while True:
         chunk = list(itertools.islice(records, CHUNK))
         if not chunk:
@@ -84,7 +85,7 @@ def predict(args):
             probs = (probs + score([data.reverse_complement(s) for s in seqs])[0]) / 2
         total, truncated = total + len(seqs), truncated + cut
         if cells[0] is not None:  # parsed with all labels of the training data, then cut to the model's
-            labels, mask = data.parse_labels(args.input, lines, cells, data_names, sep)
+            labels, mask = data.parse_labels(args.input, lines, cells, data_names, sep, form)
             keep = [data_names.index(n) for n in names]
             labels, mask = labels[:, keep], mask[:, keep]
             all_labels.append(labels), all_mask.append(mask), all_probs.append(probs)
@@ -104,6 +105,7 @@ def predict(args):
         train.log(metrics.per_label_text(names, result))
         train.log(f"Metrics: { {k: round(v, 4) for k, v in result.items() if '/' not in k} } (saved to {path})")
     if dist.is_initialized():
+        dist.barrier()  # rank 0 may still be writing: tearing gloo down under a busy peer can abort
         dist.destroy_process_group()
 
 

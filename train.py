@@ -159,8 +159,8 @@ def run_info(cfg, device):
 
 def evaluate(net, dataset, names, thresholds, collate, batch_size, device, autocast, pos_weight):
     logits = predict_logits(net, dataset, collate, batch_size, device, autocast)
-    if dataset.rc_ids is not None:  # model.rc_average: average both strands' probabilities
-        rc = data.TokenDataset(dataset.rc_ids, dataset.labels, dataset.mask)
+    if dataset.rc_tokens is not None:  # model.rc_average: average both strands' probabilities
+        rc = data.Split(dataset.rc_tokens, dataset.labels, dataset.mask)
         p = (torch.sigmoid(logits) + torch.sigmoid(predict_logits(net, rc, collate, batch_size, device, autocast))) / 2
         logits = torch.logit(p, eps=1e-7)
     labels, mask = torch.from_numpy(dataset.labels), torch.from_numpy(dataset.mask)
@@ -175,7 +175,7 @@ def write_test_outputs(out_dir, split, names, probs, result, thresholds, sep):
     metrics.save_json({f"test_{k}": v for k, v in result.items()}, os.path.join(out_dir, "test_metrics.json"))
     with open(os.path.join(out_dir, "test_predictions.tsv"), "w") as f:
         f.write("\t".join(["id", *names, "predicted", "labels"]) + "\n")
-        for rid, p, y, m in zip(split.ids, probs, split.labels, split.mask):
+        for rid, p, y, m in zip(split.ids.astype(str), probs, split.labels, split.mask):
             truth = sep.join(n for n, yj, mj in zip(names, y, m) if yj and mj)
             f.write("\t".join(data.prediction_row(rid, p, names, thresholds, sep) + [truth]) + "\n")
     metrics.save_per_label(os.path.join(out_dir, "per_label.tsv"), names, result,
@@ -197,8 +197,15 @@ def train(cfg):
     dtype = amp_dtype(tc, device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
-    # data
-    splits, all_names = data.load_splits(data_cfg, config.label_names_from_config(task_cfg))
+    # model and data; rank 0 of each node tokenises into the cache while the others wait, then all map it
+    backbone, tokenizer, source_dir = load_backbone(model_cfg, data_cfg["max_length"])
+    local_master = int(os.environ.get("LOCAL_RANK", 0)) == 0
+    if world > 1 and not local_master:
+        dist.barrier()
+    splits, all_names = data.load_splits(data_cfg, tokenizer, config.label_names_from_config(task_cfg),
+                                         reverse=data_cfg["rc_augment"] or model_cfg["rc_average"])
+    if world > 1 and local_master:
+        dist.barrier()
     # the resolved config keeps every label of the data, so that it reads the same files again
     task_cfg["label_map"], task_cfg["num_labels"], task_cfg["label_names"] = dict(enumerate(all_names)), \
         len(all_names), None
@@ -212,24 +219,17 @@ def train(cfg):
         raise config.ConfigError(f"config: task.threshold has {threshold.size} values for {L} labels "
                                  f"(expected one number, or one per label)")
     thresholds = np.broadcast_to(threshold, (L,)).copy()
-
-    # model
-    backbone, tokenizer, source_dir = load_backbone(model_cfg, data_cfg["max_length"])
     net = build_model(backbone, names, model_cfg).to(device)
-    datasets = {}
-    for name, split in splits.items():
-        if split is None:
-            continue
-        ids, truncated = data.tokenize(tokenizer, split.seqs, data_cfg["max_length"])
-        both = data_cfg["rc_augment"] if name == "train" else model_cfg["rc_average"]
-        rc_ids = data.tokenize(tokenizer, [data.reverse_complement(s) for s in split.seqs],
-                               data_cfg["max_length"])[0] if both else None
-        datasets[name] = data.TokenDataset(ids, split.labels, split.mask, rc_ids)
+    datasets = {name: split for name, split in splits.items() if split is not None}
+    for name, split in datasets.items():
+        if name != "train" and not model_cfg["rc_average"]:
+            split.rc_tokens = None  # the reverse complements were only wanted for training
         prevalence = " ".join(f"{n}={p:.1%}" for n, p in zip(names, data.prevalence(split.labels, split.mask)))
-        log(f"data: {name}: {len(split)} sequences from {split.path}, {truncated} truncated to "
+        log(f"data: {name}: {len(split)} sequences from {split.path}, {split.truncated.sum()} truncated to "
             f"{data_cfg['max_length']} tokens | {prevalence}")
     train_set = datasets["train"]
-    collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"))
+    collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"),
+                           8 if device.type == "cuda" else 1)  # tensor cores want multiples of 8
     pos_weight = resolve_pos_weight(tc["pos_weight"], names, train_set.labels, train_set.mask)
     if pos_weight is not None:
         log("pos_weight: " + " ".join(f"{n}={w:.2f}" for n, w in zip(names, pos_weight.tolist())))
@@ -239,7 +239,7 @@ def train(cfg):
     log(f"model: {model_cfg['source']} {model_cfg['name_or_path'] or ''} | {n_params / 1e6:.2f}M parameters, "
         f"{n_train / 1e6:.3f}M trained ({model_cfg['finetune']}) | pooling {model_cfg['pooling']} | {L} labels | "
         f"device {device} x {world}")
-    lengths = np.array([len(x) for x in train_set.ids]) if data_cfg["group_by_length"] else None
+    lengths = train_set.tokens.lengths() if data_cfg["group_by_length"] else None
     sample_weights = None
     if data_cfg["oversample_rare"]:
         sample_weights = data.oversample_weights(train_set.labels, train_set.mask, data_cfg["oversample_rare"])

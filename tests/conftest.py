@@ -8,6 +8,14 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import config  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def token_cache_in_tmp(tmp_path, monkeypatch):
+    """In-process runs put their token caches in the test's folder, not in the checkout."""
+    monkeypatch.setitem(config.DEFAULTS["data"], "cache_dir", str(tmp_path / "cache"))
+
 REMOTE_CODE = '''
 import torch
 import torch.nn as nn

@@ -26,19 +26,62 @@ def write(tmp_path, name, text, mode="w"):
     return str(p)
 
 
+TOK = KmerTokenizer(1)  # one token per base, so a split's tokens spell its sequences
+
+
 def load(path, names=None, **kw):
-    split, names = data.load_file(path, cfg_data(**kw), names)
+    split, names = data.load_file(path, cfg_data(**kw), names, TOK)
     return split, names
+
+
+def seqs(split):
+    """The sequences back from their tokens, without the [CLS] and [SEP] ends."""
+    return ["".join("ACGT"[t - 5] if t >= 5 else "N" for t in split.tokens[i][1:-1]) for i in range(len(split))]
+
+
+def ids(split):
+    return split.ids.astype(str).tolist()
 
 
 def test_names_form_with_empty_cell_and_inferred_sorted_names(tmp_path):
     p = write(tmp_path, "a.tsv", "sequence\tlabels\nacgt\tb,a\nAAAA\t\nCCCC\tc\n")
     split, names = load(p)
     assert names == ["a", "b", "c"]
-    assert split.seqs == ["ACGT", "AAAA", "CCCC"]  # uppercased
+    assert seqs(split) == ["ACGT", "AAAA", "CCCC"]  # uppercased
     assert split.labels.tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 1]]
     assert split.mask.all()
-    assert split.ids == ["1", "2", "3"]
+    assert ids(split) == ["1", "2", "3"]
+
+
+def test_token_cache_is_reused_and_rebuilt_when_file_tokenizer_or_max_length_change(tmp_path, monkeypatch):
+    p = write(tmp_path, "c.tsv", "sequence\tlabels\nACGTACGT\ta\nGGGG\tb\n")
+    first, _ = load(p)
+    assert first.tokens.flat.dtype == np.uint8 and isinstance(first.tokens.flat, np.memmap)
+    built, build = [], data.build_cache
+    monkeypatch.setattr(data, "build_cache", lambda *a: (built.append(a), build(*a)))
+    again, _ = load(p)
+    assert built == [] and seqs(again) == seqs(first) == ["ACGTACGT", "GGGG"]
+    assert seqs(load(p, max_length=4)[0]) == ["AC", "GG"] and len(built) == 1
+    six, _ = data.load_file(p, cfg_data(), None, KmerTokenizer(6))
+    assert len(built) == 2 and six.tokens.flat.dtype == np.uint16  # 4101 tokens
+    write(tmp_path, "c.tsv", "sequence\tlabels\nACGTACGT\ta\nGGGA\tb\n")
+    assert seqs(load(p)[0]) == ["ACGTACGT", "GGGA"] and len(built) == 3
+
+
+def test_streamed_chunks_and_worker_processes_build_the_same_cache(tmp_path, monkeypatch):
+    rng = np.random.RandomState(0)
+    rows = "".join(f"{''.join(rng.choice(list('ACGTN'), rng.randint(3, 40)))}\t"
+                   f"{';'.join(rng.choice(['0', '1', 'NA'], 3))}\n" for _ in range(50))
+    p = write(tmp_path, "m.tsv", "sequence\tlabels\n" + rows)
+    whole, names = load(p, multi_label_sep=";", max_length=20)
+    monkeypatch.setattr(data, "CHUNK", 7)
+    monkeypatch.setattr(data, "POOL_BYTES", 0)
+    chunked, _ = load(p, multi_label_sep=";", max_length=20, cache_dir=str(tmp_path / "other"))
+    assert names == ["label_0", "label_1", "label_2"]
+    assert [t.tolist() for t in chunked.tokens] == [t.tolist() for t in whole.tokens]
+    assert (chunked.labels == whole.labels).all() and (chunked.mask == whole.mask).all()
+    assert (chunked.truncated == whole.truncated).all() and whole.truncated.sum() > 0
+    assert not whole.mask.all()
 
 
 def test_multi_hot_form_with_missing_values(tmp_path):
@@ -67,13 +110,13 @@ def test_crlf_bom_trailing_blank_lines_and_gzip(tmp_path):
     text = "\ufeffsequence\tlabels\r\nACGT\ta\r\nGGGG\tb\r\n\r\n\r\n"
     for name in ("e.tsv", "e.tsv.gz"):
         split, names = load(write(tmp_path, name, text))
-        assert names == ["a", "b"] and split.seqs == ["ACGT", "GGGG"]
+        assert names == ["a", "b"] and seqs(split) == ["ACGT", "GGGG"]
 
 
 def test_fasta_with_labels_and_wrapped_lines(tmp_path):
     p = write(tmp_path, "f.fa", ">s1 a,b\nACGT\nacgt\n>s2\nGG\n")
     split, names = load(p)
-    assert split.ids == ["s1", "s2"] and split.seqs == ["ACGTACGT", "GG"]
+    assert ids(split) == ["s1", "s2"] and seqs(split) == ["ACGTACGT", "GG"]
     assert names == ["a", "b"] and split.labels.tolist() == [[1, 1], [0, 0]]
 
 
@@ -108,22 +151,22 @@ def test_split_by_fractions_is_deterministic_and_complete(tmp_path):
     rows = "".join(f"{'ACGT' * (i % 5 + 1)}\t{'a' if i % 3 else 'b'}\n" for i in range(100))
     p = write(tmp_path, "s.tsv", "sequence\tlabels\n" + rows)
     d = cfg_data(path=p, train_size=0.7, validation_size=0.2, test_size=0.1)
-    s1, names = data.load_splits(d)
-    s2, _ = data.load_splits(d)
+    s1, names = data.load_splits(d, TOK)
+    s2, _ = data.load_splits(d, TOK)
     assert [len(s1[k]) for k in ("train", "validation", "test")] == [70, 20, 10]
-    assert all(s1[k].ids == s2[k].ids for k in s1)
+    assert all(ids(s1[k]) == ids(s2[k]) for k in s1)
     all_ids = sorted(int(i) for k in s1 for i in s1[k].ids)
     assert all_ids == list(range(1, 101))  # every row lands in exactly one split
-    other, _ = data.load_splits(dict(d, seed=1))
-    assert other["test"].ids != s1["test"].ids
+    other, _ = data.load_splits(dict(d, seed=1), TOK)
+    assert ids(other["test"]) != ids(s1["test"])
 
 
 def test_separate_files_use_training_labels(tmp_path):
     tr = write(tmp_path, "tr.tsv", "sequence\tlabels\nACGT\ta\nGGGG\tb\n")
     va = write(tmp_path, "va.tsv", "sequence\tlabels\nACGT\tc\n")
     with pytest.raises(DataError, match="va.tsv:2: unknown label 'c'"):
-        data.load_splits(cfg_data(train=tr, validation=va))
-    splits, names = data.load_splits(cfg_data(train=tr, validation=tr))
+        data.load_splits(cfg_data(train=tr, validation=va), TOK)
+    splits, names = data.load_splits(cfg_data(train=tr, validation=tr), TOK)
     assert names == ["a", "b"] and splits["test"] is None
 
 
@@ -132,7 +175,7 @@ def test_tokenize_counts_truncation_and_keeps_special_tokens(hf):
     from conftest import char_tokenizer
     tok = char_tokenizer() if hf else KmerTokenizer(3)
     ids, truncated = data.tokenize(tok, ["ACGTACGTAC", "ACG"], max_length=5)
-    assert truncated == 1
+    assert truncated.tolist() == [True, False]
     assert [len(x) for x in ids] == [5, 5 if hf else 3]
     assert ids[0][0] == tok.cls_token_id and ids[0][-1] == tok.sep_token_id
 
@@ -164,7 +207,7 @@ def test_example_generator_is_deterministic_with_the_promised_prevalences(tmp_pa
     assert names == sorted(data.EXAMPLE_LABELS)
     prevalence = split.labels.mean(0)
     assert prevalence.max() > 0.3 and 0.01 < prevalence.min() < 0.06
-    lengths = [len(s) for s in split.seqs]
+    lengths = split.tokens.lengths() - 2
     assert min(lengths) >= 100 and max(lengths) <= 300
     # co-occurrence: flower is much more common among leaf sequences
     leaf, flower = names.index("leaf"), names.index("flower")
@@ -186,9 +229,9 @@ def test_stratified_split_puts_a_rare_label_in_every_split_in_proportion(tmp_pat
         rows.append(f"ACGT\t{','.join(labels)}\n")
     p = write(tmp_path, "r.tsv", "sequence\tlabels\n" + "".join(rows))
     d = cfg_data(path=p, stratify=True)
-    splits, names = data.load_splits(d)
-    again, _ = data.load_splits(d)
-    assert all(splits[k].ids == again[k].ids for k in splits)  # deterministic
+    splits, names = data.load_splits(d, TOK)
+    again, _ = data.load_splits(d, TOK)
+    assert all(ids(splits[k]) == ids(again[k]) for k in splits)  # deterministic
     assert sorted(int(i) for k in splits for i in splits[k].ids) == list(range(1, 1001))
     total = sum(splits[k].labels.sum(0) for k in splits)
     for k, frac in (("train", 0.8), ("validation", 0.1), ("test", 0.1)):
@@ -200,7 +243,7 @@ def test_stratified_split_puts_a_rare_label_in_every_split_in_proportion(tmp_pat
 
 def test_select_labels_keeps_a_subset_in_order(tmp_path):
     p = write(tmp_path, "s.tsv", "sequence\tlabels\nACGT\ta,c\nGGGG\tb\n")
-    splits, names = data.load_splits(cfg_data(path=p, train_size=1.0, validation_size=0.0, test_size=0.0))
+    splits, names = data.load_splits(cfg_data(path=p, train_size=1.0, validation_size=0.0, test_size=0.0), TOK)
     assert data.select_labels(splits, names, ["c", "a"]) == ["c", "a"]
     assert splits["train"].labels.tolist() == [[1, 1], [0, 0]]
     with pytest.raises(DataError, match=r"unknown labels \['z'\]"):

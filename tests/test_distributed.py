@@ -58,6 +58,7 @@ def dataset(tmp_path_factory):
 
 def common(path, out, *more):
     return [f"data.path={path}", "task.label_map=null", "task.num_labels=null", f"training.output_dir={out}",
+            f"data.cache_dir={os.path.dirname(path)}/cache",
             "training.evaluation_strategy=no", "training.save_strategy=steps", "training.save_steps=1000",
             "training.max_steps=4",
             "training.learning_rate=1e-2", *TINY, *NO_DROPOUT, *more]
