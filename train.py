@@ -116,6 +116,35 @@ def global_batches(n, size, seed, epoch, weights=None, flip=False, min_size=1, l
     return batches
 
 
+def train_step(model, optimizer, scaler, micro_batches, measured, device, autocast, pos_weight, max_grad_norm):
+    """One optimizer step over this rank's micro-batches of a global batch with `measured` label entries in all.
+    The all-reduce runs on the last micro-batch only. Returns (loss on this rank, as a tensor so that nothing
+    waits for the device; grad norm; whether the update was taken)."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    total = torch.zeros((), device=device)
+    for k, batch in enumerate(micro_batches):
+        sync = k == len(micro_batches) - 1 or world == 1
+        with (nullcontext() if sync else model.no_sync()):
+            with autocast:
+                logits = model(batch["input_ids"].to(device, non_blocking=True),
+                               batch["attention_mask"].to(device, non_blocking=True))
+            # DDP averages gradients over ranks, hence the * world: the sum over the global batch / measured
+            loss = bce_with_logits(logits, batch["labels"].to(device, non_blocking=True),
+                                   batch["mask"].to(device, non_blocking=True), pos_weight,
+                                   reduction="sum") * world / measured
+            scaler.scale(loss).backward()
+        total += loss.detach() / world
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+    stepped = scaler.is_enabled() or bool(torch.isfinite(grad_norm))
+    if stepped:
+        scaler.step(optimizer)  # under fp16 the scaler itself skips non-finite steps and lowers its scale
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return total, grad_norm, stepped
+
+
 def rng_state():
     np_state = np.random.get_state()
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
@@ -354,7 +383,7 @@ def train(cfg):
         log(f"training: {total_steps} steps of {global_size} sequences ({steps_per_epoch} steps per epoch), "
             f"{accum} micro-steps per step")
         model.train()
-        t0, seen, loss_sum, loss_count, bad_steps = time.time(), 0, 0.0, 0, 0
+        t0, seen, loss_sum, loss_count, bad_steps, waited = time.time(), 0, 0.0, 0, 0, 0.0
         progress = master and sys.stderr.isatty()  # a step counter between log lines, on a terminal only
         while step < total_steps and "signal" not in stop:
             epoch, position = divmod(step, steps_per_epoch)
@@ -363,29 +392,22 @@ def train(cfg):
             batches = batches[:total_steps - step]
             # every global batch is cut into world*accum near-equal parts; this rank takes one per micro-step
             parts = [np.array_split(b, parts_per_step) for b in batches]
-            micro = [p[k * world + rank] for p in parts for k in range(accum)]
-            # a private generator: a DataLoader draws a seed from the global RNG, which would shift dropout on resume
-            loader = iter(DataLoader(train_set, batch_sampler=micro, collate_fn=collate, num_workers=tc["num_workers"],
-                                     generator=torch.Generator()))
+            mine = [p[k * world + rank] for p in parts for k in range(accum)]
+            # a private generator: a DataLoader draws a seed from the global RNG, which would shift dropout on resume.
+            # One loader per epoch: its workers live as long as the epoch, so persistent workers would gain nothing
+            loader = iter(DataLoader(train_set, batch_sampler=mine, collate_fn=collate, num_workers=tc["num_workers"],
+                                     pin_memory=device.type == "cuda", generator=torch.Generator()))
             for b in batches:
+                t_wait = time.time()
+                micro = [next(loader) for _ in range(accum)]
+                waited += time.time() - t_wait
                 # normalise by the measured entries of the whole global batch, so the loss (and gradient) is the
-                # same whatever the world size and accumulation; DDP averages over ranks, hence the * world
+                # same whatever the world size and accumulation
                 measured = max(int(train_set.mask[b[:, 0]].sum()), 1)
-                for k in range(accum):
-                    batch = next(loader)
-                    sync = k == accum - 1 or world == 1
-                    with (nullcontext() if sync else model.no_sync()):
-                        with autocast:
-                            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-                        loss = bce_with_logits(logits, batch["labels"].to(device), batch["mask"].to(device), pos_weight,
-                                               reduction="sum") * world / measured
-                        scaler.scale(loss).backward()
-                    loss_sum += loss.item() / world
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc["max_grad_norm"] or float("inf"))
-                if scaler.is_enabled() or torch.isfinite(grad_norm):
-                    scaler.step(optimizer)  # under fp16 the scaler itself skips non-finite steps and lowers its scale
-                    scaler.update()
+                loss, grad_norm, stepped = train_step(model, optimizer, scaler, micro, measured, device, autocast,
+                                                      pos_weight, tc["max_grad_norm"])
+                loss_sum += loss
+                if stepped:
                     bad_steps = 0
                 else:  # the same on every rank: gradients are already all-reduced
                     bad_steps += 1
@@ -393,7 +415,6 @@ def train(cfg):
                     if bad_steps >= 3:
                         raise NonFiniteError(f"non-finite loss or gradient at {bad_steps} steps in a row (step "
                                              f"{step + 1}); lower training.learning_rate or check the data")
-                optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 step += 1
                 seen += len(b)
@@ -404,18 +425,19 @@ def train(cfg):
                     if progress:
                         print("\r", end="", file=sys.stderr)
                     lr = scheduler.get_last_lr()[0]
-                    stats = torch.tensor([loss_sum / loss_count], device=device)
+                    stats = (loss_sum / loss_count).reshape(1)
                     if world > 1:
                         dist.all_reduce(stats)
                         stats /= world
                     rate = seen / (time.time() - t0)
                     log(f"step {step}/{total_steps} | epoch {step / steps_per_epoch:.2f} | loss {stats.item():.4f} | "
-                        f"lr {lr:.2e} | grad norm {grad_norm.item():.3f} | {rate:.0f} seq/s")
+                        f"lr {lr:.2e} | grad norm {grad_norm.item():.3f} | {rate:.0f} seq/s | "
+                        f"data wait {waited / (time.time() - t0):.1%}")
                     if writer:
                         for k, v in (("loss", stats.item()), ("lr", lr), ("grad_norm", grad_norm.item()),
                                      ("samples_per_s", rate)):
                             writer.add_scalar(f"train/{k}", v, step)
-                    t0, seen, loss_sum, loss_count = time.time(), 0, 0.0, 0
+                    t0, seen, loss_sum, loss_count, waited = time.time(), 0, 0.0, 0, 0.0
                 end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
                 if has_val and (eval_every and step % eval_every == 0 or
                                 tc["evaluation_strategy"] == "epoch" and end_of_epoch):
