@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+import metrics
 from metrics import compute_metrics
 
 
@@ -129,3 +130,14 @@ def test_tuned_thresholds_maximise_f1_on_the_data():
         best = max(compute_metrics(labels[:, [j]], probs[:, [j]], threshold=t)["f1/0"] for t in np.unique(probs[:, j]))
         assert compute_metrics(labels[:, [j]], probs[:, [j]], threshold=thr[j])["f1/0"] == pytest.approx(best)
         assert thr[j] not in set(probs[:, j])  # between two observed scores
+
+
+def test_float32_probabilities_at_a_threshold_decide_as_in_float64(monkeypatch):
+    # float32(0.1) lies above 0.1 and float32(0.7) below 0.7: both must still compare as the float64 values do
+    probs = np.array([[0.1, 0.7], [np.nextafter(np.float32(0.1), 0), np.nextafter(np.float32(0.7), 1)]], np.float32)
+    labels = np.array([[1, 1], [1, 1]])
+    monkeypatch.setattr(metrics, "CHUNK", 1)  # row chunks counted on threads, then added up
+    got = metrics.compute_metrics(labels, probs, threshold=[0.1, 0.7])
+    want = metrics.compute_metrics(labels, probs.astype(np.float64), threshold=[0.1, 0.7])
+    assert got == want
+    assert got["recall/0"] == 0.5 and got["recall/1"] == 0.5

@@ -1,0 +1,190 @@
+"""
+Speed and memory of the real code paths: the token cache, train.py's step function fed by its DataLoader and
+collate, scoring, and the metrics. Each figure is printed next to the ratio it is judged by.
+
+    python bench.py                   # a table; a few minutes on a 2-core CPU
+    python bench.py --json            # the same, and the last line is one JSON object
+    python bench.py --device cuda --n-layer 12 --n-embd 768 --n-head 12 --kmer-stride 1 --max-length 512 \\
+        --batch-size 32 --dtype bf16 --compile     # a GPT-2-small-sized backbone on a GPU
+
+The data are random sequences of 200-2000 bp with random labels: speed does not depend on what is learned.
+"""
+import argparse
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+import config
+import data
+import metrics
+import train
+from model import build_model, load_backbone, predict_logits
+
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # dense bf16/fp16
+
+
+def random_tsv(path, n, lo, hi, num_labels, seed=0):
+    rng = np.random.default_rng(seed)
+    bases = np.frombuffer(b"ACGT", np.uint8)
+    with open(path, "w") as f:
+        f.write("sequence\tlabels\n")
+        for _ in range(n):
+            seq = bases[rng.integers(0, 4, rng.integers(lo, hi + 1))].tobytes().decode()
+            f.write(seq + "\t" + ",".join(f"l{j:03d}" for j in np.flatnonzero(rng.random(num_labels) < 0.2)) + "\n")
+
+
+def padding_fraction(lengths, batches):
+    real = sum(lengths[b[:, 0]].sum() for b in batches)
+    return 1 - real / sum(lengths[b[:, 0]].max() * len(b) for b in batches)
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench(args):
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x {torch.get_num_threads()}"}
+    tmp = args.tmp
+    path = os.path.join(tmp, "bench.tsv")
+    random_tsv(path, args.n, 200, 2000, args.labels)
+    cfg = config.load(None, [f"model.{k}={getattr(args, k)}" for k in ("n_layer", "n_embd", "n_head", "kmer_stride")] +
+                      [f"data.path={path}", f"data.cache_dir={tmp}/cache", f"data.max_length={args.max_length}",
+                       "model.dropout=0", "task.label_map=null", "task.num_labels=null"])
+
+    # the token cache, built from the file as train.py builds it
+    backbone, tokenizer, _ = load_backbone(cfg["model"], args.max_length)
+    t = time.time()
+    split, names = data.load_file(path, cfg["data"], None, tokenizer)
+    out["tokenize_seqs_per_s"] = args.n / (time.time() - t)
+    lengths = split.tokens.lengths()
+    out["padding_fraction_random"] = padding_fraction(lengths, train.global_batches(len(split), args.batch_size, 0, 0))
+    grouped = train.global_batches(len(split), args.batch_size, 0, 0, lengths=lengths)
+    out["padding_fraction_grouped"] = padding_fraction(lengths, grouped)
+
+    # training: train.py's step function, fed by its DataLoader and collate, on length-grouped batches
+    net = build_model(backbone, names, cfg["model"]).to(device)
+    model = torch.compile(net, dynamic=True) if args.compile else net
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    collate = data.Collate(tokenizer.pad_token_id, tokenizer.padding_side, 8 if device.type == "cuda" else 1)
+    batches = grouped[:args.steps]
+    ready = [{k: v.to(device) for k, v in collate([split[i] for i in b[:, 0]]).items()} for b in batches]
+
+    def loop():
+        """train.py's way: its DataLoader and collate, train_step (masked loss, clipping, a finite check)."""
+        loader = iter(DataLoader(split, batch_sampler=batches, collate_fn=collate, num_workers=args.workers,
+                                 pin_memory=device.type == "cuda"))
+        waited = 0.0
+        for b in batches:
+            t_wait = time.time()
+            batch = next(loader)
+            waited += time.time() - t_wait
+            train.train_step(model, optimizer, scaler, [batch], int(split.mask[b[:, 0]].sum()), device, autocast,
+                             None, 1.0)
+        return waited
+
+    def bare():
+        """The same batches, collated and on the device beforehand, a plain loss, no clipping."""
+        for batch in ready:
+            with autocast:
+                logits = model(batch["input_ids"], batch["attention_mask"])
+            scaler.scale(F.binary_cross_entropy_with_logits(logits.float(), batch["labels"])).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+
+    def timed(f):
+        sync(device)
+        t = time.time()
+        result = f()
+        sync(device)
+        return time.time() - t, result
+
+    timed(loop), timed(bare)  # warm-up: allocator, kernels, torch.compile
+    # alternate rounds and keep each one's best, so that neither gains from running second
+    rounds = [(timed(loop), timed(bare)[0]) for _ in range(args.rounds)]
+    (elapsed, waited), _ = min(rounds, key=lambda r: r[0][0])
+    bare_elapsed = min(r[1] for r in rounds)
+    samples, tokens = sum(len(b) for b in batches), sum(lengths[b[:, 0]].sum() for b in batches)
+    out["train_samples_per_s"] = samples / elapsed
+    out["train_tokens_per_s"] = tokens / elapsed
+    out["data_wait_fraction"] = waited / elapsed
+    out["bare_samples_per_s"] = samples / bare_elapsed
+    out["loop_vs_bare"] = bare_elapsed / elapsed
+    if device.type == "cuda" and dtype and any(k in out["device"] for k in PEAK_FLOPS):
+        # per token: 6 flops per weight (forward and backward) plus attention (as in the PaLM paper's appendix)
+        weights = sum(p.numel() for n, p in net.named_parameters() if "embeddings" not in n)
+        width = np.mean([lengths[b[:, 0]].max() for b in batches])
+        per_token = 6 * weights + 12 * args.n_layer * args.n_embd * width
+        peak = next(v for k, v in PEAK_FLOPS.items() if k in out["device"])
+        out["mfu"] = out["train_tokens_per_s"] * per_token / peak
+
+    # scoring, as evaluation and predict.py do it
+    subset = split.subset(np.arange(min(len(split), args.eval_n)))
+    sync(device)
+    t = time.time()
+    predict_logits(model, subset, collate, args.batch_size * 2, device, autocast)
+    sync(device)
+    out["eval_seqs_per_s"] = len(subset) / (time.time() - t)
+    out["peak_rss_mb"] = peak_rss_mb()  # of everything above; the metrics' own arrays below are larger
+
+    rng = np.random.default_rng(0)
+    labels = rng.random((args.metrics_rows, 919), dtype=np.float32) < 0.05
+    probs = rng.random((args.metrics_rows, 919), dtype=np.float32)
+    t = time.time()
+    metrics.compute_metrics(labels, probs)
+    out[f"metrics_s_{args.metrics_rows // 1000}k_x_919".replace("1000k", "1m")] = time.time() - t
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--json", action="store_true", help="end with one line of JSON")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="default: bf16 on CUDA, else fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--n", type=int, default=10000, help="sequences in the benchmark file")
+    p.add_argument("--labels", type=int, default=20)
+    p.add_argument("--n-layer", type=int, default=2)
+    p.add_argument("--n-embd", type=int, default=64)
+    p.add_argument("--n-head", type=int, default=2)
+    p.add_argument("--kmer-stride", type=int, default=6, help="6: non-overlapping 6-mers, 35-335 tokens")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--steps", type=int, default=30, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds of the loop and the bare loop, alternated")
+    p.add_argument("--eval-n", type=int, default=2000)
+    p.add_argument("--metrics-rows", type=int, default=1_000_000)
+    args = p.parse_args()
+    args.tmp = tempfile.mkdtemp(prefix="bench-")
+    args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    try:
+        result = bench(args)
+    finally:
+        shutil.rmtree(args.tmp, ignore_errors=True)
+    for k, v in result.items():
+        print(f"{k:28s} {v:.4g}" if isinstance(v, float) else f"{k:28s} {v}")
+    if args.json:
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+
+
+if __name__ == "__main__":
+    main()
