@@ -13,6 +13,7 @@ import hashlib
 import io
 import itertools
 import json
+import mmap
 import multiprocessing
 import os
 import re
@@ -218,16 +219,38 @@ POOL_BYTES = 1 << 23  # files larger than this are tokenised by worker processes
 
 
 class Tokens:
-    """Ragged token ids: row i is flat[offsets[rows[i]]:offsets[rows[i] + 1]]. flat and offsets are memory-mapped
-    from the cache, so a split costs no memory beyond its row index."""
+    """Ragged token ids: row i is flat[offsets[rows[i]]:offsets[rows[i] + 1]]. flat is memory-mapped from the
+    cache file at path (or in memory when path is None), so a split costs no memory beyond its row index."""
 
-    def __init__(self, flat, offsets, rows=None):
-        self.flat, self.offsets = flat, offsets
+    def __init__(self, flat, offsets, rows=None, path=None):
+        self.flat, self.offsets, self.path = flat, offsets, path
         self.rows = np.arange(len(offsets) - 1) if rows is None else rows
 
     @classmethod
     def from_list(cls, arrays):
         return cls(np.concatenate(arrays), np.r_[0, np.cumsum([len(a) for a in arrays])])
+
+    @classmethod
+    def map(cls, path, dtype, offsets):
+        """Batches read rows in random order, so read-ahead is turned off: from a cold disk it would read far
+        more of the file than a batch touches. Mapped pages count in RSS, but they are clean and the kernel
+        drops them under memory pressure."""
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_RANDOM)
+        return cls(np.frombuffer(mm, dtype), offsets, path=path)
+
+    def __getstate__(self):  # a DataLoader worker started by spawn maps the file again instead of copying it
+        state = dict(vars(self))
+        if self.path:
+            state["flat"] = self.flat.dtype.str
+        return state
+
+    def __setstate__(self, state):
+        vars(self).update(state)
+        if self.path:
+            self.flat = Tokens.map(self.path, state["flat"], self.offsets).flat
 
     def __len__(self):
         return len(self.rows)
@@ -237,10 +260,10 @@ class Tokens:
         return self.flat[self.offsets[r]:self.offsets[r + 1]]
 
     def lengths(self):
-        return np.asarray(self.offsets[self.rows + 1] - self.offsets[self.rows], np.int64)
+        return self.offsets[self.rows + 1] - self.offsets[self.rows]
 
     def subset(self, idx):
-        return Tokens(self.flat, self.offsets, self.rows[idx])
+        return Tokens(self.flat, self.offsets, self.rows[idx], self.path)
 
 
 class Split(torch.utils.data.Dataset):
@@ -309,14 +332,16 @@ def build_cache(path, cfg_data, names, tokenizer, max_length, reverse, folder):
     big = os.path.getsize(path) > POOL_BYTES and not getattr(tokenizer, "is_fast", False)
     workers = min(os.cpu_count() or 1, 8) if big else 0
     pool = multiprocessing.Pool(workers) if workers else None
-    lengths, labels, mask, ids, truncated, form = [], [], [], [], [], {}
+    lengths, labels, mask, ids, truncated, form, fasta = [], [], [], [], [], {}, is_fasta(path)
     try:
         with open(os.path.join(tmp, "tokens.bin"), "wb") as out:
             def write(chunk):
                 rids, y, m, result = chunk
                 flat, n_tokens, cut = result.get() if pool else result
                 out.write(flat.tobytes())
-                lengths.append(n_tokens), truncated.append(cut), ids.append(np.array(rids))
+                lengths.append(n_tokens), truncated.append(cut)
+                if fasta:  # a table's ids are its row numbers
+                    ids.append(np.array(rids))
                 labels.append(np.packbits(y > 0.5, axis=1)), mask.append(np.packbits(m, axis=1))
 
             records, inflight = iter_records(path, cfg_data), collections.deque()
@@ -338,7 +363,7 @@ def build_cache(path, cfg_data, names, tokenizer, max_length, reverse, folder):
     np.save(os.path.join(tmp, "labels.npy"), np.concatenate(labels))
     np.save(os.path.join(tmp, "mask.npy"), np.concatenate(mask))
     np.save(os.path.join(tmp, "truncated.npy"), np.concatenate(truncated))
-    if is_fasta(path):  # a table's ids are its row numbers
+    if fasta:
         np.save(os.path.join(tmp, "ids.npy"), np.concatenate(ids))
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump({"path": path, "names": names, "dtype": np.dtype(dtype).name, "rows": len(n_tokens)}, f)
@@ -364,7 +389,7 @@ def load_file(path, cfg_data, names, tokenizer, reverse=False):
     with open(os.path.join(folder, "meta.json")) as f:
         meta = json.load(f)
     L, where = len(meta["names"]), lambda name: os.path.join(folder, name)
-    tokens = Tokens(np.memmap(where("tokens.bin"), meta["dtype"], "r"), np.load(where("offsets.npy"), mmap_mode="r"))
+    tokens = Tokens.map(where("tokens.bin"), meta["dtype"], np.load(where("offsets.npy")))
     labels = np.unpackbits(np.load(where("labels.npy")), axis=1, count=L).astype(np.float32)
     mask = np.unpackbits(np.load(where("mask.npy")), axis=1, count=L).astype(bool)
     ids = np.load(where("ids.npy")) if os.path.exists(where("ids.npy")) else None

@@ -1,4 +1,6 @@
 import gzip
+import mmap
+import pickle
 
 import numpy as np
 import pytest
@@ -56,7 +58,9 @@ def test_names_form_with_empty_cell_and_inferred_sorted_names(tmp_path):
 def test_token_cache_is_reused_and_rebuilt_when_file_tokenizer_or_max_length_change(tmp_path, monkeypatch):
     p = write(tmp_path, "c.tsv", "sequence\tlabels\nACGTACGT\ta\nGGGG\tb\n")
     first, _ = load(p)
-    assert first.tokens.flat.dtype == np.uint8 and isinstance(first.tokens.flat, np.memmap)
+    assert first.tokens.flat.dtype == np.uint8 and isinstance(first.tokens.flat.base.obj, mmap.mmap)
+    copy = pickle.loads(pickle.dumps(first.tokens))  # as a DataLoader worker gets it: mapped again, not copied
+    assert len(pickle.dumps(first.tokens)) < 1000 and [t.tolist() for t in copy] == [t.tolist() for t in first.tokens]
     built, build = [], data.build_cache
     monkeypatch.setattr(data, "build_cache", lambda *a: (built.append(a), build(*a)))
     again, _ = load(p)
