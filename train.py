@@ -134,9 +134,8 @@ def train_step(model, optimizer, scaler, micro_batches, measured, device, autoca
                                    reduction="sum") * world / measured
             scaler.scale(loss).backward()
         total += loss.detach() / world
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
     stepped = scaler.is_enabled() or bool(torch.isfinite(grad_norm))
     if stepped:
         scaler.step(optimizer)  # under fp16 the scaler itself skips non-finite steps and lowers its scale
