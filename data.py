@@ -355,6 +355,9 @@ def build_cache(path, cfg_data, names, tokenizer, max_length, reverse, folder):
                     write(inflight.popleft())
             while inflight:
                 write(inflight.popleft())
+    except BaseException:  # a data error or a kill: no half-built cache is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     finally:
         if pool:
             pool.terminate()

@@ -1,4 +1,5 @@
 import gzip
+import os
 import mmap
 import pickle
 
@@ -70,6 +71,13 @@ def test_token_cache_is_reused_and_rebuilt_when_file_tokenizer_or_max_length_cha
     assert len(built) == 2 and six.tokens.flat.dtype == np.uint16  # 4101 tokens
     write(tmp_path, "c.tsv", "sequence\tlabels\nACGTACGT\ta\nGGGA\tb\n")
     assert seqs(load(p)[0]) == ["ACGTACGT", "GGGA"] and len(built) == 3
+
+
+def test_a_data_error_while_building_leaves_no_cache_behind(tmp_path):
+    p = write(tmp_path, "bad.tsv", "sequence\tlabels\nACGT\ta\nACXT\tb\n")
+    with pytest.raises(DataError, match="bad.tsv:3: invalid character 'X'"):
+        load(p, ["a", "b"], cache_dir=str(tmp_path / "cache"))
+    assert os.listdir(tmp_path / "cache") == []
 
 
 def test_streamed_chunks_and_worker_processes_build_the_same_cache(tmp_path, monkeypatch):

@@ -68,12 +68,14 @@ def test_same_weights_at_any_scale(dataset):
     path, tmp = dataset
     runs = {
         "1x8": torchrun(*common(path, tmp / "1x8", "training.per_device_train_batch_size=8")),
-        "2x4": torchrun(*common(path, tmp / "2x4", "training.per_device_train_batch_size=4"), nproc=2),
+        # a cache of its own: rank 0 builds it, once, while rank 1 waits
+        "2x4": torchrun(*common(path, tmp / "2x4", "training.per_device_train_batch_size=4",
+                                f"data.cache_dir={tmp}/cache2x4"), nproc=2),
         "1x4x2": torchrun(*common(path, tmp / "1x4x2", "training.per_device_train_batch_size=4",
                                   "training.gradient_accumulation_steps=2")),
     }
-    for cmd in runs.values():
-        check(cmd)
+    outputs = {name: check(cmd).stdout for name, cmd in runs.items()}
+    assert outputs["2x4"].count("data: tokenised") == 1 and "data: tokenised" not in outputs["1x4x2"]
     # two nodes of one process each, meeting over loopback through torchrun's c10d rendezvous
     port = free_port()
     nodes = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test"]

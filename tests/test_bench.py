@@ -1,0 +1,23 @@
+"""bench.py runs the real code paths end to end and reports every promised figure (tiny sizes, so it is quick)."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+KEYS = ["tokenize_seqs_per_s", "train_samples_per_s", "train_tokens_per_s", "bare_samples_per_s", "loop_vs_bare",
+        "data_wait_fraction", "padding_fraction_random", "padding_fraction_grouped", "eval_seqs_per_s",
+        "peak_rss_mb", "device"]
+
+
+def test_bench_json_has_every_figure():
+    p = subprocess.run([sys.executable, "bench.py", "--json", "--n", "400", "--steps", "3", "--rounds", "1",
+                        "--batch-size", "8", "--eval-n", "50", "--metrics-rows", "5000"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert all(k in result for k in KEYS), set(KEYS) - set(result)
+    assert result["device"].startswith("cpu") and "mfu" not in result
+    assert result["padding_fraction_grouped"] < result["padding_fraction_random"]
+    assert 0 < result["loop_vs_bare"] and 0 <= result["data_wait_fraction"] < 1
+    assert result["metrics_s_5k_x_919"] > 0
