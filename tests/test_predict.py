@@ -22,6 +22,7 @@ def run_dir(tmp_path_factory):
              for i, k in enumerate(("train", "validation", "test"))}
     args = ["config.yaml", "data.path=null", *(f"data.{k}={v}" for k, v in files.items()), "task.label_map=null",
             "task.num_labels=null", f"training.output_dir={tmp / 'out'}", "training.num_train_epochs=2",
+            f"data.cache_dir={tmp / 'cache'}",
             "task.threshold=0.4", *TINY]
     assert train.main(args) == 0
     return tmp
