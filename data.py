@@ -266,9 +266,36 @@ class Tokens:
         return Tokens(self.flat, self.offsets, self.rows[idx], self.path)
 
 
+class Bits:
+    """A boolean (n, L) matrix kept as packed bits (memory-mapped from the cache): indexing rows unpacks only
+    those rows, so even a genome-scale split never holds its dense labels. cols selects and orders the labels.
+    np.asarray(bits) gives the dense matrix, for the validation and test splits' metrics."""
+
+    def __init__(self, packed, width, rows=None, cols=None):
+        self.packed, self.width = packed, width
+        self.rows = np.arange(len(packed)) if rows is None else rows
+        self.cols = np.arange(width) if cols is None else np.asarray(cols)
+        self.shape = (len(self.rows), len(self.cols))
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):  # an int, a slice or an index array of rows
+        return np.unpackbits(self.packed[self.rows[i]], axis=-1, count=self.width).astype(bool)[..., self.cols]
+
+    def __array__(self, dtype=None, copy=None):
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+    def subset(self, idx):
+        return Bits(self.packed, self.width, self.rows[idx], self.cols)
+
+    def select(self, cols):
+        return Bits(self.packed, self.width, self.rows, self.cols[cols])
+
+
 class Split(torch.utils.data.Dataset):
-    """Token ids, labels float32 (n, L) and mask bool (n, L) of one split; ids are the FASTA ids or the row numbers
-    from 1. rc_tokens, when set, are the reverse complements' tokens. Items are (index, tokens, labels, mask); a
+    """Token ids, labels (n, L) and mask (n, L) of one split, as Bits or arrays; ids are the FASTA ids or the row
+    numbers from 1. rc_tokens, when set, are the reverse complements' tokens. Items are (index, tokens, labels, mask); a
     training sampler asks for (index, reverse complement?) pairs."""
 
     def __init__(self, tokens, labels, mask, ids=None, path=None, rc_tokens=None, truncated=None):
@@ -281,11 +308,15 @@ class Split(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         i, flip = (key, False) if np.ndim(key) == 0 else key
-        return i, (self.rc_tokens if flip else self.tokens)[i], self.labels[i], self.mask[i]
+        return i, (self.rc_tokens if flip else self.tokens)[i], self.labels[i].astype(np.float32), self.mask[i]
 
     def subset(self, idx):
-        return Split(self.tokens.subset(idx), self.labels[idx], self.mask[idx], self.ids[idx], self.path,
+        return Split(self.tokens.subset(idx), take(self.labels, idx), take(self.mask, idx), self.ids[idx], self.path,
                      None if self.rc_tokens is None else self.rc_tokens.subset(idx), self.truncated[idx])
+
+
+def take(matrix, idx):
+    return matrix.subset(idx) if isinstance(matrix, Bits) else matrix[idx]
 
 
 def digest(*parts, files=()):
@@ -393,8 +424,9 @@ def load_file(path, cfg_data, names, tokenizer, reverse=False):
         meta = json.load(f)
     L, where = len(meta["names"]), lambda name: os.path.join(folder, name)
     tokens = Tokens.map(where("tokens.bin"), meta["dtype"], np.load(where("offsets.npy")))
-    labels = np.unpackbits(np.load(where("labels.npy")), axis=1, count=L).astype(np.float32)
-    mask = np.unpackbits(np.load(where("mask.npy")), axis=1, count=L).astype(bool)
+    # plain views of the mapped files: indexing an np.memmap costs several times more per row
+    labels = Bits(np.load(where("labels.npy"), mmap_mode="r").view(np.ndarray), L)
+    mask = Bits(np.load(where("mask.npy"), mmap_mode="r").view(np.ndarray), L)
     ids = np.load(where("ids.npy")) if os.path.exists(where("ids.npy")) else None
     return Split(tokens, labels, mask, ids, path, truncated=np.load(where("truncated.npy"))), meta["names"]
 
@@ -445,7 +477,7 @@ def load_splits(cfg_data, tokenizer, names=None, reverse=False):
         full, names = load(cfg_data["path"], names)
         fractions = [cfg_data["train_size"], cfg_data["validation_size"], cfg_data["test_size"]]
         if cfg_data["stratify"]:
-            which = stratified_split(full.labels * full.mask, fractions, cfg_data["seed"])
+            which = stratified_split(np.asarray(full.labels) & np.asarray(full.mask), fractions, cfg_data["seed"])
             parts = [np.flatnonzero(which == s) for s in range(3)]
         else:
             order = np.random.RandomState(cfg_data["seed"]).permutation(len(full))
@@ -463,15 +495,30 @@ def load_splits(cfg_data, tokenizer, names=None, reverse=False):
     return splits, names
 
 
+def label_chunks(labels, mask, chunk=1 << 16):
+    """(first row, measured positives, measured) as bool arrays, a chunk of rows at a time: labels and mask may
+    be Bits of a genome-scale split, too large to unpack at once."""
+    for i in range(0, len(labels), chunk):
+        m = np.asarray(mask[i:i + chunk], bool)
+        yield i, (np.asarray(labels[i:i + chunk]) > 0.5) & m, m
+
+
+def label_counts(labels, mask):
+    """Positives and measured entries per label."""
+    counts = [(y.sum(0), m.sum(0)) for _, y, m in label_chunks(labels, mask)]
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+
 def prevalence(labels, mask):
     """Share of positives per label among the measured entries."""
-    return (labels * mask).sum(0) / np.maximum(mask.sum(0), 1)
+    positives, measured = label_counts(labels, mask)
+    return positives / np.maximum(measured, 1)
 
 
 def oversample_weights(labels, mask, alpha):
     """Sampling weight per sequence: (1/prevalence of its rarest positive label)^alpha; 1 without labels."""
-    y = (labels * mask) > 0.5
-    rarest = np.where(y, prevalence(labels, mask), np.inf).min(1)
+    share = prevalence(labels, mask)
+    rarest = np.concatenate([np.where(y, share, np.inf).min(1) for _, y, _ in label_chunks(labels, mask)])
     return torch.tensor(np.where(np.isfinite(rarest), 1 / np.maximum(rarest, 1e-12), 1.0) ** alpha)
 
 
@@ -490,7 +537,7 @@ def select_labels(splits, names, subset):
     idx = [names.index(x) for x in subset]
     for split in splits.values():
         if split is not None:
-            split.labels, split.mask = split.labels[:, idx], split.mask[:, idx]
+            split.labels, split.mask = split.labels.select(idx), split.mask.select(idx)
     return subset
 
 

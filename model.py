@@ -268,15 +268,14 @@ def bce_with_logits(logits, targets, mask=None, pos_weight=None, reduction="mean
     return loss.sum() / count.clamp(min=1)
 
 
-def resolve_pos_weight(spec, names, labels, mask):
-    """training.pos_weight -> tensor (L,) or None. 'auto' is negatives/positives per label on the training split;
-    'sqrt' its square root, which lifts rare labels with less loss of precision."""
+def resolve_pos_weight(spec, names, positives, measured):
+    """training.pos_weight -> tensor (L,) or None. 'auto' is negatives/positives per label on the training split
+    (from its counts of positive and measured entries); 'sqrt' its square root, which lifts rare labels with
+    less loss of precision."""
     if spec is None:
         return None
     if spec in ("auto", "sqrt"):
-        pos = (labels * mask).sum(0)
-        neg = ((1 - labels) * mask).sum(0)
-        w = torch.tensor(neg / np.maximum(pos, 1), dtype=torch.float32)
+        w = torch.tensor((measured - positives) / np.maximum(positives, 1), dtype=torch.float32)
         return w.sqrt() if spec == "sqrt" else w
     if isinstance(spec, list):
         if len(spec) != len(names):

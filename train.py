@@ -191,10 +191,10 @@ def evaluate(net, dataset, names, thresholds, collate, batch_size, device, autoc
         rc = data.Split(dataset.rc_tokens, dataset.labels, dataset.mask)
         p = (torch.sigmoid(logits) + torch.sigmoid(predict_logits(net, rc, collate, batch_size, device, autocast))) / 2
         logits = torch.logit(p, eps=1e-7)
-    labels, mask = torch.from_numpy(dataset.labels), torch.from_numpy(dataset.mask)
-    loss = bce_with_logits(logits, labels, mask, pos_weight).item()
+    labels, mask = np.asarray(dataset.labels, np.float32), np.asarray(dataset.mask, bool)
+    loss = bce_with_logits(logits, torch.from_numpy(labels), torch.from_numpy(mask), pos_weight).item()
     probs = torch.sigmoid(logits).numpy()
-    result = metrics.compute_metrics(dataset.labels, probs, names, thresholds, dataset.mask)
+    result = metrics.compute_metrics(labels, probs, names, thresholds, mask)
     result["loss"] = loss
     return result, probs
 
@@ -203,7 +203,7 @@ def write_test_outputs(out_dir, split, names, probs, result, thresholds, sep):
     metrics.save_json({f"test_{k}": v for k, v in result.items()}, os.path.join(out_dir, "test_metrics.json"))
     with open(os.path.join(out_dir, "test_predictions.tsv"), "w") as f:
         f.write("\t".join(["id", *names, "predicted", "labels"]) + "\n")
-        for rid, p, y, m in zip(split.ids.astype(str), probs, split.labels, split.mask):
+        for rid, p, y, m in zip(split.ids.astype(str), probs, np.asarray(split.labels), np.asarray(split.mask)):
             truth = sep.join(n for n, yj, mj in zip(names, y, m) if yj and mj)
             f.write("\t".join(data.prediction_row(rid, p, names, thresholds, sep) + [truth]) + "\n")
     metrics.save_per_label(os.path.join(out_dir, "per_label.tsv"), names, result,
@@ -258,7 +258,7 @@ def train(cfg):
     train_set = datasets["train"]
     collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"),
                            8 if device.type == "cuda" else 1)  # tensor cores want multiples of 8
-    pos_weight = resolve_pos_weight(tc["pos_weight"], names, train_set.labels, train_set.mask)
+    pos_weight = resolve_pos_weight(tc["pos_weight"], names, *data.label_counts(train_set.labels, train_set.mask))
     if pos_weight is not None:
         log("pos_weight: " + " ".join(f"{n}={w:.2f}" for n, w in zip(names, pos_weight.tolist())))
         pos_weight = pos_weight.to(device)
@@ -271,8 +271,8 @@ def train(cfg):
     sample_weights = None
     if data_cfg["oversample_rare"]:
         sample_weights = data.oversample_weights(train_set.labels, train_set.mask, data_cfg["oversample_rare"])
-        y = train_set.labels * train_set.mask
-        share = (sample_weights.numpy() @ y) / sample_weights.sum().item()
+        w = sample_weights.numpy()
+        share = sum(w[i:i + len(y)] @ y for i, y, _ in data.label_chunks(train_set.labels, train_set.mask)) / w.sum()
         log("oversampling: expected share per label " + " ".join(f"{n}={s:.1%}" for n, s in zip(names, share)))
     model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
 
@@ -337,8 +337,8 @@ def train(cfg):
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(log_dir)
         # row i, column j: the share of label i's training sequences that also carry label j
-        y = train_set.labels * train_set.mask
-        cooccurrence = (y.T @ y) / np.maximum(y.sum(0), 1)[:, None]
+        pairs = sum(y.T.astype(np.float64) @ y for _, y, _ in data.label_chunks(train_set.labels, train_set.mask))
+        cooccurrence = pairs / np.maximum(np.diag(pairs), 1)[:, None]
         writer.add_image("train/label_cooccurrence", np.kron(cooccurrence, np.ones((16, 16)))[None], 0)
         writer.add_text("train/label_order", ", ".join(names))
 
@@ -476,7 +476,8 @@ def train(cfg):
                 log(f"loaded the best model ({metric} {best:.4f})")
         if tune:
             val = datasets["validation"]
-            thresholds = metrics.tune_thresholds(val.labels, run_eval("validation")[1], val.mask)
+            thresholds = metrics.tune_thresholds(np.asarray(val.labels), run_eval("validation")[1],
+                                                 np.asarray(val.mask))
             log("thresholds tuned for F1 on the validation split: " +
                 " ".join(f"{n}={t:.3f}" for n, t in zip(names, thresholds)))
             for name in ("last.pt", "best.pt"):  # predict.py reads them from there
@@ -487,8 +488,9 @@ def train(cfg):
                     save_atomic(ckpt, path)
         if "test" in datasets:
             result, probs = run_eval("test")
+            test_labels, test_mask = np.asarray(datasets["test"].labels), np.asarray(datasets["test"].mask)
             if np.any(thresholds != 0.5):  # for comparison, the same predictions cut at 0.5
-                at_half = metrics.compute_metrics(datasets["test"].labels, probs, names, 0.5, datasets["test"].mask)
+                at_half = metrics.compute_metrics(test_labels, probs, names, 0.5, test_mask)
                 result.update({f"{k}@0.5": v for k, v in at_half.items() if "/" not in k})
             if master:
                 write_test_outputs(out_dir, splits["test"], names, probs, result, thresholds,
@@ -498,8 +500,8 @@ def train(cfg):
                         if "/" not in k:
                             writer.add_scalar(f"test/{k}", v, step)
                     for j, n in enumerate(names):
-                        writer.add_pr_curve(f"test_pr/{n}", splits["test"].labels[:, j][splits["test"].mask[:, j]],
-                                            probs[:, j][splits["test"].mask[:, j]], step)
+                        writer.add_pr_curve(f"test_pr/{n}", test_labels[:, j][test_mask[:, j]],
+                                            probs[:, j][test_mask[:, j]], step)
             log(metrics.per_label_text(names, result))
             summary = {f"test_{k}": round(v, 4) for k, v in result.items() if "/" not in k and "@" not in k}
             log(f"Test Metrics: {summary}")

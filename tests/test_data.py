@@ -51,8 +51,8 @@ def test_names_form_with_empty_cell_and_inferred_sorted_names(tmp_path):
     split, names = load(p)
     assert names == ["a", "b", "c"]
     assert seqs(split) == ["ACGT", "AAAA", "CCCC"]  # uppercased
-    assert split.labels.tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 1]]
-    assert split.mask.all()
+    assert np.asarray(split.labels).tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 1]]
+    assert np.asarray(split.mask).all()
     assert ids(split) == ["1", "2", "3"]
 
 
@@ -60,6 +60,7 @@ def test_token_cache_is_reused_and_rebuilt_when_file_tokenizer_or_max_length_cha
     p = write(tmp_path, "c.tsv", "sequence\tlabels\nACGTACGT\ta\nGGGG\tb\n")
     first, _ = load(p)
     assert first.tokens.flat.dtype == np.uint8 and isinstance(first.tokens.flat.base.obj, mmap.mmap)
+    assert isinstance(first.labels, data.Bits) and isinstance(first.labels.packed.base, np.memmap)  # never unpacked whole
     copy = pickle.loads(pickle.dumps(first.tokens))  # as a DataLoader worker gets it: mapped again, not copied
     assert len(pickle.dumps(first.tokens)) < 1000 and [t.tolist() for t in copy] == [t.tolist() for t in first.tokens]
     built, build = [], data.build_cache
@@ -91,31 +92,42 @@ def test_streamed_chunks_and_worker_processes_build_the_same_cache(tmp_path, mon
     chunked, _ = load(p, multi_label_sep=";", max_length=20, cache_dir=str(tmp_path / "other"))
     assert names == ["label_0", "label_1", "label_2"]
     assert [t.tolist() for t in chunked.tokens] == [t.tolist() for t in whole.tokens]
-    assert (chunked.labels == whole.labels).all() and (chunked.mask == whole.mask).all()
+    assert (np.asarray(chunked.labels) == np.asarray(whole.labels)).all()
+    assert (np.asarray(chunked.mask) == np.asarray(whole.mask)).all()
     assert (chunked.truncated == whole.truncated).all() and whole.truncated.sum() > 0
-    assert not whole.mask.all()
+    assert not np.asarray(whole.mask).all()
+
+
+def test_bits_unpack_only_the_rows_asked_for_in_the_label_order_asked_for():
+    dense = np.random.RandomState(0).rand(20, 11) < 0.3
+    bits = data.Bits(np.packbits(dense, axis=1), 11)
+    assert (np.asarray(bits) == dense).all() and bits.shape == (20, 11)
+    assert (bits[3] == dense[3]).all() and (bits[[5, 1]] == dense[[5, 1]]).all()
+    part = bits.subset(np.array([2, 7, 9])).select([10, 0])
+    assert part.shape == (3, 2) and (np.asarray(part) == dense[[2, 7, 9]][:, [10, 0]]).all()
+    assert (part[1:] == dense[[7, 9]][:, [10, 0]]).all()
 
 
 def test_multi_hot_form_with_missing_values(tmp_path):
     p = write(tmp_path, "b.csv", "sequence,label\nACGT,0;1;NA\nGGGG,1;-1;0\nTTTT,;0;1\n")
     split, names = load(p, ["x", "y", "z"], label_col="label", multi_label_sep=";")
-    assert split.labels.tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
-    assert split.mask.tolist() == [[True, True, False], [True, False, True], [False, True, True]]
+    assert np.asarray(split.labels).tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
+    assert np.asarray(split.mask).tolist() == [[True, True, False], [True, False, True], [False, True, True]]
 
 
 def test_multi_hot_with_comma_separator_and_inferred_names(tmp_path):
     p = write(tmp_path, "c.tsv", "sequence\tlabels\nACGT\t0,1,1\nGGGG\t1,0,0\n")
     split, names = load(p)
     assert names == ["label_0", "label_1", "label_2"]
-    assert split.labels.tolist() == [[0, 1, 1], [1, 0, 0]]
+    assert np.asarray(split.labels).tolist() == [[0, 1, 1], [1, 0, 0]]
 
 
 def test_wide_form(tmp_path):
     p = write(tmp_path, "d.tsv", "id\tsequence\tleaf\troot\nr1\tACGT\t1\t0\nr2\tGGGG\tNA\t1\n")
     split, names = load(p, label_cols=["leaf", "root"])
     assert names == ["leaf", "root"]
-    assert split.labels.tolist() == [[1, 0], [0, 1]]
-    assert split.mask.tolist() == [[True, True], [False, True]]
+    assert np.asarray(split.labels).tolist() == [[1, 0], [0, 1]]
+    assert np.asarray(split.mask).tolist() == [[True, True], [False, True]]
 
 
 def test_crlf_bom_trailing_blank_lines_and_gzip(tmp_path):
@@ -129,7 +141,7 @@ def test_fasta_with_labels_and_wrapped_lines(tmp_path):
     p = write(tmp_path, "f.fa", ">s1 a,b\nACGT\nacgt\n>s2\nGG\n")
     split, names = load(p)
     assert ids(split) == ["s1", "s2"] and seqs(split) == ["ACGTACGT", "GG"]
-    assert names == ["a", "b"] and split.labels.tolist() == [[1, 1], [0, 0]]
+    assert names == ["a", "b"] and np.asarray(split.labels).tolist() == [[1, 1], [0, 0]]
 
 
 @pytest.mark.parametrize("name, text, kw, message", [
@@ -217,13 +229,13 @@ def test_example_generator_is_deterministic_with_the_promised_prevalences(tmp_pa
     assert open(a).read() == open(b).read()
     split, names = load(a)
     assert names == sorted(data.EXAMPLE_LABELS)
-    prevalence = split.labels.mean(0)
+    prevalence = np.asarray(split.labels).mean(0)
     assert prevalence.max() > 0.3 and 0.01 < prevalence.min() < 0.06
     lengths = split.tokens.lengths() - 2
     assert min(lengths) >= 100 and max(lengths) <= 300
     # co-occurrence: flower is much more common among leaf sequences
     leaf, flower = names.index("leaf"), names.index("flower")
-    y = split.labels
+    y = np.asarray(split.labels)
     assert y[y[:, leaf] == 1, flower].mean() > 2 * y[y[:, leaf] == 0, flower].mean()
 
 
@@ -245,10 +257,10 @@ def test_stratified_split_puts_a_rare_label_in_every_split_in_proportion(tmp_pat
     again, _ = data.load_splits(d, TOK)
     assert all(ids(splits[k]) == ids(again[k]) for k in splits)  # deterministic
     assert sorted(int(i) for k in splits for i in splits[k].ids) == list(range(1, 1001))
-    total = sum(splits[k].labels.sum(0) for k in splits)
+    total = sum(np.asarray(splits[k].labels).sum(0) for k in splits)
     for k, frac in (("train", 0.8), ("validation", 0.1), ("test", 0.1)):
         assert abs(len(splits[k]) - frac * 1000) <= 2
-        got = splits[k].labels.sum(0)
+        got = np.asarray(splits[k].labels).sum(0)
         assert np.all(got >= 1)  # the rare label (about 20 sequences) is in every split
         assert np.all(np.abs(got - frac * total) <= 1.0)
 
@@ -257,6 +269,6 @@ def test_select_labels_keeps_a_subset_in_order(tmp_path):
     p = write(tmp_path, "s.tsv", "sequence\tlabels\nACGT\ta,c\nGGGG\tb\n")
     splits, names = data.load_splits(cfg_data(path=p, train_size=1.0, validation_size=0.0, test_size=0.0), TOK)
     assert data.select_labels(splits, names, ["c", "a"]) == ["c", "a"]
-    assert splits["train"].labels.tolist() == [[1, 1], [0, 0]]
+    assert np.asarray(splits["train"].labels).tolist() == [[1, 1], [0, 0]]
     with pytest.raises(DataError, match=r"unknown labels \['z'\]"):
         data.select_labels(splits, ["c", "a"], ["z"])

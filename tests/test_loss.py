@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from config import ConfigError
+import data
 from model import bce_with_logits, resolve_pos_weight
 
 
@@ -50,13 +51,17 @@ def test_pos_weight_forms():
     labels = np.array([[1, 0], [0, 0], [0, 1], [0, 0]], np.float32)
     mask = np.ones_like(labels, bool)
     names = ["a", "b"]
-    assert resolve_pos_weight(None, names, labels, mask) is None
-    assert resolve_pos_weight("auto", names, labels, mask).tolist() == [3.0, 3.0]
-    assert resolve_pos_weight([1, 2], names, labels, mask).tolist() == [1.0, 2.0]
-    assert resolve_pos_weight({"b": 5}, names, labels, mask).tolist() == [1.0, 5.0]
+
+    def resolve(spec):
+        return resolve_pos_weight(spec, names, *data.label_counts(labels, mask))
+
+    assert resolve(None) is None
+    assert resolve("auto").tolist() == [3.0, 3.0]
+    assert resolve([1, 2]).tolist() == [1.0, 2.0]
+    assert resolve({"b": 5}).tolist() == [1.0, 5.0]
     mask[1, 0] = False  # an unmeasured entry counts as neither
-    assert resolve_pos_weight("auto", names, labels, mask).tolist()[0] == 2.0
+    assert resolve("auto").tolist()[0] == 2.0
     with pytest.raises(ConfigError, match="unknown labels"):
-        resolve_pos_weight({"z": 2}, names, labels, mask)
+        resolve({"z": 2})
     with pytest.raises(ConfigError, match="2 labels"):
-        resolve_pos_weight([1, 2, 3], names, labels, mask)
+        resolve([1, 2, 3])
