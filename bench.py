@@ -87,42 +87,41 @@ def bench(args):
     batches = grouped[:args.steps]
     ready = [{k: v.to(device) for k, v in collate([split[i] for i in b[:, 0]]).items()} for b in batches]
 
-    def loop():
-        """train.py's way: its DataLoader and collate, train_step (masked loss, clipping, a finite check)."""
-        loader = iter(DataLoader(split, batch_sampler=batches, collate_fn=collate, num_workers=args.workers,
-                                 pin_memory=device.type == "cuda"))
-        waited = 0.0
-        for b in batches:
-            t_wait = time.time()
-            batch = next(loader)
-            waited += time.time() - t_wait
-            train.train_step(model, optimizer, scaler, [batch], int(split.mask[b[:, 0]].sum()), device, autocast,
-                             None, 1.0)
-        return waited
+    def bare_step(batch):
+        """The same batch, collated and on the device beforehand, a plain loss, no clipping."""
+        with autocast:
+            logits = model(batch["input_ids"], batch["attention_mask"])
+        scaler.scale(F.binary_cross_entropy_with_logits(logits.float(), batch["labels"])).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
 
-    def bare():
-        """The same batches, collated and on the device beforehand, a plain loss, no clipping."""
-        for batch in ready:
-            with autocast:
-                logits = model(batch["input_ids"], batch["attention_mask"])
-            scaler.scale(F.binary_cross_entropy_with_logits(logits.float(), batch["labels"])).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+    def rounds(n):
+        """train.py's way (its DataLoader and collate, then train_step: masked loss, clipping, a finite check)
+        and the bare step take turns batch by batch, so that a machine that speeds up or slows down during the
+        measurement favours neither. Returns the seconds of each, and of the loop's waits for data."""
+        loop_s = bare_s = waited = 0.0
+        for _ in range(n):
+            loader = iter(DataLoader(split, batch_sampler=batches, collate_fn=collate, num_workers=args.workers,
+                                     pin_memory=device.type == "cuda"))
+            for b, ready_batch in zip(batches, ready):
+                sync(device)
+                t = time.time()
+                batch = next(loader)
+                waited += time.time() - t
+                train.train_step(model, optimizer, scaler, [batch], int(split.mask[b[:, 0]].sum()), device,
+                                 autocast, None, 1.0)
+                sync(device)
+                t2 = time.time()
+                bare_step(ready_batch)
+                sync(device)
+                loop_s, bare_s = loop_s + t2 - t, bare_s + time.time() - t2
+        return loop_s, bare_s, waited
 
-    def timed(f):
-        sync(device)
-        t = time.time()
-        result = f()
-        sync(device)
-        return time.time() - t, result
-
-    timed(loop), timed(bare)  # warm-up: allocator, kernels, torch.compile
-    # alternate rounds and keep each one's best, so that neither gains from running second
-    rounds = [(timed(loop), timed(bare)[0]) for _ in range(args.rounds)]
-    (elapsed, waited), _ = min(rounds, key=lambda r: r[0][0])
-    bare_elapsed = min(r[1] for r in rounds)
-    samples, tokens = sum(len(b) for b in batches), sum(lengths[b[:, 0]].sum() for b in batches)
+    rounds(1)  # warm-up: allocator, kernels, torch.compile
+    elapsed, bare_elapsed, waited = rounds(args.rounds)
+    samples = args.rounds * sum(len(b) for b in batches)
+    tokens = args.rounds * sum(lengths[b[:, 0]].sum() for b in batches)
     out["train_samples_per_s"] = samples / elapsed
     out["train_tokens_per_s"] = tokens / elapsed
     out["data_wait_fraction"] = waited / elapsed
@@ -170,7 +169,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--steps", type=int, default=30, help="steps per timed round")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds of the loop and the bare loop, alternated")
+    p.add_argument("--rounds", type=int, default=3, help="timed passes over those steps")
     p.add_argument("--eval-n", type=int, default=2000)
     p.add_argument("--metrics-rows", type=int, default=1_000_000)
     args = p.parse_args()

@@ -569,14 +569,18 @@ class Collate:
 
     def __call__(self, batch):
         index, ids, labels, mask = zip(*batch)
-        width = -(-max(len(x) for x in ids) // self.multiple) * self.multiple
-        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(ids), width), dtype=torch.long)
+        lengths = np.array([len(x) for x in ids])
+        width = -(-lengths.max() // self.multiple) * self.multiple
+        input_ids = np.full((len(ids), width), self.pad_id, np.int64)  # filled in numpy: far cheaper per row
         for r, x in enumerate(ids):
-            cols = slice(width - len(x), width) if self.left else slice(0, len(x))
-            input_ids[r, cols] = torch.from_numpy(x.astype(np.int64))
-            attention[r, cols] = 1
-        return {"index": torch.tensor(index), "input_ids": input_ids, "attention_mask": attention,
+            if self.left:
+                input_ids[r, width - len(x):] = x
+            else:
+                input_ids[r, :len(x)] = x
+        cols = np.arange(width)
+        attention = cols >= width - lengths[:, None] if self.left else cols < lengths[:, None]
+        return {"index": torch.tensor(index), "input_ids": torch.from_numpy(input_ids),
+                "attention_mask": torch.from_numpy(attention.astype(np.int64)),
                 "labels": torch.from_numpy(np.stack(labels)), "mask": torch.from_numpy(np.stack(mask))}
 
 

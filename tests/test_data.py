@@ -5,6 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 import config
 import data
@@ -221,6 +222,9 @@ def test_collate_pads_to_longest_on_either_side():
     left = data.Collate(0, "left")(batch)
     assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
     assert left["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    eight = data.Collate(0, "left", multiple=8)(batch)  # as on CUDA
+    assert eight["input_ids"].tolist() == [[0] * 5 + [5, 6, 7], [0] * 7 + [8]]
+    assert eight["attention_mask"].sum(1).tolist() == [3, 1] and eight["input_ids"].dtype == torch.long
 
 
 def test_example_generator_is_deterministic_with_the_promised_prevalences(tmp_path):
