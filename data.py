@@ -416,7 +416,13 @@ def load_file(path, cfg_data, names, tokenizer, reverse=False):
     folder = os.path.join(cfg_data["cache_dir"], f"{os.path.basename(path)}.{key[:16]}")
     if not os.path.isdir(folder):
         t0 = time.time()
-        os.makedirs(cfg_data["cache_dir"], exist_ok=True)
+        try:
+            os.makedirs(cfg_data["cache_dir"], exist_ok=True)
+            open(os.path.join(cfg_data["cache_dir"], f".writable{os.getpid()}"), "w").close()
+            os.remove(os.path.join(cfg_data["cache_dir"], f".writable{os.getpid()}"))
+        except OSError as e:
+            raise DataError(f"{cfg_data['cache_dir']}: cannot write the token cache there ({e.strerror}; expected "
+                            f"a writable folder in data.cache_dir)") from None
         build_cache(path, cfg_data, names, tokenizer, cfg_data["max_length"], reverse, folder)
         print(f"data: tokenised {path}{' (reverse complements)' if reverse else ''} into {folder} in "
               f"{time.time() - t0:.1f} s; later runs map it", flush=True)

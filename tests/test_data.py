@@ -82,6 +82,13 @@ def test_a_data_error_while_building_leaves_no_cache_behind(tmp_path):
     assert os.listdir(tmp_path / "cache") == []
 
 
+def test_an_unwritable_cache_folder_is_a_one_line_data_error(tmp_path):
+    p = write(tmp_path, "ok.tsv", "sequence\tlabels\nACGT\ta\n")
+    blocker = write(tmp_path, "file", "")  # a file where the folder should be
+    with pytest.raises(DataError, match=f"{blocker}/cache: cannot write the token cache there"):
+        load(p, cache_dir=blocker + "/cache")
+
+
 def test_streamed_chunks_and_worker_processes_build_the_same_cache(tmp_path, monkeypatch):
     rng = np.random.RandomState(0)
     rows = "".join(f"{''.join(rng.choice(list('ACGTN'), rng.randint(3, 40)))}\t"
