@@ -213,7 +213,7 @@ def parse_labels(path, lines, cells, names, sep, form=None):
 # -----------------------------------------------------------------------------
 # the token cache: a data file is streamed once, tokenised and written to disk; later runs memory-map it
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 CHUNK = 4096  # records read and tokenised at a time
 POOL_BYTES = 1 << 23  # files larger than this are tokenised by worker processes (unless the tokenizer is fast)
 
@@ -311,12 +311,8 @@ class Split(torch.utils.data.Dataset):
         return i, (self.rc_tokens if flip else self.tokens)[i], self.labels[i].astype(np.float32), self.mask[i]
 
     def subset(self, idx):
-        return Split(self.tokens.subset(idx), take(self.labels, idx), take(self.mask, idx), self.ids[idx], self.path,
+        return Split(self.tokens.subset(idx), self.labels.subset(idx), self.mask.subset(idx), self.ids[idx], self.path,
                      None if self.rc_tokens is None else self.rc_tokens.subset(idx), self.truncated[idx])
-
-
-def take(matrix, idx):
-    return matrix.subset(idx) if isinstance(matrix, Bits) else matrix[idx]
 
 
 def digest(*parts, files=()):
@@ -346,61 +342,74 @@ def encode_chunk(tokenizer, seqs, max_length, dtype):
 
 def build_cache(path, cfg_data, names, tokenizer, max_length, reverse, folder):
     """Streams the file in chunks: this process reads, validates and parses labels while worker processes
-    tokenise (a fast Hugging Face tokenizer has threads of its own), and the tokens go straight to disk.
-    The folder appears complete or not at all."""
-    sep, wide = cfg_data["multi_label_sep"], cfg_data["label_cols"]
-    if names is None:
-        try:
-            names = infer_label_names((cell for *_, cell in iter_records(path, cfg_data)), sep, wide)
-        except DataError as e:
-            raise DataError(f"{path}: {e}") from None
-    if wide and len(wide) != len(names):
-        raise DataError(f"{path}: data.label_cols names {len(wide)} columns for {len(names)} labels "
-                        f"(expected one column per label of task.label_map)")
-    dtype = np.uint8 if len(tokenizer) <= 1 << 8 else np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32
+    tokenise (a fast Hugging Face tokenizer has threads of its own), and the tokens go straight to disk; with
+    reverse, the reverse complements' tokens too, in the same pass. The folder appears complete or not at all."""
     tmp = f"{folder}.tmp{os.getpid()}"
-    os.makedirs(tmp, exist_ok=True)
+    try:
+        os.makedirs(tmp, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{cfg_data['cache_dir']}: cannot write the token cache there ({e.strerror}; expected "
+                        f"a writable folder in data.cache_dir)") from None
+    sep, wide = cfg_data["multi_label_sep"], cfg_data["label_cols"]
+    dtype = np.uint8 if len(tokenizer) <= 1 << 8 else np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32
     big = os.path.getsize(path) > POOL_BYTES and not getattr(tokenizer, "is_fast", False)
     workers = min(os.cpu_count() or 1, 8) if big else 0
     pool = multiprocessing.Pool(workers) if workers else None
-    lengths, labels, mask, ids, truncated, form, fasta = [], [], [], [], [], {}, is_fasta(path)
+    streams = ["tokens", "rc_tokens"] if reverse else ["tokens"]
+    lengths, labels, mask, ids, truncated, form, fasta = [[] for _ in streams], [], [], [], [], {}, is_fasta(path)
+    outs = []
     try:
-        with open(os.path.join(tmp, "tokens.bin"), "wb") as out:
-            def write(chunk):
-                rids, y, m, result = chunk
-                flat, n_tokens, cut = result.get() if pool else result
-                out.write(flat.tobytes())
-                lengths.append(n_tokens), truncated.append(cut)
-                if fasta:  # a table's ids are its row numbers
-                    ids.append(np.array(rids))
-                labels.append(np.packbits(y > 0.5, axis=1)), mask.append(np.packbits(m, axis=1))
+        if names is None:
+            try:
+                names = infer_label_names((cell for *_, cell in iter_records(path, cfg_data)), sep, wide)
+            except DataError as e:
+                raise DataError(f"{path}: {e}") from None
+        if wide and len(wide) != len(names):
+            raise DataError(f"{path}: data.label_cols names {len(wide)} columns for {len(names)} labels "
+                            f"(expected one column per label of task.label_map)")
+        outs = [open(os.path.join(tmp, f"{name}.bin"), "wb") for name in streams]
 
-            records, inflight = iter_records(path, cfg_data), collections.deque()
-            while part := list(itertools.islice(records, CHUNK)):
-                lines, rids, seqs, cells = zip(*part)
-                y, m = parse_labels(path, lines, cells, names, sep, form)
-                seqs = [reverse_complement(x) for x in seqs] if reverse else list(seqs)
-                args = (tokenizer, seqs, max_length, dtype)
-                inflight.append((rids, y, m, pool.apply_async(encode_chunk, args) if pool else encode_chunk(*args)))
-                if len(inflight) > 2 * workers:
-                    write(inflight.popleft())
-            while inflight:
+        def write(chunk):
+            rids, y, m, results = chunk
+            results = [r.get() for r in results] if pool else results
+            for out, n_tokens, (flat, n, _) in zip(outs, lengths, results):
+                out.write(flat.tobytes())
+                n_tokens.append(n)
+            truncated.append(results[0][2])  # as read, not as reverse complemented
+            if fasta:  # a table's ids are its row numbers
+                ids.append(np.array(rids))
+            labels.append(np.packbits(y > 0.5, axis=1)), mask.append(np.packbits(m, axis=1))
+
+        records, inflight = iter_records(path, cfg_data), collections.deque()
+        while part := list(itertools.islice(records, CHUNK)):
+            lines, rids, seqs, cells = zip(*part)
+            y, m = parse_labels(path, lines, cells, names, sep, form)
+            per_stream = [list(seqs)] + ([[reverse_complement(x) for x in seqs]] if reverse else [])
+            args = [(tokenizer, x, max_length, dtype) for x in per_stream]
+            jobs = [pool.apply_async(encode_chunk, a) if pool else encode_chunk(*a) for a in args]
+            inflight.append((rids, y, m, jobs))
+            if len(inflight) > 2 * workers:
                 write(inflight.popleft())
+        while inflight:
+            write(inflight.popleft())
     except BaseException:  # a data error or a kill: no half-built cache is left behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
+        for out in outs:
+            out.close()
         if pool:
             pool.terminate()
-    n_tokens = np.concatenate(lengths)
-    np.save(os.path.join(tmp, "offsets.npy"), np.r_[0, np.cumsum(n_tokens)].astype(np.int64))
+    for name, n_tokens in zip(streams, lengths):
+        offsets = np.r_[0, np.cumsum(np.concatenate(n_tokens))].astype(np.int64)
+        np.save(os.path.join(tmp, f"{name}_offsets.npy"), offsets)
     np.save(os.path.join(tmp, "labels.npy"), np.concatenate(labels))
     np.save(os.path.join(tmp, "mask.npy"), np.concatenate(mask))
     np.save(os.path.join(tmp, "truncated.npy"), np.concatenate(truncated))
     if fasta:
         np.save(os.path.join(tmp, "ids.npy"), np.concatenate(ids))
     with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump({"path": path, "names": names, "dtype": np.dtype(dtype).name, "rows": len(n_tokens)}, f)
+        json.dump({"path": path, "names": names, "dtype": np.dtype(dtype).name, "rows": sum(map(len, truncated))}, f)
     try:
         os.rename(tmp, folder)
     except OSError:  # another process built the same cache meanwhile: keep theirs
@@ -409,32 +418,27 @@ def build_cache(path, cfg_data, names, tokenizer, max_length, reverse, folder):
 
 def load_file(path, cfg_data, names, tokenizer, reverse=False):
     """A whole file as a Split, from the cache; built first when this file's content, the tokenizer, max_length,
-    the label names or the label columns have none. Returns (split, names), names inferred when None."""
+    the label names or the label columns have none. With reverse, the split also has its reverse complements'
+    tokens. Returns (split, names), names inferred when None."""
     open_text(path).close()  # a missing file is a data error, not a traceback from the digest
     key = digest(CACHE_VERSION, names, reverse, cfg_data["max_length"], tokenizer_digest(tokenizer),
                  [cfg_data[k] for k in ("seq_col", "label_col", "label_cols", "multi_label_sep")], files=[path])
     folder = os.path.join(cfg_data["cache_dir"], f"{os.path.basename(path)}.{key[:16]}")
     if not os.path.isdir(folder):
         t0 = time.time()
-        try:
-            os.makedirs(cfg_data["cache_dir"], exist_ok=True)
-            open(os.path.join(cfg_data["cache_dir"], f".writable{os.getpid()}"), "w").close()
-            os.remove(os.path.join(cfg_data["cache_dir"], f".writable{os.getpid()}"))
-        except OSError as e:
-            raise DataError(f"{cfg_data['cache_dir']}: cannot write the token cache there ({e.strerror}; expected "
-                            f"a writable folder in data.cache_dir)") from None
         build_cache(path, cfg_data, names, tokenizer, cfg_data["max_length"], reverse, folder)
-        print(f"data: tokenised {path}{' (reverse complements)' if reverse else ''} into {folder} in "
+        print(f"data: tokenised {path}{' and its reverse complements' if reverse else ''} into {folder} in "
               f"{time.time() - t0:.1f} s; later runs map it", flush=True)
     with open(os.path.join(folder, "meta.json")) as f:
         meta = json.load(f)
     L, where = len(meta["names"]), lambda name: os.path.join(folder, name)
-    tokens = Tokens.map(where("tokens.bin"), meta["dtype"], np.load(where("offsets.npy")))
+    tokens, rc_tokens = (Tokens.map(where(f"{name}.bin"), meta["dtype"], np.load(where(f"{name}_offsets.npy")))
+                         if os.path.exists(where(f"{name}.bin")) else None for name in ("tokens", "rc_tokens"))
     # plain views of the mapped files: indexing an np.memmap costs several times more per row
     labels = Bits(np.load(where("labels.npy"), mmap_mode="r").view(np.ndarray), L)
     mask = Bits(np.load(where("mask.npy"), mmap_mode="r").view(np.ndarray), L)
     ids = np.load(where("ids.npy")) if os.path.exists(where("ids.npy")) else None
-    return Split(tokens, labels, mask, ids, path, truncated=np.load(where("truncated.npy"))), meta["names"]
+    return Split(tokens, labels, mask, ids, path, rc_tokens, np.load(where("truncated.npy"))), meta["names"]
 
 
 def stratified_split(labels, fractions, seed):
@@ -474,10 +478,7 @@ def load_splits(cfg_data, tokenizer, names=None, reverse=False):
     names=None infers them from the training data (the whole file when one file is split). With reverse, each
     split also gets the tokens of its reverse complements."""
     def load(path, names):
-        split, names = load_file(path, cfg_data, names, tokenizer)
-        if reverse:
-            split.rc_tokens = load_file(path, cfg_data, names, tokenizer, reverse=True)[0].tokens
-        return split, names
+        return load_file(path, cfg_data, names, tokenizer, reverse)
 
     if cfg_data["path"]:
         full, names = load(cfg_data["path"], names)

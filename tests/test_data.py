@@ -61,7 +61,8 @@ def test_token_cache_is_reused_and_rebuilt_when_file_tokenizer_or_max_length_cha
     p = write(tmp_path, "c.tsv", "sequence\tlabels\nACGTACGT\ta\nGGGG\tb\n")
     first, _ = load(p)
     assert first.tokens.flat.dtype == np.uint8 and isinstance(first.tokens.flat.base.obj, mmap.mmap)
-    assert isinstance(first.labels, data.Bits) and isinstance(first.labels.packed.base, np.memmap)  # never unpacked whole
+    # never unpacked whole
+    assert isinstance(first.labels, data.Bits) and isinstance(first.labels.packed.base, np.memmap)
     copy = pickle.loads(pickle.dumps(first.tokens))  # as a DataLoader worker gets it: mapped again, not copied
     assert len(pickle.dumps(first.tokens)) < 1000 and [t.tolist() for t in copy] == [t.tolist() for t in first.tokens]
     built, build = [], data.build_cache
@@ -80,6 +81,16 @@ def test_a_data_error_while_building_leaves_no_cache_behind(tmp_path):
     with pytest.raises(DataError, match="bad.tsv:3: invalid character 'X'"):
         load(p, ["a", "b"], cache_dir=str(tmp_path / "cache"))
     assert os.listdir(tmp_path / "cache") == []
+
+
+def test_reverse_complements_are_cached_in_the_same_pass(tmp_path, monkeypatch):
+    p = write(tmp_path, "r.tsv", "sequence\tlabels\nAACGTT\ta\nGATTACA\tb\n")
+    monkeypatch.setattr(data, "CHUNK", 1)
+    split, _ = data.load_file(p, cfg_data(), None, TOK, reverse=True)
+    assert seqs(split) == ["AACGTT", "GATTACA"]
+    rc = data.Split(split.rc_tokens, split.labels, split.mask)
+    assert seqs(rc) == ["AACGTT", "TGTAATC"]
+    assert len(os.listdir(tmp_path / "cache")) == 1  # one folder, one read of the file, for both strands
 
 
 def test_an_unwritable_cache_folder_is_a_one_line_data_error(tmp_path):
