@@ -58,7 +58,8 @@ def sync(device):
 def bench(args):
     device = torch.device(args.device)
     torch.manual_seed(0)
-    out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x {torch.get_num_threads()}"}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x {torch.get_num_threads()}"
+    out = {"device": name}
     tmp = args.tmp
     path = os.path.join(tmp, "bench.tsv")
     random_tsv(path, args.n, 200, 2000, args.labels)
