@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+import cache
 import config
 import data
 import metrics
@@ -70,11 +71,11 @@ def bench(args):
     # the token cache, built from the file as train.py builds it
     backbone, tokenizer, _ = load_backbone(cfg["model"], args.max_length)
     t = time.time()
-    split, names = data.load_file(path, cfg["data"], None, tokenizer)
+    split, names = cache.load_file(path, cfg["data"], None, tokenizer)
     out["tokenize_seqs_per_s"] = args.n / (time.time() - t)
     lengths = split.tokens.lengths()
-    out["padding_fraction_random"] = padding_fraction(lengths, train.global_batches(len(split), args.batch_size, 0, 0))
-    grouped = train.global_batches(len(split), args.batch_size, 0, 0, lengths=lengths)
+    out["padding_fraction_random"] = padding_fraction(lengths, data.global_batches(len(split), args.batch_size, 0, 0))
+    grouped = data.global_batches(len(split), args.batch_size, 0, 0, lengths=lengths)
     out["padding_fraction_grouped"] = padding_fraction(lengths, grouped)
 
     # training: train.py's step function, fed by its DataLoader and collate, on length-grouped batches

@@ -8,6 +8,9 @@ Score new sequences with a trained model.
 Works offline from what train.py saved (config, tokenizer, backbone architecture, weights, thresholds). The output
 is a TSV in input order: id, one probability column per label, and `predicted`, the labels at or above their
 thresholds. When the input has labels, the metrics are printed and saved beside the output.
+
+This file also holds what both entry points share: the device and process-group setup, rank-0 logging, and the
+scoring of a split during training (validation, and the test phase's files, in the same format as above).
 """
 import argparse
 import itertools
@@ -20,14 +23,91 @@ import torch
 import torch.distributed as dist
 from transformers import AutoConfig, AutoModel
 
+import cache
+import checkpoint
 import config
 import data
 import metrics
-import train
-from model import build_model, load_tokenizer, merge_lora, predict_logits
+from model import bce_with_logits, build_model, load_tokenizer, merge_lora, predict_logits
 
 CHUNK = 8192  # sequences read, scored and written at a time: memory stays bounded on any input size
 
+
+def log(*args):
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(*args, flush=True)
+
+
+def setup_device(device_cfg):
+    """Starts the process group when launched by torchrun. Returns (rank, world_size, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_cfg == "auto":
+        device_cfg = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(f"cuda:{local_rank}" if device_cfg == "cuda" else device_cfg)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+# -----------------------------------------------------------------------------
+# scoring a split during training
+
+def evaluate(net, dataset, names, thresholds, collate, batch_size, device, autocast, pos_weight):
+    """(metrics with the loss, probabilities) of a labelled split, scored across ranks."""
+    logits = predict_logits(net, dataset, collate, batch_size, device, autocast)
+    if dataset.rc_tokens is not None:  # model.rc_average: average both strands' probabilities
+        rc = cache.Split(dataset.rc_tokens, dataset.labels, dataset.mask)
+        p = (torch.sigmoid(logits) + torch.sigmoid(predict_logits(net, rc, collate, batch_size, device, autocast))) / 2
+        logits = torch.logit(p, eps=1e-7)
+    labels, mask = np.asarray(dataset.labels, np.float32), np.asarray(dataset.mask, bool)
+    loss = bce_with_logits(logits, torch.from_numpy(labels), torch.from_numpy(mask), pos_weight).item()
+    probs = torch.sigmoid(logits).numpy()
+    result = metrics.compute_metrics(labels, probs, names, thresholds, mask)
+    result["loss"] = loss
+    return result, probs
+
+
+def report_test(result, probs, split, names, thresholds, writer, step, out_dir, sep):
+    """The test phase's report: printed, in TensorBoard, and on rank 0 (out_dir set) test_metrics.json,
+    test_predictions.tsv (the columns of predict.py's output and the true labels) and per_label.tsv."""
+    labels, mask = np.asarray(split.labels), np.asarray(split.mask)
+    if np.any(thresholds != 0.5):  # for comparison, the same predictions cut at 0.5
+        at_half = metrics.compute_metrics(labels, probs, names, 0.5, mask)
+        result.update({f"{k}@0.5": v for k, v in at_half.items() if "/" not in k})
+    if out_dir:
+        metrics.save_json({f"test_{k}": v for k, v in result.items()}, os.path.join(out_dir, "test_metrics.json"))
+        with open(os.path.join(out_dir, "test_predictions.tsv"), "w") as f:
+            f.write("\t".join(["id", *names, "predicted", "labels"]) + "\n")
+            for rid, p, y, m in zip(split.ids.astype(str), probs, labels, mask):
+                truth = sep.join(n for n, yj, mj in zip(names, y, m) if yj and mj)
+                f.write("\t".join(prediction_row(rid, p, names, thresholds, sep) + [truth]) + "\n")
+        metrics.save_per_label(os.path.join(out_dir, "per_label.tsv"), names, result,
+                               data.prevalence(split.labels, split.mask), thresholds)
+    if writer:
+        for k, v in result.items():
+            if "/" not in k:
+                writer.add_scalar(f"test/{k}", v, step)
+        for j, n in enumerate(names):
+            writer.add_pr_curve(f"test_pr/{n}", labels[:, j][mask[:, j]], probs[:, j][mask[:, j]], step)
+    log(metrics.per_label_text(names, result))
+    summary = {f"test_{k}": round(v, 4) for k, v in result.items() if "/" not in k and "@" not in k}
+    log(f"Test Metrics: {summary}")
+    if "f1_macro@0.5" in result:
+        at_half = {f"test_{k[:-4]}": round(v, 4) for k, v in result.items() if k.endswith("@0.5")}
+        log(f"Test Metrics at threshold 0.5: {at_half}")
+
+
+def prediction_row(rid, probs, names, thresholds, sep):
+    """One output row: id, a probability per label, and the labels at or above their thresholds."""
+    predicted = sep.join(n for n, p, t in zip(names, probs, thresholds) if p >= t)
+    return [rid, *(f"{p:.6f}" for p in probs), predicted]
+
+
+# -----------------------------------------------------------------------------
+# scoring new sequences
 
 def load_trained(path, device):
     """(model, tokenizer, checkpoint) from a run folder (its best.pt, else last.pt) or a checkpoint file."""
@@ -37,7 +117,7 @@ def load_trained(path, device):
     if not os.path.isfile(path):
         raise config.ConfigError(f"{path}: no checkpoint (expected a run folder with best.pt or last.pt, or a .pt)")
     run_dir = os.path.dirname(os.path.abspath(path))
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = checkpoint.load(path)
     model_cfg = ckpt["config"]["model"]
     trust = bool(model_cfg["trust_remote_code"])
     backbone = AutoModel.from_config(AutoConfig.from_pretrained(os.path.join(run_dir, "backbone"),
@@ -50,7 +130,7 @@ def load_trained(path, device):
 
 
 def predict(args):
-    rank, world, device = train.setup_device({"device": args.device})
+    rank, world, device = setup_device(args.device)
     net, tokenizer, ckpt = load_trained(args.run, device)
     cfg_data, names = ckpt["config"]["data"], ckpt["label_names"]
     data_names = config.label_names_from_config(ckpt["config"]["task"]) or names
@@ -64,7 +144,7 @@ def predict(args):
     def score(seqs):
         ids, truncated = data.tokenize(tokenizer, seqs, cfg_data["max_length"])
         n = len(ids)
-        dataset = data.Split(data.Tokens.from_list(ids), np.zeros((n, len(names)), np.float32),
+        dataset = cache.Split(cache.Tokens.from_list(ids), np.zeros((n, len(names)), np.float32),
                              np.ones((n, len(names)), bool))
         logits = predict_logits(net, dataset, collate, args.batch_size, device, autocast)
         return torch.sigmoid(logits).numpy(), int(truncated.sum())
@@ -90,20 +170,20 @@ def predict(args):
             labels, mask = labels[:, keep], mask[:, keep]
             all_labels.append(labels), all_mask.append(mask), all_probs.append(probs)
         if out:
-            out.writelines("\t".join(data.prediction_row(rid, p, names, thresholds, sep)) + "\n"
+            out.writelines("\t".join(prediction_row(rid, p, names, thresholds, sep)) + "\n"
                            for rid, p in zip(ids, probs))
     if out:
         out.close()
         os.replace(tmp, args.output)  # a half-written file never takes the output's name
-        train.log(f"wrote {total} predictions to {args.output} ({truncated} sequences truncated to "
+        log(f"wrote {total} predictions to {args.output} ({truncated} sequences truncated to "
                   f"{cfg_data['max_length']} tokens)")
     if all_labels and rank == 0:
         result = metrics.compute_metrics(np.concatenate(all_labels), np.concatenate(all_probs), names, thresholds,
                                          np.concatenate(all_mask))
         path = os.path.splitext(args.output)[0] + ".metrics.json"
         metrics.save_json(result, path)
-        train.log(metrics.per_label_text(names, result))
-        train.log(f"Metrics: { {k: round(v, 4) for k, v in result.items() if '/' not in k} } (saved to {path})")
+        log(metrics.per_label_text(names, result))
+        log(f"Metrics: { {k: round(v, 4) for k, v in result.items() if '/' not in k} } (saved to {path})")
     if dist.is_initialized():
         dist.barrier()  # rank 0 may still be writing: tearing gloo down under a busy peer can abort
         dist.destroy_process_group()

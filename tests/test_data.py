@@ -1,12 +1,10 @@
 import gzip
-import os
-import mmap
-import pickle
 
 import numpy as np
 import pytest
 import torch
 
+import cache
 import config
 import data
 from data import DataError
@@ -34,7 +32,7 @@ TOK = KmerTokenizer(1)  # one token per base, so a split's tokens spell its sequ
 
 
 def load(path, names=None, **kw):
-    split, names = data.load_file(path, cfg_data(**kw), names, TOK)
+    split, names = cache.load_file(path, cfg_data(**kw), names, TOK)
     return split, names
 
 
@@ -55,76 +53,6 @@ def test_names_form_with_empty_cell_and_inferred_sorted_names(tmp_path):
     assert np.asarray(split.labels).tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 1]]
     assert np.asarray(split.mask).all()
     assert ids(split) == ["1", "2", "3"]
-
-
-def test_token_cache_is_reused_and_rebuilt_when_file_tokenizer_or_max_length_change(tmp_path, monkeypatch):
-    p = write(tmp_path, "c.tsv", "sequence\tlabels\nACGTACGT\ta\nGGGG\tb\n")
-    first, _ = load(p)
-    assert first.tokens.flat.dtype == np.uint8 and isinstance(first.tokens.flat.base.obj, mmap.mmap)
-    # never unpacked whole
-    assert isinstance(first.labels, data.Bits) and isinstance(first.labels.packed.base, np.memmap)
-    copy = pickle.loads(pickle.dumps(first.tokens))  # as a DataLoader worker gets it: mapped again, not copied
-    assert len(pickle.dumps(first.tokens)) < 1000 and [t.tolist() for t in copy] == [t.tolist() for t in first.tokens]
-    built, build = [], data.build_cache
-    monkeypatch.setattr(data, "build_cache", lambda *a: (built.append(a), build(*a)))
-    again, _ = load(p)
-    assert built == [] and seqs(again) == seqs(first) == ["ACGTACGT", "GGGG"]
-    assert seqs(load(p, max_length=4)[0]) == ["AC", "GG"] and len(built) == 1
-    six, _ = data.load_file(p, cfg_data(), None, KmerTokenizer(6))
-    assert len(built) == 2 and six.tokens.flat.dtype == np.uint16  # 4101 tokens
-    write(tmp_path, "c.tsv", "sequence\tlabels\nACGTACGT\ta\nGGGA\tb\n")
-    assert seqs(load(p)[0]) == ["ACGTACGT", "GGGA"] and len(built) == 3
-
-
-def test_a_data_error_while_building_leaves_no_cache_behind(tmp_path):
-    p = write(tmp_path, "bad.tsv", "sequence\tlabels\nACGT\ta\nACXT\tb\n")
-    with pytest.raises(DataError, match="bad.tsv:3: invalid character 'X'"):
-        load(p, ["a", "b"], cache_dir=str(tmp_path / "cache"))
-    assert os.listdir(tmp_path / "cache") == []
-
-
-def test_reverse_complements_are_cached_in_the_same_pass(tmp_path, monkeypatch):
-    p = write(tmp_path, "r.tsv", "sequence\tlabels\nAACGTT\ta\nGATTACA\tb\n")
-    monkeypatch.setattr(data, "CHUNK", 1)
-    split, _ = data.load_file(p, cfg_data(), None, TOK, reverse=True)
-    assert seqs(split) == ["AACGTT", "GATTACA"]
-    rc = data.Split(split.rc_tokens, split.labels, split.mask)
-    assert seqs(rc) == ["AACGTT", "TGTAATC"]
-    assert len(os.listdir(tmp_path / "cache")) == 1  # one folder, one read of the file, for both strands
-
-
-def test_an_unwritable_cache_folder_is_a_one_line_data_error(tmp_path):
-    p = write(tmp_path, "ok.tsv", "sequence\tlabels\nACGT\ta\n")
-    blocker = write(tmp_path, "file", "")  # a file where the folder should be
-    with pytest.raises(DataError, match=f"{blocker}/cache: cannot write the token cache there"):
-        load(p, cache_dir=blocker + "/cache")
-
-
-def test_streamed_chunks_and_worker_processes_build_the_same_cache(tmp_path, monkeypatch):
-    rng = np.random.RandomState(0)
-    rows = "".join(f"{''.join(rng.choice(list('ACGTN'), rng.randint(3, 40)))}\t"
-                   f"{';'.join(rng.choice(['0', '1', 'NA'], 3))}\n" for _ in range(50))
-    p = write(tmp_path, "m.tsv", "sequence\tlabels\n" + rows)
-    whole, names = load(p, multi_label_sep=";", max_length=20)
-    monkeypatch.setattr(data, "CHUNK", 7)
-    monkeypatch.setattr(data, "POOL_BYTES", 0)
-    chunked, _ = load(p, multi_label_sep=";", max_length=20, cache_dir=str(tmp_path / "other"))
-    assert names == ["label_0", "label_1", "label_2"]
-    assert [t.tolist() for t in chunked.tokens] == [t.tolist() for t in whole.tokens]
-    assert (np.asarray(chunked.labels) == np.asarray(whole.labels)).all()
-    assert (np.asarray(chunked.mask) == np.asarray(whole.mask)).all()
-    assert (chunked.truncated == whole.truncated).all() and whole.truncated.sum() > 0
-    assert not np.asarray(whole.mask).all()
-
-
-def test_bits_unpack_only_the_rows_asked_for_in_the_label_order_asked_for():
-    dense = np.random.RandomState(0).rand(20, 11) < 0.3
-    bits = data.Bits(np.packbits(dense, axis=1), 11)
-    assert (np.asarray(bits) == dense).all() and bits.shape == (20, 11)
-    assert (bits[3] == dense[3]).all() and (bits[[5, 1]] == dense[[5, 1]]).all()
-    part = bits.subset(np.array([2, 7, 9])).select([10, 0])
-    assert part.shape == (3, 2) and (np.asarray(part) == dense[[2, 7, 9]][:, [10, 0]]).all()
-    assert (part[1:] == dense[[7, 9]][:, [10, 0]]).all()
 
 
 def test_multi_hot_form_with_missing_values(tmp_path):
@@ -194,13 +122,13 @@ def test_split_by_fractions_is_deterministic_and_complete(tmp_path):
     rows = "".join(f"{'ACGT' * (i % 5 + 1)}\t{'a' if i % 3 else 'b'}\n" for i in range(100))
     p = write(tmp_path, "s.tsv", "sequence\tlabels\n" + rows)
     d = cfg_data(path=p, train_size=0.7, validation_size=0.2, test_size=0.1)
-    s1, names = data.load_splits(d, TOK)
-    s2, _ = data.load_splits(d, TOK)
+    s1, names = cache.load_splits(d, TOK)
+    s2, _ = cache.load_splits(d, TOK)
     assert [len(s1[k]) for k in ("train", "validation", "test")] == [70, 20, 10]
     assert all(ids(s1[k]) == ids(s2[k]) for k in s1)
     all_ids = sorted(int(i) for k in s1 for i in s1[k].ids)
     assert all_ids == list(range(1, 101))  # every row lands in exactly one split
-    other, _ = data.load_splits(dict(d, seed=1), TOK)
+    other, _ = cache.load_splits(dict(d, seed=1), TOK)
     assert ids(other["test"]) != ids(s1["test"])
 
 
@@ -208,8 +136,8 @@ def test_separate_files_use_training_labels(tmp_path):
     tr = write(tmp_path, "tr.tsv", "sequence\tlabels\nACGT\ta\nGGGG\tb\n")
     va = write(tmp_path, "va.tsv", "sequence\tlabels\nACGT\tc\n")
     with pytest.raises(DataError, match="va.tsv:2: unknown label 'c'"):
-        data.load_splits(cfg_data(train=tr, validation=va), TOK)
-    splits, names = data.load_splits(cfg_data(train=tr, validation=tr), TOK)
+        cache.load_splits(cfg_data(train=tr, validation=va), TOK)
+    splits, names = cache.load_splits(cfg_data(train=tr, validation=tr), TOK)
     assert names == ["a", "b"] and splits["test"] is None
 
 
@@ -275,8 +203,8 @@ def test_stratified_split_puts_a_rare_label_in_every_split_in_proportion(tmp_pat
         rows.append(f"ACGT\t{','.join(labels)}\n")
     p = write(tmp_path, "r.tsv", "sequence\tlabels\n" + "".join(rows))
     d = cfg_data(path=p, stratify=True)
-    splits, names = data.load_splits(d, TOK)
-    again, _ = data.load_splits(d, TOK)
+    splits, names = cache.load_splits(d, TOK)
+    again, _ = cache.load_splits(d, TOK)
     assert all(ids(splits[k]) == ids(again[k]) for k in splits)  # deterministic
     assert sorted(int(i) for k in splits for i in splits[k].ids) == list(range(1, 1001))
     total = sum(np.asarray(splits[k].labels).sum(0) for k in splits)
@@ -289,8 +217,47 @@ def test_stratified_split_puts_a_rare_label_in_every_split_in_proportion(tmp_pat
 
 def test_select_labels_keeps_a_subset_in_order(tmp_path):
     p = write(tmp_path, "s.tsv", "sequence\tlabels\nACGT\ta,c\nGGGG\tb\n")
-    splits, names = data.load_splits(cfg_data(path=p, train_size=1.0, validation_size=0.0, test_size=0.0), TOK)
+    splits, names = cache.load_splits(cfg_data(path=p, train_size=1.0, validation_size=0.0, test_size=0.0), TOK)
     assert data.select_labels(splits, names, ["c", "a"]) == ["c", "a"]
     assert np.asarray(splits["train"].labels).tolist() == [[1, 1], [0, 0]]
     with pytest.raises(DataError, match=r"unknown labels \['z'\]"):
         data.select_labels(splits, ["c", "a"], ["z"])
+
+
+def padding_fraction(batches, lengths):
+    """Share of padded positions when each batch is padded to its longest sequence."""
+    padded = sum(len(b) * lengths[b[:, 0]].max() for b in batches)
+    return 1 - sum(lengths[b[:, 0]].sum() for b in batches) / padded
+
+
+def test_group_by_length_pads_little_and_keeps_every_sequence_once():
+    lengths = np.random.RandomState(0).randint(200, 2001, size=5000)
+    plain = data.global_batches(5000, 32, seed=0, epoch=0)
+    grouped = data.global_batches(5000, 32, seed=0, epoch=0, lengths=lengths)
+    assert sorted(np.concatenate(grouped)[:, 0].tolist()) == list(range(5000))
+    assert padding_fraction(grouped, lengths) <= 0.10 < padding_fraction(plain, lengths)
+    again = data.global_batches(5000, 32, seed=0, epoch=0, lengths=lengths)
+    assert all(np.array_equal(a, b) for a, b in zip(grouped, again))
+    # the batch order is still shuffled: lengths do not run down monotonically across batches
+    maxima = [lengths[b[:, 0]].max() for b in grouped]
+    assert maxima != sorted(maxima, reverse=True)
+
+
+def test_truncated_or_corrupt_gzip_and_non_utf8_bytes_are_one_line_errors(tmp_path):
+    rows = "".join(f"{'ACGT' * 50}\ta\n" for _ in range(2000))
+    whole = gzip.compress(("sequence\tlabels\n" + rows).encode())
+    cut = tmp_path / "cut.tsv.gz"
+    cut.write_bytes(whole[:len(whole) // 2])  # a download that stopped half way
+    with pytest.raises(DataError) as e:
+        load(str(cut))
+    line = int(str(e.value).split(":")[1])
+    assert str(e.value).startswith(f"{cut}:{line}: cannot read this line: the compressed file ends early")
+    assert 2 < line < 2002 and "\n" not in str(e.value)
+    fake = tmp_path / "plain.tsv.gz"
+    fake.write_text("sequence\tlabels\nACGT\ta\n")  # named .gz, but not compressed
+    with pytest.raises(DataError, match=r"plain.tsv.gz:1: cannot read this line: corrupt compressed data"):
+        load(str(fake))
+    latin = tmp_path / "latin.tsv"
+    latin.write_bytes(b"sequence\tlabels\nACGT\ta\nACGT\t\xe9t\xe9\n")
+    with pytest.raises(DataError, match=r"latin.tsv:3: cannot read this line: bytes that are not UTF-8 text"):
+        load(str(latin))

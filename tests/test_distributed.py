@@ -5,10 +5,11 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
+import checkpoint
+import data
 import train
 from conftest import ROOT
 from test_train import TINY, random_tsv
@@ -149,7 +150,7 @@ def test_sigterm_writes_last_and_resume_finishes_the_same(dataset):
 
 def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
     path = str(tmp_path / "last.pt")
-    train.save_atomic({"step": 1}, path)
+    checkpoint.save_atomic({"step": 1}, path)
 
     def crash(obj, f):
         with open(f, "wb") as fh:
@@ -158,7 +159,7 @@ def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypa
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        train.save_atomic({"step": 2}, path)
+        checkpoint.save_atomic({"step": 2}, path)
     assert torch.load(path, weights_only=True) == {"step": 1}
 
 
@@ -181,26 +182,7 @@ def test_a_last_batch_too_small_to_share_is_left_out_and_reported(dataset, capsy
     out = capsys.readouterr().out
     assert "the last 2 sequences of each epoch's shuffled order are left out" in out
     assert torch.load(tmp / "small" / "last.pt", weights_only=True)["step"] == 5
-    assert [len(b) for b in train.global_batches(82, 16, 0, 0, min_size=4)] == [16] * 5
-
-
-def padding_fraction(batches, lengths):
-    """Share of padded positions when each batch is padded to its longest sequence."""
-    padded = sum(len(b) * lengths[b[:, 0]].max() for b in batches)
-    return 1 - sum(lengths[b[:, 0]].sum() for b in batches) / padded
-
-
-def test_group_by_length_pads_little_and_keeps_every_sequence_once():
-    lengths = np.random.RandomState(0).randint(200, 2001, size=5000)
-    plain = train.global_batches(5000, 32, seed=0, epoch=0)
-    grouped = train.global_batches(5000, 32, seed=0, epoch=0, lengths=lengths)
-    assert sorted(np.concatenate(grouped)[:, 0].tolist()) == list(range(5000))
-    assert padding_fraction(grouped, lengths) <= 0.10 < padding_fraction(plain, lengths)
-    again = train.global_batches(5000, 32, seed=0, epoch=0, lengths=lengths)
-    assert all(np.array_equal(a, b) for a, b in zip(grouped, again))
-    # the batch order is still shuffled: lengths do not run down monotonically across batches
-    maxima = [lengths[b[:, 0]].max() for b in grouped]
-    assert maxima != sorted(maxima, reverse=True)
+    assert [len(b) for b in data.global_batches(82, 16, 0, 0, min_size=4)] == [16] * 5
 
 
 def test_a_failed_run_gives_the_signal_handlers_back(dataset, monkeypatch):

@@ -107,3 +107,27 @@ def test_sharded_prediction_under_torchrun_matches_one_process(run_dir):
     for x, y in zip(a, b):
         assert x["predicted"] == y["predicted"]
         assert all(abs(float(x[n]) - float(y[n])) <= 1e-5 for n in "abc")
+
+
+@pytest.mark.parametrize("broken", ["truncated", "foreign"])
+def test_a_broken_checkpoint_is_one_line_with_exit_2_in_predict_and_resume(run_dir, broken):
+    path = run_dir / f"{broken}.pt"
+    good = (run_dir / "out" / "last.pt").read_bytes()
+    if broken == "truncated":  # a copy that stopped half way
+        path.write_bytes(good[:len(good) // 2])
+        expected = f"error: {path}: not a readable checkpoint ("
+    else:  # a plain state dict, as another tool saves it
+        import torch
+        torch.save({"weight": torch.zeros(2)}, path)
+        expected = f"error: {path}: not a checkpoint of train.py (it has no model, step, config"
+    p = subprocess.run([sys.executable, "predict.py", str(path), str(run_dir / "test.tsv"), "-o",
+                        str(run_dir / "y.tsv")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.startswith(expected), p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+    p = subprocess.run([sys.executable, "train.py", "config.yaml", f"data.train={run_dir / 'train.tsv'}",
+                        "data.path=null", "task.label_map=null", "task.num_labels=null", *TINY,
+                        f"data.cache_dir={run_dir / 'cache'}", f"training.output_dir={run_dir / 'resumed'}",
+                        f"training.resume_from_checkpoint={path}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and p.stderr.startswith(expected), p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr

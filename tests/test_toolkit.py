@@ -85,8 +85,8 @@ def test_oversample_weights_favour_the_rarest_label():
     w = data.oversample_weights(labels, np.ones_like(labels, bool), 1.0).tolist()
     assert w == pytest.approx([4 / 3, 4.0, 1.0, 4 / 3])
     # a global batch does not depend on anything but the seed and the epoch
-    a = train.global_batches(4, 2, seed=1, epoch=3, weights=torch.tensor(w), flip=True)
-    b = train.global_batches(4, 2, seed=1, epoch=3, weights=torch.tensor(w), flip=True)
+    a = data.global_batches(4, 2, seed=1, epoch=3, weights=torch.tensor(w), flip=True)
+    b = data.global_batches(4, 2, seed=1, epoch=3, weights=torch.tensor(w), flip=True)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 

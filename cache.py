@@ -1,0 +1,280 @@
+"""
+The token cache: a data file is streamed once (read, validated and tokenised by data.py's functions) into
+memory-mapped token ids and offsets, bit-packed labels and mask, and which rows were truncated. Later runs, and
+DataLoader workers, map these files again instead of reading the data. Also the splits made from them.
+
+    Tokens   ragged token ids, memory-mapped
+    Bits     a boolean (rows, labels) matrix kept as packed bits, unpacked a few rows at a time
+    Split    one split's Tokens, labels and mask: the Dataset that train.py batches
+"""
+import collections
+import hashlib
+import itertools
+import json
+import mmap
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+import data
+from data import DataError
+
+CACHE_VERSION = 2
+CHUNK = 4096  # records read and tokenised at a time
+POOL_BYTES = 1 << 23  # files larger than this are tokenised by worker processes (unless the tokenizer is fast)
+
+
+class Tokens:
+    """Ragged token ids: row i is flat[offsets[rows[i]]:offsets[rows[i] + 1]]. flat is memory-mapped from the
+    cache file at path (or in memory when path is None), so a split costs no memory beyond its row index."""
+
+    def __init__(self, flat, offsets, rows=None, path=None):
+        self.flat, self.offsets, self.path = flat, offsets, path
+        self.rows = np.arange(len(offsets) - 1) if rows is None else rows
+
+    @classmethod
+    def from_list(cls, arrays):
+        return cls(np.concatenate(arrays), np.r_[0, np.cumsum([len(a) for a in arrays])])
+
+    @classmethod
+    def map(cls, path, dtype, offsets):
+        """Batches read rows in random order, so read-ahead is turned off: from a cold disk it would read far
+        more of the file than a batch touches. Mapped pages count in RSS, but they are clean and the kernel
+        drops them under memory pressure."""
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_RANDOM)
+        return cls(np.frombuffer(mm, dtype), offsets, path=path)
+
+    def __getstate__(self):  # a DataLoader worker started by spawn maps the file again instead of copying it
+        state = dict(vars(self))
+        if self.path:
+            state["flat"] = self.flat.dtype.str
+        return state
+
+    def __setstate__(self, state):
+        vars(self).update(state)
+        if self.path:
+            self.flat = Tokens.map(self.path, state["flat"], self.offsets).flat
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        r = self.rows[i]
+        return self.flat[self.offsets[r]:self.offsets[r + 1]]
+
+    def lengths(self):
+        return self.offsets[self.rows + 1] - self.offsets[self.rows]
+
+    def subset(self, idx):
+        return Tokens(self.flat, self.offsets, self.rows[idx], self.path)
+
+
+class Bits:
+    """A boolean (n, L) matrix kept as packed bits (memory-mapped from the cache): indexing rows unpacks only
+    those rows, so even a genome-scale split never holds its dense labels. cols selects and orders the labels.
+    np.asarray(bits) gives the dense matrix, for the validation and test splits' metrics."""
+
+    def __init__(self, packed, width, rows=None, cols=None):
+        self.packed, self.width = packed, width
+        self.rows = np.arange(len(packed)) if rows is None else rows
+        self.cols = np.arange(width) if cols is None else np.asarray(cols)
+        self.shape = (len(self.rows), len(self.cols))
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):  # an int, a slice or an index array of rows
+        return np.unpackbits(self.packed[self.rows[i]], axis=-1, count=self.width).astype(bool)[..., self.cols]
+
+    def __array__(self, dtype=None, copy=None):
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+    def subset(self, idx):
+        return Bits(self.packed, self.width, self.rows[idx], self.cols)
+
+    def select(self, cols):
+        return Bits(self.packed, self.width, self.rows, self.cols[cols])
+
+
+class Split(torch.utils.data.Dataset):
+    """Token ids, labels (n, L) and mask (n, L) of one split, as Bits or arrays; ids are the FASTA ids or the row
+    numbers from 1. rc_tokens, when set, are the reverse complements' tokens. Items are (index, tokens, labels, mask); a
+    training sampler asks for (index, reverse complement?) pairs."""
+
+    def __init__(self, tokens, labels, mask, ids=None, path=None, rc_tokens=None, truncated=None):
+        self.tokens, self.labels, self.mask, self.path, self.rc_tokens = tokens, labels, mask, path, rc_tokens
+        self.ids = np.arange(1, len(tokens) + 1) if ids is None else ids
+        self.truncated = np.zeros(len(tokens), bool) if truncated is None else truncated
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def __getitem__(self, key):
+        i, flip = (key, False) if np.ndim(key) == 0 else key
+        return i, (self.rc_tokens if flip else self.tokens)[i], self.labels[i].astype(np.float32), self.mask[i]
+
+    def subset(self, idx):
+        return Split(self.tokens.subset(idx), self.labels.subset(idx), self.mask.subset(idx), self.ids[idx], self.path,
+                     None if self.rc_tokens is None else self.rc_tokens.subset(idx), self.truncated[idx])
+
+
+def digest(*parts, files=()):
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True).encode())
+    for path in files:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_digest(tokenizer):
+    """A fingerprint of all the tokenizer saves: a changed vocabulary or setting means new tokens."""
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save_pretrained(d)
+        names = sorted(f for f in os.listdir(d) if os.path.isfile(os.path.join(d, f)))
+        return digest(type(tokenizer).__name__, names, files=[os.path.join(d, f) for f in names])
+
+
+def encode_chunk(tokenizer, seqs, max_length, dtype):
+    """One chunk's tokens as (flat ids, lengths, truncated?): compact to send back from a worker process."""
+    ids, truncated = data.tokenize(tokenizer, seqs, max_length)
+    return np.concatenate(ids).astype(dtype), np.array([len(x) for x in ids]), truncated
+
+
+def build_cache(path, cfg_data, names, tokenizer, max_length, reverse, folder):
+    """Streams the file in chunks: this process reads, validates and parses labels while worker processes
+    tokenise (a fast Hugging Face tokenizer has threads of its own), and the tokens go straight to disk; with
+    reverse, the reverse complements' tokens too, in the same pass. The folder appears complete or not at all."""
+    tmp = f"{folder}.tmp{os.getpid()}"
+    try:
+        os.makedirs(tmp, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{cfg_data['cache_dir']}: cannot write the token cache there ({e.strerror}; expected "
+                        f"a writable folder in data.cache_dir)") from None
+    sep, wide = cfg_data["multi_label_sep"], cfg_data["label_cols"]
+    dtype = np.uint8 if len(tokenizer) <= 1 << 8 else np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32
+    big = os.path.getsize(path) > POOL_BYTES and not getattr(tokenizer, "is_fast", False)
+    workers = min(os.cpu_count() or 1, 8) if big else 0
+    pool = multiprocessing.Pool(workers) if workers else None
+    streams = ["tokens", "rc_tokens"] if reverse else ["tokens"]
+    lengths, labels, mask, ids, truncated, form, fasta = [[] for _ in streams], [], [], [], [], {}, data.is_fasta(path)
+    outs = []
+    try:
+        if names is None:
+            names = data.infer_label_names(path, (cell for *_, cell in data.iter_records(path, cfg_data)), sep, wide)
+        if wide and len(wide) != len(names):
+            raise DataError(f"{path}: data.label_cols names {len(wide)} columns for {len(names)} labels "
+                            f"(expected one column per label of task.label_map)")
+        outs = [open(os.path.join(tmp, f"{name}.bin"), "wb") for name in streams]
+
+        def write(chunk):
+            rids, y, m, results = chunk
+            results = [r.get() for r in results] if pool else results
+            for out, n_tokens, (flat, n, _) in zip(outs, lengths, results):
+                out.write(flat.tobytes())
+                n_tokens.append(n)
+            truncated.append(results[0][2])  # as read, not as reverse complemented
+            if fasta:  # a table's ids are its row numbers
+                ids.append(np.array(rids))
+            labels.append(np.packbits(y > 0.5, axis=1)), mask.append(np.packbits(m, axis=1))
+
+        records, inflight = data.iter_records(path, cfg_data), collections.deque()
+        while part := list(itertools.islice(records, CHUNK)):
+            lines, rids, seqs, cells = zip(*part)
+            y, m = data.parse_labels(path, lines, cells, names, sep, form)
+            per_stream = [list(seqs)] + ([[data.reverse_complement(x) for x in seqs]] if reverse else [])
+            args = [(tokenizer, x, max_length, dtype) for x in per_stream]
+            jobs = [pool.apply_async(encode_chunk, a) if pool else encode_chunk(*a) for a in args]
+            inflight.append((rids, y, m, jobs))
+            if len(inflight) > 2 * workers:
+                write(inflight.popleft())
+        while inflight:
+            write(inflight.popleft())
+    except BaseException:  # a data error or a kill: no half-built cache is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        for out in outs:
+            out.close()
+        if pool:
+            pool.terminate()
+    for name, n_tokens in zip(streams, lengths):
+        offsets = np.r_[0, np.cumsum(np.concatenate(n_tokens))].astype(np.int64)
+        np.save(os.path.join(tmp, f"{name}_offsets.npy"), offsets)
+    np.save(os.path.join(tmp, "labels.npy"), np.concatenate(labels))
+    np.save(os.path.join(tmp, "mask.npy"), np.concatenate(mask))
+    np.save(os.path.join(tmp, "truncated.npy"), np.concatenate(truncated))
+    if fasta:
+        np.save(os.path.join(tmp, "ids.npy"), np.concatenate(ids))
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump({"path": path, "names": names, "dtype": np.dtype(dtype).name, "rows": sum(map(len, truncated))}, f)
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # another process built the same cache meanwhile: keep theirs
+        shutil.rmtree(tmp)
+
+
+def load_file(path, cfg_data, names, tokenizer, reverse=False):
+    """A whole file as a Split, from the cache; built first when this file's content, the tokenizer, max_length,
+    the label names or the label columns have none. With reverse, the split also has its reverse complements'
+    tokens. Returns (split, names), names inferred when None."""
+    data.check_file(path)  # a missing file is a data error, not a traceback from the digest
+    key = digest(CACHE_VERSION, names, reverse, cfg_data["max_length"], tokenizer_digest(tokenizer),
+                 [cfg_data[k] for k in ("seq_col", "label_col", "label_cols", "multi_label_sep")], files=[path])
+    folder = os.path.join(cfg_data["cache_dir"], f"{os.path.basename(path)}.{key[:16]}")
+    if not os.path.isdir(folder):
+        t0 = time.time()
+        build_cache(path, cfg_data, names, tokenizer, cfg_data["max_length"], reverse, folder)
+        print(f"data: tokenised {path}{' and its reverse complements' if reverse else ''} into {folder} in "
+              f"{time.time() - t0:.1f} s; later runs map it", flush=True)
+    with open(os.path.join(folder, "meta.json")) as f:
+        meta = json.load(f)
+    L, where = len(meta["names"]), lambda name: os.path.join(folder, name)
+    tokens, rc_tokens = (Tokens.map(where(f"{name}.bin"), meta["dtype"], np.load(where(f"{name}_offsets.npy")))
+                         if os.path.exists(where(f"{name}.bin")) else None for name in ("tokens", "rc_tokens"))
+    # plain views of the mapped files: indexing an np.memmap costs several times more per row
+    labels = Bits(np.load(where("labels.npy"), mmap_mode="r").view(np.ndarray), L)
+    mask = Bits(np.load(where("mask.npy"), mmap_mode="r").view(np.ndarray), L)
+    ids = np.load(where("ids.npy")) if os.path.exists(where("ids.npy")) else None
+    return Split(tokens, labels, mask, ids, path, rc_tokens, np.load(where("truncated.npy"))), meta["names"]
+
+
+
+def load_splits(cfg_data, tokenizer, names=None, reverse=False):
+    """{'train', 'validation', 'test'} -> Split (validation/test may be None), and the label names.
+    names=None infers them from the training data (the whole file when one file is split). With reverse, each
+    split also gets the tokens of its reverse complements."""
+    def load(path, names):
+        return load_file(path, cfg_data, names, tokenizer, reverse)
+
+    if cfg_data["path"]:
+        full, names = load(cfg_data["path"], names)
+        fractions = [cfg_data["train_size"], cfg_data["validation_size"], cfg_data["test_size"]]
+        if cfg_data["stratify"]:
+            which = data.stratified_split(np.asarray(full.labels) & np.asarray(full.mask), fractions, cfg_data["seed"])
+            parts = [np.flatnonzero(which == s) for s in range(3)]
+        else:
+            order = np.random.RandomState(cfg_data["seed"]).permutation(len(full))
+            n_train, n_val = (int(round(len(full) * f)) for f in fractions[:2])
+            parts = np.split(order, [n_train, n_train + n_val])
+        splits = {k: full.subset(np.sort(p)) if len(p) else None
+                  for k, p in zip(("train", "validation", "test"), parts)}
+    else:
+        train, names = load(cfg_data["train"], names)
+        splits = {"train": train}
+        for k in ("validation", "test"):
+            splits[k] = load(cfg_data[k], names)[0] if cfg_data[k] else None
+    if splits["train"] is None:
+        raise DataError(f"{cfg_data['path']}: the training split is empty (expected a larger data.train_size)")
+    return splits, names
+
