@@ -5,7 +5,8 @@ collate, scoring, and the metrics. Each figure is printed next to the ratio it i
     python bench.py                   # a table; a few minutes on a 2-core CPU
     python bench.py --json            # the same, and the last line is one JSON object
     python bench.py --device cuda --n-layer 12 --n-embd 768 --n-head 12 --kmer-stride 1 --max-length 512 \\
-        --batch-size 32 --dtype bf16 --compile     # a GPT-2-small-sized backbone on a GPU
+        --batch-size 32 --dtype bf16 --compile     # a BERT-base-sized encoder on a GPU; --backbone gpt2 for
+                                                   # a GPT-2-small-sized decoder with an 8000-token vocabulary
 
 The data are random sequences of 200-2000 bp with random labels: speed does not depend on what is learned.
 """
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from transformers import AutoModel, GPT2Config
 
 import cache
 import config
@@ -70,6 +72,10 @@ def bench(args):
 
     # the token cache, built from the file as train.py builds it
     backbone, tokenizer, _ = load_backbone(cfg["model"], args.max_length)
+    if args.backbone == "gpt2":  # a decoder with a BPE-sized vocabulary, like plant-dnagpt-BPE; k-mer ids fit in it
+        backbone = AutoModel.from_config(GPT2Config(vocab_size=max(8000, len(tokenizer)), n_positions=args.max_length,
+                                                    n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head))
+        cfg["model"]["pooling"] = "last"
     t = time.time()
     split, names = cache.load_file(path, cfg["data"], None, tokenizer)
     out["tokenize_seqs_per_s"] = args.n / (time.time() - t)
@@ -80,12 +86,13 @@ def bench(args):
 
     # training: train.py's step function, fed by its DataLoader and collate, on length-grouped batches
     net = build_model(backbone, names, cfg["model"]).to(device)
-    model = torch.compile(net, dynamic=True) if args.compile else net
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
+    model = torch.compile(net) if args.compile else net  # as train.py compiles it
+    optimizer = train.make_optimizer(net, cfg["training"], device)  # fused on CUDA
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    collate = data.Collate(tokenizer.pad_token_id, tokenizer.padding_side, 8 if device.type == "cuda" else 1)
+    collate = data.Collate(tokenizer.pad_token_id, tokenizer.padding_side, 8 if device.type == "cuda" else 1,
+                           args.max_length)
     batches = grouped[:args.steps]
     ready = [{k: v.to(device) for k, v in collate([split[i] for i in b[:, 0]]).items()} for b in batches]
 
@@ -99,7 +106,8 @@ def bench(args):
         optimizer.zero_grad(set_to_none=True)
 
     def rounds(n):
-        """train.py's way (its DataLoader and collate, then train_step: masked loss, clipping, a finite check)
+        """train.py's way (its DataLoader and collate, then train_step: masked loss, clipping, the skip of a
+        non-finite step)
         and the bare step take turns batch by batch, so that a machine that speeds up or slows down during the
         measurement favours neither. Returns the seconds of each, and of the loop's waits for data."""
         loop_s = bare_s = waited = 0.0
@@ -131,17 +139,21 @@ def bench(args):
     out["loop_vs_bare"] = bare_elapsed / elapsed
     if device.type == "cuda" and dtype and any(k in out["device"] for k in PEAK_FLOPS):
         # per token: 6 flops per weight (forward and backward) plus attention (as in the PaLM paper's appendix)
-        weights = sum(p.numel() for n, p in net.named_parameters() if "embeddings" not in n)
+        embeddings = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Embedding))
+        weights = sum(p.numel() for p in net.parameters()) - embeddings
         width = np.mean([lengths[b[:, 0]].max() for b in batches])
         per_token = 6 * weights + 12 * args.n_layer * args.n_embd * width
         peak = next(v for k, v in PEAK_FLOPS.items() if k in out["device"])
         out["mfu"] = out["train_tokens_per_s"] * per_token / peak
+        out["bare_mfu"] = out["mfu"] / out["loop_vs_bare"]
 
-    # scoring, as evaluation and predict.py do it
+    # scoring, as evaluation and predict.py do it: the uncompiled model, so no shape recompiles
     subset = split.subset(np.arange(min(len(split), args.eval_n)))
+    predict_logits(net, subset.subset(np.arange(min(len(subset), args.batch_size * 2))), collate,
+                   args.batch_size * 2, device, autocast)  # warm-up
     sync(device)
     t = time.time()
-    predict_logits(model, subset, collate, args.batch_size * 2, device, autocast)
+    predict_logits(net, subset, collate, args.batch_size * 2, device, autocast)
     sync(device)
     out["eval_seqs_per_s"] = len(subset) / (time.time() - t)
     out["peak_rss_mb"] = peak_rss_mb()  # of everything above; the metrics' own arrays below are larger
@@ -160,7 +172,8 @@ def main():
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="default: bf16 on CUDA, else fp32")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    p.add_argument("--backbone", choices=["bert", "gpt2"], default="bert")
     p.add_argument("--n", type=int, default=10000, help="sequences in the benchmark file")
     p.add_argument("--labels", type=int, default=20)
     p.add_argument("--n-layer", type=int, default=2)

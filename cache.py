@@ -20,9 +20,12 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+import config
 import data
 from data import DataError
+from outputs import log
 
 CACHE_VERSION = 2
 CHUNK = 4096  # records read and tokenised at a time
@@ -278,3 +281,40 @@ def load_splits(cfg_data, tokenizer, names=None, reverse=False):
         raise DataError(f"{cfg_data['path']}: the training split is empty (expected a larger data.train_size)")
     return splits, names
 
+
+def select_labels(splits, names, subset):
+    """Keeps only the labels in subset (task.labels), in that order, in every split. Returns the kept names."""
+    subset = [str(x) for x in ([subset] if isinstance(subset, str) else subset)]
+    unknown = [x for x in subset if x not in names]
+    if unknown or not subset:
+        raise DataError(f"task.labels: unknown labels {unknown} (labels in the data: {', '.join(names)})")
+    idx = [names.index(x) for x in subset]
+    for split in splits.values():
+        if split is not None:
+            split.labels, split.mask = split.labels.select(idx), split.mask.select(idx)
+    return subset
+
+
+def load_for_training(cfg, tokenizer, world):
+    """The splits (None ones left out) and the label names trained on. Rank 0 of each node tokenises into the
+    cache while the others wait, then all map it."""
+    task_cfg, data_cfg, model_cfg = cfg["task"], cfg["data"], cfg["model"]
+    local_master = int(os.environ.get("LOCAL_RANK", 0)) == 0
+    if world > 1 and not local_master:
+        dist.barrier()
+    splits, all_names = load_splits(data_cfg, tokenizer, config.label_names_from_config(task_cfg),
+                                          reverse=data_cfg["rc_augment"] or model_cfg["rc_average"])
+    if world > 1 and local_master:
+        dist.barrier()
+    # the resolved config keeps every label of the data, so that it reads the same files again
+    task_cfg["label_map"], task_cfg["num_labels"], task_cfg["label_names"] = dict(enumerate(all_names)), \
+        len(all_names), None
+    names = select_labels(splits, all_names, task_cfg["labels"]) if task_cfg["labels"] else all_names
+    datasets = {name: split for name, split in splits.items() if split is not None}
+    for name, split in datasets.items():
+        if name != "train" and not model_cfg["rc_average"]:
+            split.rc_tokens = None  # the reverse complements were only wanted for training
+        prevalence = " ".join(f"{n}={p:.1%}" for n, p in zip(names, data.prevalence(split.labels, split.mask)))
+        log(f"data: {name}: {len(split)} sequences from {split.path}, {split.truncated.sum()} truncated to "
+            f"{data_cfg['max_length']} tokens | {prevalence}")
+    return datasets, names

@@ -41,6 +41,7 @@ DEFAULTS = {
         "rc_augment": False,  # train on the reverse complement with probability 0.5
         "group_by_length": False,  # batches of similar lengths (sorted runs of 50 batches): far less padding
         "cache_dir": "cache",  # token caches, one folder per data file, tokenizer and max_length; safe to delete
+        "pad_to_multiple_of": None,  # batch widths rounded up to this (never past max_length); null = 8 on CUDA
     },
     "model": {
         "source": "scratch",  # scratch | local | huggingface | modelscope
@@ -94,7 +95,10 @@ DEFAULTS = {
         "bf16": False,  # HF flags; either one wins over mixed_precision
         "fp16": False,
         "device": "auto",  # auto | cpu | cuda | cuda:N
-        "num_workers": 0,
+        "num_workers": None,  # DataLoader worker processes (HF: dataloader_num_workers); null = 4 on CUDA, 0 on CPU
+        "optim": "auto",  # auto (fused AdamW on CUDA) | adamw_torch | adamw_torch_fused
+        "torch_compile": False,  # compile the model for training; evaluation runs the uncompiled one (same weights)
+        "gradient_checkpointing": False,  # recompute activations in the backward pass: less memory, ~30% slower
         "resume_from_checkpoint": None,
     },
     "predict": {
@@ -109,11 +113,14 @@ ALIASES = {"finetune": "training", "inference": "predict"}
 # HF TrainingArguments and DNALLM inference keys that mean nothing here: accepted with one warning.
 IGNORED = {
     "report_to", "save_safetensors", "logging_strategy", "lr_scheduler_kwargs", "overwrite_output_dir",
-    "do_train", "do_eval", "do_predict", "dataloader_num_workers", "dataloader_pin_memory", "remove_unused_columns",
-    "optim", "push_to_hub", "hub_model_id", "disable_tqdm", "run_name", "logging_first_step", "label_names",
-    "ddp_find_unused_parameters", "gradient_checkpointing", "torch_compile", "eval_accumulation_steps",
-    "prediction_loss_only", "save_only_model", "use_fp16", "max_length", "num_workers", "output_dir",
+    "do_train", "do_eval", "do_predict", "dataloader_pin_memory", "remove_unused_columns",
+    "push_to_hub", "hub_model_id", "disable_tqdm", "run_name", "logging_first_step", "label_names",
+    "ddp_find_unused_parameters", "eval_accumulation_steps", "prediction_loss_only", "save_only_model", "use_fp16",
+    "max_length", "num_workers", "output_dir",
 }
+
+# HF TrainingArguments names of settings this project calls otherwise.
+RENAMED = {"dataloader_num_workers": "num_workers"}
 
 TASK_TYPES = ("sequence_classification", "multilabel", "multi_label")
 
@@ -136,6 +143,7 @@ def merge(cfg, section, values, where, warn):
     known = cfg[section]
     ignored = []
     for key, value in values.items():
+        key = RENAMED.get(key, key) if section == "training" else key
         if key in known:
             known[key] = float(value) if isinstance(value, str) and EXPONENT.match(value) else value
         elif key in IGNORED:
@@ -250,6 +258,7 @@ def validate(cfg):
     choose(cfg, "training", "save_strategy", ("epoch", "steps", "no"))
     choose(cfg, "training", "lr_scheduler_type", ("linear", "cosine", "constant"))
     choose(cfg, "training", "mixed_precision", ("auto", "no", "bf16", "fp16"))
+    choose(cfg, "training", "optim", ("auto", "adamw_torch", "adamw_torch_fused"))
     if model["source"] != "scratch" and not model["name_or_path"]:
         raise ConfigError(f"config: model.source is '{model['source']}' but model.name_or_path is not set")
     if data["path"] is None and data["train"] is None:
@@ -265,5 +274,9 @@ def validate(cfg):
         value = cfg[section][key]
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"config: {section}.{key} must be a positive integer (got {value!r})")
+    for section, key, least in (("data", "pad_to_multiple_of", 1), ("training", "num_workers", 0)):
+        value = cfg[section][key]
+        if value is not None and (not isinstance(value, int) or value < least):
+            raise ConfigError(f"config: {section}.{key} must be null or an integer >= {least} (got {value!r})")
     if train["bf16"] and train["fp16"]:
         raise ConfigError("config: training.bf16 and training.fp16 are both true (choose one)")

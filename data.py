@@ -277,19 +277,6 @@ def oversample_weights(labels, mask, alpha):
     return torch.tensor(np.where(np.isfinite(rarest), 1 / np.maximum(rarest, 1e-12), 1.0) ** alpha)
 
 
-def select_labels(splits, names, subset):
-    """Keeps only the labels in subset (task.labels), in that order, in every split. Returns the kept names."""
-    subset = [str(x) for x in ([subset] if isinstance(subset, str) else subset)]
-    unknown = [x for x in subset if x not in names]
-    if unknown or not subset:
-        raise DataError(f"task.labels: unknown labels {unknown} (labels in the data: {', '.join(names)})")
-    idx = [names.index(x) for x in subset]
-    for split in splits.values():
-        if split is not None:
-            split.labels, split.mask = split.labels.select(idx), split.mask.select(idx)
-    return subset
-
-
 # -----------------------------------------------------------------------------
 # tokenising and batching
 
@@ -335,16 +322,16 @@ def global_batches(n, size, seed, epoch, weights=None, flip=False, min_size=1, l
 
 
 class Collate:
-    """Pads each batch only to its longest sequence (rounded up to a multiple, for tensor cores on CUDA), on the
-    side the tokenizer pads."""
+    """Pads each batch only to its longest sequence, on the side the tokenizer pads. The width is rounded up to a
+    multiple (tensor cores want 8 on CUDA) but never past max_width, the most the backbone takes."""
 
-    def __init__(self, pad_id, padding_side="right", multiple=1):
-        self.pad_id, self.left, self.multiple = pad_id, padding_side == "left", multiple
+    def __init__(self, pad_id, padding_side="right", multiple=1, max_width=None):
+        self.pad_id, self.left, self.multiple, self.max_width = pad_id, padding_side == "left", multiple, max_width
 
     def __call__(self, batch):
         index, ids, labels, mask = zip(*batch)
         lengths = np.array([len(x) for x in ids])
-        width = -(-lengths.max() // self.multiple) * self.multiple
+        width = max(min(-(-lengths.max() // self.multiple) * self.multiple, self.max_width or np.inf), lengths.max())
         input_ids = np.full((len(ids), width), self.pad_id, np.int64)  # filled in numpy: far cheaper per row
         for r, x in enumerate(ids):
             if self.left:

@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig
 from config import ConfigError
 
 KMER_FILE = "kmer_tokenizer.json"
+ROBERTA_STYLE = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "esm", "data2vec-text", "longformer"}
 
 
 class KmerTokenizer:
@@ -109,6 +110,27 @@ def load_backbone(cfg_model, max_length):
         set_dropout(config, cfg_model["backbone_dropout"])
     backbone = AutoModel.from_pretrained(path, config=config, trust_remote_code=trust)
     return backbone, load_tokenizer(path, trust), path
+
+
+def position_limit(config):
+    """The most tokens the backbone takes, or None when it has no table of positions (ALiBi, state-space)."""
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not isinstance(n, int) or getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    if config.model_type in ROBERTA_STYLE:  # positions are numbered from pad_token_id + 1
+        n -= (config.pad_token_id or 0) + 1
+    return n
+
+
+def enable_gradient_checkpointing(backbone):
+    if not getattr(backbone, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"config: training.gradient_checkpointing: {type(backbone).__name__} cannot recompute its "
+                          f"activations (set it to false)")
+    # non-reentrant: works with frozen embeddings (LoRA, head-only) and under DDP. transformers 5.2x renamed it
+    if hasattr(backbone, "activation_checkpointing_enable"):
+        backbone.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def hidden_size(config):

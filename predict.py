@@ -15,6 +15,7 @@ scoring of a split during training (validation, and the test phase's files, in t
 import argparse
 import itertools
 import os
+import random
 import sys
 from contextlib import nullcontext
 
@@ -24,18 +25,14 @@ import torch.distributed as dist
 from transformers import AutoConfig, AutoModel
 
 import cache
-import checkpoint
 import config
 import data
 import metrics
+import outputs
 from model import bce_with_logits, build_model, load_tokenizer, merge_lora, predict_logits
+from outputs import log, prediction_row
 
 CHUNK = 8192  # sequences read, scored and written at a time: memory stays bounded on any input size
-
-
-def log(*args):
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(*args, flush=True)
 
 
 def setup_device(device_cfg):
@@ -50,6 +47,23 @@ def setup_device(device_cfg):
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def amp_dtype(train_cfg, device):
+    """The autocast dtype, or None for fp32. The HF flags bf16/fp16 win over training.mixed_precision."""
+    mode = "bf16" if train_cfg["bf16"] else "fp16" if train_cfg["fp16"] else train_cfg["mixed_precision"]
+    if mode == "auto":
+        mode = "no" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mode == "fp16" and device.type != "cuda":
+        raise config.ConfigError("config: fp16 needs a CUDA device (use bf16 or no mixed precision on CPU)")
+    return {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
 
 
 # -----------------------------------------------------------------------------
@@ -70,42 +84,6 @@ def evaluate(net, dataset, names, thresholds, collate, batch_size, device, autoc
     return result, probs
 
 
-def report_test(result, probs, split, names, thresholds, writer, step, out_dir, sep):
-    """The test phase's report: printed, in TensorBoard, and on rank 0 (out_dir set) test_metrics.json,
-    test_predictions.tsv (the columns of predict.py's output and the true labels) and per_label.tsv."""
-    labels, mask = np.asarray(split.labels), np.asarray(split.mask)
-    if np.any(thresholds != 0.5):  # for comparison, the same predictions cut at 0.5
-        at_half = metrics.compute_metrics(labels, probs, names, 0.5, mask)
-        result.update({f"{k}@0.5": v for k, v in at_half.items() if "/" not in k})
-    if out_dir:
-        metrics.save_json({f"test_{k}": v for k, v in result.items()}, os.path.join(out_dir, "test_metrics.json"))
-        with open(os.path.join(out_dir, "test_predictions.tsv"), "w") as f:
-            f.write("\t".join(["id", *names, "predicted", "labels"]) + "\n")
-            for rid, p, y, m in zip(split.ids.astype(str), probs, labels, mask):
-                truth = sep.join(n for n, yj, mj in zip(names, y, m) if yj and mj)
-                f.write("\t".join(prediction_row(rid, p, names, thresholds, sep) + [truth]) + "\n")
-        metrics.save_per_label(os.path.join(out_dir, "per_label.tsv"), names, result,
-                               data.prevalence(split.labels, split.mask), thresholds)
-    if writer:
-        for k, v in result.items():
-            if "/" not in k:
-                writer.add_scalar(f"test/{k}", v, step)
-        for j, n in enumerate(names):
-            writer.add_pr_curve(f"test_pr/{n}", labels[:, j][mask[:, j]], probs[:, j][mask[:, j]], step)
-    log(metrics.per_label_text(names, result))
-    summary = {f"test_{k}": round(v, 4) for k, v in result.items() if "/" not in k and "@" not in k}
-    log(f"Test Metrics: {summary}")
-    if "f1_macro@0.5" in result:
-        at_half = {f"test_{k[:-4]}": round(v, 4) for k, v in result.items() if k.endswith("@0.5")}
-        log(f"Test Metrics at threshold 0.5: {at_half}")
-
-
-def prediction_row(rid, probs, names, thresholds, sep):
-    """One output row: id, a probability per label, and the labels at or above their thresholds."""
-    predicted = sep.join(n for n, p, t in zip(names, probs, thresholds) if p >= t)
-    return [rid, *(f"{p:.6f}" for p in probs), predicted]
-
-
 # -----------------------------------------------------------------------------
 # scoring new sequences
 
@@ -117,7 +95,7 @@ def load_trained(path, device):
     if not os.path.isfile(path):
         raise config.ConfigError(f"{path}: no checkpoint (expected a run folder with best.pt or last.pt, or a .pt)")
     run_dir = os.path.dirname(os.path.abspath(path))
-    ckpt = checkpoint.load(path)
+    ckpt = outputs.load_checkpoint(path)
     model_cfg = ckpt["config"]["model"]
     trust = bool(model_cfg["trust_remote_code"])
     backbone = AutoModel.from_config(AutoConfig.from_pretrained(os.path.join(run_dir, "backbone"),

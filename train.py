@@ -11,7 +11,6 @@ pieces a first reading can skip: the checkpoint contents, the run's outputs, eva
 """
 import math
 import os
-import random
 import signal
 import sys
 import time
@@ -24,12 +23,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 import cache
-import checkpoint
 import config
 import data
 import metrics
-from model import bce_with_logits, build_model, load_backbone, resolve_pos_weight
-from predict import evaluate, log, report_test, setup_device
+import outputs
+from model import (bce_with_logits, build_model, enable_gradient_checkpointing, load_backbone, position_limit,
+                   resolve_pos_weight)
+from outputs import log, log_eval, log_train, open_tensorboard, report_test
+from predict import amp_dtype, evaluate, seed_everything, setup_device
 
 
 class NonFiniteError(RuntimeError):
@@ -52,13 +53,21 @@ def train(cfg):
 
     # data and model
     backbone, tokenizer, source_dir = load_backbone(model_cfg, data_cfg["max_length"])
-    datasets, names = load_data(cfg, tokenizer, world)
+    limit = position_limit(backbone.config)
+    if limit and data_cfg["max_length"] > limit:
+        log(f"note: data.max_length {data_cfg['max_length']} is more than the backbone's {limit} positions; "
+            f"sequences are cut to {limit} tokens")
+        data_cfg["max_length"] = limit
+    datasets, names = cache.load_for_training(cfg, tokenizer, world)
     tune = task_cfg["threshold"] == "tuned"
     thresholds = initial_thresholds(task_cfg["threshold"], len(names), "validation" in datasets)
+    if tc["gradient_checkpointing"]:
+        enable_gradient_checkpointing(backbone)
     net = build_model(backbone, names, model_cfg).to(device)
     train_set = datasets["train"]
-    collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"),
-                           8 if device.type == "cuda" else 1)  # tensor cores want multiples of 8
+    multiple = data_cfg["pad_to_multiple_of"] or (8 if device.type == "cuda" else 1)  # tensor cores like 8
+    collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"), multiple,
+                           data_cfg["max_length"])
     pos_weight = resolve_pos_weight(tc["pos_weight"], names, *data.label_counts(train_set.labels, train_set.mask))
     if pos_weight is not None:
         log("pos_weight: " + " ".join(f"{n}={w:.2f}" for n, w in zip(names, pos_weight.tolist())))
@@ -76,9 +85,11 @@ def train(cfg):
         share = sum(w[i:i + len(y)] @ y for i, y, _ in data.label_chunks(train_set.labels, train_set.mask)) / w.sum()
         log("oversampling: expected share per label " + " ".join(f"{n}={s:.1%}" for n, s in zip(names, share)))
     model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
+    if tc["torch_compile"]:  # for training only: evaluation runs net, which shares the weights, uncompiled
+        model = torch.compile(model)
 
     # optimizer and schedule
-    optimizer = make_optimizer(net, tc)
+    optimizer = make_optimizer(net, tc, device)
     accum = tc["gradient_accumulation_steps"]
     parts_per_step = world * accum  # every global batch is cut into this many parts, one per rank and micro-step
     global_size = tc["per_device_train_batch_size"] * parts_per_step
@@ -89,43 +100,51 @@ def train(cfg):
     metric = tc["metric_for_best_model"].removeprefix("eval_")
     greater = tc["greater_is_better"] if tc["greater_is_better"] is not None else not metric.endswith("loss")
     eval_every = (tc["eval_steps"] or tc["logging_steps"]) if tc["evaluation_strategy"] == "steps" else None
-    step, best, best_state = 0, None, None
+    step, best, best_step, best_state, saved_step = 0, None, None, None, None
 
     # resume
     resume = tc["resume_from_checkpoint"]
     if resume == "auto":
         resume = os.path.join(out_dir, "last.pt") if os.path.exists(os.path.join(out_dir, "last.pt")) else None
     if resume:
-        step, best = checkpoint.resume(resume, names, net, optimizer, scheduler, scaler)
+        step, best, best_step = outputs.resume(resume, names, net, optimizer, scheduler, scaler)
         log(f"resumed from {resume} at step {step}")
 
     # outputs: the run folder, and TensorBoard on rank 0
     writer = None
     if master:
-        checkpoint.write_run_folder(cfg, device, tokenizer, backbone, source_dir)
+        outputs.write_run_folder(cfg, device, tokenizer, backbone, source_dir)
         writer = open_tensorboard(cfg["training"], train_set, names)
 
-    def save(name):
+    def save(last, new_best=False):
         if master:
-            checkpoint.save_atomic(checkpoint.contents(net, optimizer, scheduler, scaler, step, steps_per_epoch, cfg,
-                                                       names, thresholds, best), os.path.join(out_dir, name))
+            state = outputs.checkpoint_contents(net, optimizer, scheduler, scaler, step, steps_per_epoch, cfg, names,
+                                        thresholds, best, best_step)
+            seconds = outputs.save_checkpoints(out_dir, state, last, new_best)
+            log(f"saved {' and '.join(n for n, w in (('last.pt', last), ('best.pt', new_best)) if w)} "
+                f"in {seconds:.2f} s")
 
     def run_eval(split):
-        return evaluate(model, datasets[split], names, thresholds, collate, tc["per_device_eval_batch_size"],
+        return evaluate(net, datasets[split], names, thresholds, collate, tc["per_device_eval_batch_size"],
                         device, autocast, pos_weight)
 
-    # the step loop; a SIGTERM or Ctrl-C finishes the step in flight, writes last.pt, then leaves
-    stop = {}
-    previous = {sig: signal.signal(sig, lambda signum, frame: stop.setdefault("signal", signum))
+    # the step loop. Nothing in it waits for the device except at logging, evaluation and saving steps.
+    # A SIGTERM or Ctrl-C finishes the step in flight, writes last.pt, then leaves.
+    signals, stopping, vote = {}, 0, None
+    previous = {sig: signal.signal(sig, lambda signum, frame: signals.setdefault("signal", signum))
                 for sig in (signal.SIGTERM, signal.SIGINT)}
+    # under DDP ranks agree on a stop over the CPU (gloo), a step late, so that no step waits for the vote
+    vote_group = dist.new_group(backend="gloo") if world > 1 and device.type == "cuda" else None
+    workers = tc["num_workers"] if tc["num_workers"] is not None else 4 if device.type == "cuda" else 0
     try:
         has_val = "validation" in datasets and tc["evaluation_strategy"] != "no"
         log(f"training: {total_steps} steps of {global_size} sequences ({steps_per_epoch} steps per epoch), "
             f"{accum} micro-steps per step")
         model.train()
-        t0, seen, loss_sum, loss_count, bad_steps, waited = time.time(), 0, 0.0, 0, 0, 0.0
+        t0, seen, loss_count, waited = time.time(), 0, 0, 0.0
+        loss_sum, skipped, in_a_row = (torch.zeros((), device=device) for _ in range(3))  # stay on the device
         progress = master and sys.stderr.isatty()  # a step counter between log lines, on a terminal only
-        while step < total_steps and "signal" not in stop:
+        while step < total_steps and not stopping:
             epoch, position = divmod(step, steps_per_epoch)
             batches = data.global_batches(len(train_set), global_size, tc["seed"], epoch, sample_weights,
                                           data_cfg["rc_augment"], parts_per_step, lengths)[position:]
@@ -134,7 +153,7 @@ def train(cfg):
             mine = [p[k * world + rank] for p in parts for k in range(accum)]
             # a private generator: a DataLoader draws a seed from the global RNG, which would shift dropout on resume.
             # One loader per epoch: its workers live as long as the epoch, so persistent workers would gain nothing
-            loader = iter(DataLoader(train_set, batch_sampler=mine, collate_fn=collate, num_workers=tc["num_workers"],
+            loader = iter(DataLoader(train_set, batch_sampler=mine, collate_fn=collate, num_workers=workers,
                                      pin_memory=device.type == "cuda", generator=torch.Generator()))
             for b in batches:
                 t_wait = time.time()
@@ -143,17 +162,11 @@ def train(cfg):
                 # normalise by the measured entries of the whole global batch, so the loss (and gradient) is the
                 # same whatever the world size and accumulation
                 measured = max(int(train_set.mask[b[:, 0]].sum()), 1)
-                loss, grad_norm, stepped = train_step(model, optimizer, scaler, micro, measured, device, autocast,
-                                                      pos_weight, tc["max_grad_norm"])
+                loss, grad_norm, bad = train_step(model, optimizer, scaler, micro, measured, device, autocast,
+                                                  pos_weight, tc["max_grad_norm"])
                 loss_sum += loss
-                if stepped:
-                    bad_steps = 0
-                else:  # the same on every rank: gradients are already all-reduced
-                    bad_steps += 1
-                    log(f"warning: non-finite loss or gradient at step {step + 1}; the update was skipped")
-                    if bad_steps >= 3:
-                        raise NonFiniteError(f"non-finite loss or gradient at {bad_steps} steps in a row (step "
-                                             f"{step + 1}); lower training.learning_rate or check the data")
+                skipped += bad
+                in_a_row = (in_a_row + bad) * bad
                 scheduler.step()
                 step += 1
                 seen += len(b)
@@ -165,51 +178,57 @@ def train(cfg):
                         print("\r", end="", file=sys.stderr)
                     log_train(writer, step, total_steps, steps_per_epoch, loss_sum / loss_count, grad_norm,
                               scheduler.get_last_lr()[0], seen, waited, t0)
-                    t0, seen, loss_sum, loss_count, waited = time.time(), 0, 0.0, 0, 0.0
+                    check_finite(skipped, in_a_row, step)
+                    t0, seen, loss_count, waited = time.time(), 0, 0, 0.0
+                    loss_sum.zero_(), skipped.zero_()
                 end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+                new_best = False
                 if has_val and (eval_every and step % eval_every == 0 or
                                 tc["evaluation_strategy"] == "epoch" and end_of_epoch):
-                    value = log_eval(writer, step, run_eval("validation")[0], metric)
-                    if best is None or (value > best if greater else value < best):
-                        best = value
+                    t_eval = time.time()
+                    value = log_eval(writer, step, run_eval("validation")[0], metric, time.time() - t_eval)
+                    new_best = best is None or (value > best if greater else value < best)
+                    if new_best:
+                        best, best_step = value, step
+                        log(f"new best {metric} {value:.4f} at step {step}")
                         if tc["save_strategy"] == "no":
                             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                        else:
-                            save("best.pt")
-                        log(f"new best {metric} {value:.4f} at step {step}")
-                if (tc["save_strategy"] == "steps" and step % tc["save_steps"] == 0 or
-                        tc["save_strategy"] == "epoch" and end_of_epoch):
-                    save("last.pt")
-                    if master and tc["save_total_limit"]:
-                        checkpoint.keep_snapshots(out_dir, step, tc["save_total_limit"])
-                if world > 1:  # all ranks stop at the same step, or the others would wait forever in the next one
-                    flag = torch.tensor([stop.get("signal", 0)], device=device)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    if flag.item():
-                        stop["signal"] = int(flag.item())
-                if "signal" in stop:
+                save_last = (tc["save_strategy"] == "steps" and step % tc["save_steps"] == 0 or
+                             tc["save_strategy"] == "epoch" and end_of_epoch)
+                if save_last or new_best and tc["save_strategy"] != "no":
+                    save(save_last, new_best)
+                    saved_step = step if save_last else saved_step
+                    if master and save_last and tc["save_total_limit"]:
+                        outputs.keep_snapshots(out_dir, step, tc["save_total_limit"])
+                if world > 1:
+                    stopping, vote = vote_to_stop(signals, vote, vote_group)
+                else:
+                    stopping = signals.get("signal", 0)
+                if stopping:
                     break
+        if vote:
+            vote[1].wait()  # every rank cast as many votes, so the last one completes everywhere
 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if "signal" in stop:
-            save("last.pt")
-            log(f"stopped by signal {stop['signal']} at step {step}; resume with "
+        if stopping:
+            save(last=True)
+            log(f"stopped by signal {stopping} at step {step}; resume with "
                 f"training.resume_from_checkpoint={os.path.join(out_dir, 'last.pt')}")
-            return 128 + stop["signal"]
-        if tc["save_strategy"] != "no":
-            save("last.pt")
+            return 128 + stopping
+        if tc["save_strategy"] != "no" and saved_step != step:
+            save(last=True)
 
         # test, with the best weights when asked for, and thresholds tuned on the validation split when asked for
-        if tc["load_best_model_at_end"] and best is not None:
+        if tc["load_best_model_at_end"] and best is not None and best_step != step:
             state = best_state
             if state is None and os.path.exists(os.path.join(out_dir, "best.pt")):
                 if dist.is_initialized():
                     dist.barrier()  # rank 0 wrote it
-                state = checkpoint.load(os.path.join(out_dir, "best.pt"))["model"]
+                state = outputs.load_checkpoint(os.path.join(out_dir, "best.pt"))["model"]
             if state is not None:
                 net.load_state_dict(state)
-                log(f"loaded the best model ({metric} {best:.4f})")
+                log(f"loaded the best model ({metric} {best:.4f}, step {best_step})")
         if tune:
             thresholds[:] = tune_thresholds(run_eval, datasets["validation"], names, out_dir if master else None)
         if "test" in datasets:
@@ -232,47 +251,6 @@ def train(cfg):
 # -----------------------------------------------------------------------------
 # setup
 
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def amp_dtype(train_cfg, device):
-    """The autocast dtype, or None for fp32. The HF flags bf16/fp16 win over training.mixed_precision."""
-    mode = "bf16" if train_cfg["bf16"] else "fp16" if train_cfg["fp16"] else train_cfg["mixed_precision"]
-    if mode == "auto":
-        mode = "no" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if mode == "fp16" and device.type != "cuda":
-        raise config.ConfigError("config: fp16 needs a CUDA device (use bf16 or no mixed precision on CPU)")
-    return {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
-
-
-def load_data(cfg, tokenizer, world):
-    """The splits (None ones left out) and the label names trained on. Rank 0 of each node tokenises into the
-    cache while the others wait, then all map it."""
-    task_cfg, data_cfg, model_cfg = cfg["task"], cfg["data"], cfg["model"]
-    local_master = int(os.environ.get("LOCAL_RANK", 0)) == 0
-    if world > 1 and not local_master:
-        dist.barrier()
-    splits, all_names = cache.load_splits(data_cfg, tokenizer, config.label_names_from_config(task_cfg),
-                                          reverse=data_cfg["rc_augment"] or model_cfg["rc_average"])
-    if world > 1 and local_master:
-        dist.barrier()
-    # the resolved config keeps every label of the data, so that it reads the same files again
-    task_cfg["label_map"], task_cfg["num_labels"], task_cfg["label_names"] = dict(enumerate(all_names)), \
-        len(all_names), None
-    names = data.select_labels(splits, all_names, task_cfg["labels"]) if task_cfg["labels"] else all_names
-    datasets = {name: split for name, split in splits.items() if split is not None}
-    for name, split in datasets.items():
-        if name != "train" and not model_cfg["rc_average"]:
-            split.rc_tokens = None  # the reverse complements were only wanted for training
-        prevalence = " ".join(f"{n}={p:.1%}" for n, p in zip(names, data.prevalence(split.labels, split.mask)))
-        log(f"data: {name}: {len(split)} sequences from {split.path}, {split.truncated.sum()} truncated to "
-            f"{data_cfg['max_length']} tokens | {prevalence}")
-    return datasets, names
-
-
 def initial_thresholds(spec, n_labels, has_validation):
     """task.threshold as one value per label; 'tuned' starts at 0.5 and is tuned after training."""
     tune = spec == "tuned"
@@ -285,13 +263,15 @@ def initial_thresholds(spec, n_labels, has_validation):
     return np.broadcast_to(threshold, (n_labels,)).copy()
 
 
-def make_optimizer(net, train_cfg):
-    """AdamW with weight decay on matrices only, never on biases and norms."""
+def make_optimizer(net, train_cfg, device):
+    """AdamW with weight decay on matrices only, never on biases and norms. Fused (one kernel for all
+    parameters, and a skip of non-finite steps without waiting) by default on CUDA."""
     trained = [p for p in net.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trained if p.dim() >= 2], "weight_decay": train_cfg["weight_decay"]},
               {"params": [p for p in trained if p.dim() < 2], "weight_decay": 0.0}]
+    fused = {"auto": device.type == "cuda", "adamw_torch": False, "adamw_torch_fused": True}[train_cfg["optim"]]
     return torch.optim.AdamW(groups, lr=train_cfg["learning_rate"], betas=(train_cfg["adam_beta1"],
-                             train_cfg["adam_beta2"]), eps=train_cfg["adam_epsilon"])
+                             train_cfg["adam_beta2"]), eps=train_cfg["adam_epsilon"], fused=fused or None)
 
 
 def count_steps_per_epoch(n, global_size, parts_per_step):
@@ -325,8 +305,8 @@ def lr_lambda(train_cfg, total_steps):
 
 def train_step(model, optimizer, scaler, micro_batches, measured, device, autocast, pos_weight, max_grad_norm):
     """One optimizer step over this rank's micro-batches of a global batch with `measured` label entries in all.
-    The all-reduce runs on the last micro-batch only. Returns (loss on this rank, as a tensor so that nothing
-    waits for the device; grad norm; whether the update was taken)."""
+    The all-reduce runs on the last micro-batch only. Returns the loss on this rank, the grad norm, and 1 where a
+    non-finite gradient skipped the update: all tensors, so that nothing waits for the device."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     total = torch.zeros((), device=device)
     for k, batch in enumerate(micro_batches):
@@ -343,56 +323,41 @@ def train_step(model, optimizer, scaler, micro_batches, measured, device, autoca
         total += loss.detach() / world
     scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
-    stepped = scaler.is_enabled() or bool(torch.isfinite(grad_norm))
-    if stepped:
-        scaler.step(optimizer)  # under fp16 the scaler itself skips non-finite steps and lowers its scale
+    bad = (~torch.isfinite(grad_norm)).float()  # the same on every rank: gradients are already all-reduced
+    if scaler.is_enabled():  # fp16: the scaler skips a non-finite step on the device and lowers its scale
+        scaler.step(optimizer)
         scaler.update()
+        bad = torch.zeros_like(bad)  # overflows while the scale settles are expected, not an error
+    elif optimizer.defaults.get("fused"):
+        optimizer.found_inf = bad  # the fused kernel skips the update itself, as it does for a GradScaler
+        optimizer.step()
+        del optimizer.found_inf
+    elif not bad:  # waits for the device; the fused optimizer, the default on CUDA, does not
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total, grad_norm, stepped
+    return total, grad_norm, bad
 
 
-# -----------------------------------------------------------------------------
-# logs
-
-def open_tensorboard(train_cfg, train_set, names):
-    from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(train_cfg["logging_dir"] or os.path.join(train_cfg["output_dir"], "tensorboard"))
-    # row i, column j: the share of label i's training sequences that also carry label j
-    pairs = sum(y.T.astype(np.float64) @ y for _, y, _ in data.label_chunks(train_set.labels, train_set.mask))
-    cooccurrence = pairs / np.maximum(np.diag(pairs), 1)[:, None]
-    writer.add_image("train/label_cooccurrence", np.kron(cooccurrence, np.ones((16, 16)))[None], 0)
-    writer.add_text("train/label_order", ", ".join(names))
-    return writer
+def check_finite(skipped, in_a_row, step):
+    """Read at logging steps: steps skipped for a non-finite loss or gradient since the last log."""
+    skipped, in_a_row = int(skipped.item()), int(in_a_row.item())
+    if in_a_row >= 3:
+        raise NonFiniteError(f"non-finite loss or gradient at {in_a_row} steps in a row (up to step {step}); "
+                             f"lower training.learning_rate or check the data")
+    if skipped:
+        log(f"warning: {skipped} updates skipped for a non-finite loss or gradient since the last log")
 
 
-def log_train(writer, step, total_steps, steps_per_epoch, loss, grad_norm, lr, seen, waited, t0):
-    """The console line and TensorBoard scalars of a logging step; the loss is averaged over ranks."""
-    loss = loss.reshape(1)
-    if dist.is_initialized():
-        dist.all_reduce(loss)
-        loss /= dist.get_world_size()
-    loss, grad_norm, elapsed = loss.item(), grad_norm.item(), time.time() - t0
-    rate = seen / elapsed
-    log(f"step {step}/{total_steps} | epoch {step / steps_per_epoch:.2f} | loss {loss:.4f} | lr {lr:.2e} | "
-        f"grad norm {grad_norm:.3f} | {rate:.0f} seq/s | data wait {waited / elapsed:.1%}")
-    if writer:
-        for k, v in (("loss", loss), ("lr", lr), ("grad_norm", grad_norm), ("samples_per_s", rate)):
-            writer.add_scalar(f"train/{k}", v, step)
-
-
-def log_eval(writer, step, result, metric):
-    """Logs a validation result; returns the value of metric_for_best_model."""
-    if writer:
-        for k, v in result.items():
-            if not k.startswith("support/"):
-                writer.add_scalar(f"eval/{k}", v, step)
-    log(f"eval step {step}: loss {result['loss']:.4f} | f1_macro {result['f1_macro']:.4f} | "
-        f"f1_micro {result['f1_micro']:.4f} | accuracy {result['accuracy']:.4f} | "
-        f"auroc_macro {result['auroc_macro']:.4f}")
-    if metric not in result:
-        raise config.ConfigError(f"config: training.metric_for_best_model '{metric}' is not a metric "
-                                 f"(known: {', '.join(k for k in result if '/' not in k)})")
-    return result[metric]
+def vote_to_stop(signals, vote, group):
+    """Under DDP all ranks must stop at the same step, or the others wait forever in the next one. Each step
+    casts this rank's vote (a signal number, or 0) and reads the result of the vote cast a step earlier, so no
+    step waits for it. Returns (signal to stop on, or 0; the vote in flight)."""
+    stop = 0
+    if vote:
+        vote[1].wait()
+        stop = int(vote[0].item())  # a CPU tensor: no device sync
+    flag = torch.tensor([signals.get("signal", 0)])
+    return stop, (flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group, async_op=True))
 
 
 # -----------------------------------------------------------------------------
@@ -407,9 +372,9 @@ def tune_thresholds(run_eval, val, names, out_dir):
     for name in ("last.pt", "best.pt"):
         path = os.path.join(out_dir, name) if out_dir else ""
         if os.path.exists(path):
-            ckpt = checkpoint.load(path)
+            ckpt = outputs.load_checkpoint(path)
             ckpt["thresholds"] = thresholds.tolist()
-            checkpoint.save_atomic(ckpt, path)
+            outputs.save_atomic(ckpt, path)
     return thresholds
 
 

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 KEYS = ["tokenize_seqs_per_s", "train_samples_per_s", "train_tokens_per_s", "bare_samples_per_s", "loop_vs_bare",
@@ -10,9 +12,10 @@ KEYS = ["tokenize_seqs_per_s", "train_samples_per_s", "train_tokens_per_s", "bar
         "peak_rss_mb", "device"]
 
 
-def test_bench_json_has_every_figure():
+@pytest.mark.parametrize("backbone", ["bert", "gpt2"])
+def test_bench_json_has_every_figure(backbone):
     p = subprocess.run([sys.executable, "bench.py", "--json", "--n", "400", "--steps", "3", "--rounds", "1",
-                        "--batch-size", "8", "--eval-n", "50", "--metrics-rows", "5000"],
+                        "--batch-size", "8", "--eval-n", "50", "--metrics-rows", "5000", "--backbone", backbone],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     result = json.loads(p.stdout.strip().splitlines()[-1])

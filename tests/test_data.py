@@ -218,10 +218,10 @@ def test_stratified_split_puts_a_rare_label_in_every_split_in_proportion(tmp_pat
 def test_select_labels_keeps_a_subset_in_order(tmp_path):
     p = write(tmp_path, "s.tsv", "sequence\tlabels\nACGT\ta,c\nGGGG\tb\n")
     splits, names = cache.load_splits(cfg_data(path=p, train_size=1.0, validation_size=0.0, test_size=0.0), TOK)
-    assert data.select_labels(splits, names, ["c", "a"]) == ["c", "a"]
+    assert cache.select_labels(splits, names, ["c", "a"]) == ["c", "a"]
     assert np.asarray(splits["train"].labels).tolist() == [[1, 1], [0, 0]]
     with pytest.raises(DataError, match=r"unknown labels \['z'\]"):
-        data.select_labels(splits, ["c", "a"], ["z"])
+        cache.select_labels(splits, ["c", "a"], ["z"])
 
 
 def padding_fraction(batches, lengths):

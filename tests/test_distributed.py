@@ -4,12 +4,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
-import checkpoint
 import data
+import outputs
 import train
 from conftest import ROOT
 from test_train import TINY, random_tsv
@@ -75,8 +76,8 @@ def test_same_weights_at_any_scale(dataset):
         "1x4x2": torchrun(*common(path, tmp / "1x4x2", "training.per_device_train_batch_size=4",
                                   "training.gradient_accumulation_steps=2")),
     }
-    outputs = {name: check(cmd).stdout for name, cmd in runs.items()}
-    assert outputs["2x4"].count("data: tokenised") == 1 and "data: tokenised" not in outputs["1x4x2"]
+    logs = {name: check(cmd).stdout for name, cmd in runs.items()}
+    assert logs["2x4"].count("data: tokenised") == 1 and "data: tokenised" not in logs["1x4x2"]
     # two nodes of one process each, meeting over loopback through torchrun's c10d rendezvous
     port = free_port()
     nodes = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test"]
@@ -148,9 +149,41 @@ def test_sigterm_writes_last_and_resume_finishes_the_same(dataset):
     assert_same_weights(tmp / "nosig" / "last.pt", tmp / "sig" / "last.pt", atol=1e-6)
 
 
+def worker_of_rank(launcher, rank):
+    """The pid of torchrun's worker process with the given RANK."""
+    for _ in range(600):
+        for task in os.listdir(f"/proc/{launcher}/task"):
+            for child in open(f"/proc/{launcher}/task/{task}/children").read().split():
+                try:
+                    if f"RANK={rank}".encode() in open(f"/proc/{child}/environ", "rb").read().split(b"\0"):
+                        return int(child)
+                except OSError:
+                    pass
+        time.sleep(0.1)
+    raise AssertionError("no worker found")
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(dataset):
+    """The ranks vote a step late over gloo: a SIGTERM that reaches rank 1 alone stops both, with last.pt."""
+    path, tmp = dataset
+    args = common(path, tmp / "ddpsig", "training.max_steps=100000", "training.logging_steps=1",
+                  "training.per_device_train_batch_size=4")
+    p = subprocess.Popen(torchrun(*args, nproc=2), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=env())
+    for line in p.stdout:
+        if line.startswith("step 3/"):
+            os.kill(worker_of_rank(p.pid, 1), signal.SIGTERM)
+            break
+    out = p.communicate(timeout=120)[0]
+    assert "stopped by signal 15 at step" in out, out[-3000:]
+    assert p.returncode != 0  # torchrun reports the workers' exit status 143
+    step = torch.load(tmp / "ddpsig" / "last.pt", weights_only=True)["step"]
+    assert f"stopped by signal 15 at step {step};" in out and 3 <= step < 100
+
+
 def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
     path = str(tmp_path / "last.pt")
-    checkpoint.save_atomic({"step": 1}, path)
+    outputs.save_atomic({"step": 1}, path)
 
     def crash(obj, f):
         with open(f, "wb") as fh:
@@ -159,7 +192,7 @@ def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypa
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.save_atomic({"step": 2}, path)
+        outputs.save_atomic({"step": 2}, path)
     assert torch.load(path, weights_only=True) == {"step": 1}
 
 
@@ -170,7 +203,8 @@ def test_non_finite_gradients_stop_the_run_without_a_checkpoint(dataset, monkeyp
     out = tmp / "nan"
     assert train.main(["config.yaml", *common(path, out, "training.max_steps=10")]) == 1
     err = capsys.readouterr().err
-    assert "non-finite loss or gradient at 3 steps in a row" in err
+    # counted on the device and read at the next logging step (5): no step waits to check
+    assert "error: non-finite loss or gradient at 5 steps in a row (up to step 5)" in err
     assert not (out / "last.pt").exists()
 
 
