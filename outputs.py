@@ -207,6 +207,21 @@ def log_eval(writer, step, result, metric, seconds):
     return result[metric]
 
 
+def tune_thresholds(run_eval, val, names, out_dir):
+    """Per label, the threshold with the best F1 on the validation split; saved into the checkpoints (out_dir
+    is None on ranks other than 0), where predict.py reads them."""
+    thresholds = metrics.tune_thresholds(np.asarray(val.labels), run_eval("validation")[1], np.asarray(val.mask))
+    log("thresholds tuned for F1 on the validation split: " +
+        " ".join(f"{n}={t:.3f}" for n, t in zip(names, thresholds)))
+    for name in ("last.pt", "best.pt"):
+        path = os.path.join(out_dir, name) if out_dir else ""
+        if os.path.exists(path):
+            ckpt = load_checkpoint(path)
+            ckpt["thresholds"] = thresholds.tolist()
+            save_atomic(ckpt, path)
+    return thresholds
+
+
 def report_test(result, probs, split, names, thresholds, writer, step, out_dir, sep):
     """The test phase's report: printed, in TensorBoard, and on rank 0 (out_dir set) test_metrics.json,
     test_predictions.tsv (the columns of predict.py's output and the true labels) and per_label.tsv."""

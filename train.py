@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader
 import cache
 import config
 import data
-import metrics
 import outputs
 from model import (bce_with_logits, build_model, enable_gradient_checkpointing, load_backbone, position_limit,
                    resolve_pos_weight)
@@ -230,7 +229,8 @@ def train(cfg):
                 net.load_state_dict(state)
                 log(f"loaded the best model ({metric} {best:.4f}, step {best_step})")
         if tune:
-            thresholds[:] = tune_thresholds(run_eval, datasets["validation"], names, out_dir if master else None)
+            thresholds[:] = outputs.tune_thresholds(run_eval, datasets["validation"], names,
+                                                    out_dir if master else None)
         if "test" in datasets:
             report_test(*run_eval("test"), datasets["test"], names, thresholds, writer, step,
                         out_dir if master else None, data_cfg["multi_label_sep"])
@@ -358,24 +358,6 @@ def vote_to_stop(signals, vote, group):
         stop = int(vote[0].item())  # a CPU tensor: no device sync
     flag = torch.tensor([signals.get("signal", 0)])
     return stop, (flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group, async_op=True))
-
-
-# -----------------------------------------------------------------------------
-# after training: thresholds and the test phase
-
-def tune_thresholds(run_eval, val, names, out_dir):
-    """Per label, the threshold with the best F1 on the validation split; saved into the checkpoints (out_dir
-    is None on ranks other than 0), where predict.py reads them."""
-    thresholds = metrics.tune_thresholds(np.asarray(val.labels), run_eval("validation")[1], np.asarray(val.mask))
-    log("thresholds tuned for F1 on the validation split: " +
-        " ".join(f"{n}={t:.3f}" for n, t in zip(names, thresholds)))
-    for name in ("last.pt", "best.pt"):
-        path = os.path.join(out_dir, name) if out_dir else ""
-        if os.path.exists(path):
-            ckpt = outputs.load_checkpoint(path)
-            ckpt["thresholds"] = thresholds.tolist()
-            outputs.save_atomic(ckpt, path)
-    return thresholds
 
 
 def main(argv):
