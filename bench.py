@@ -29,7 +29,8 @@ import config
 import data
 import metrics
 import train
-from model import build_model, load_backbone, predict_logits
+from model import build_model, load_backbone
+from predict import predict_logits
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # dense bf16/fp16
 
@@ -85,7 +86,7 @@ def bench(args):
     out["padding_fraction_grouped"] = padding_fraction(lengths, grouped)
 
     # training: train.py's step function, fed by its DataLoader and collate, on length-grouped batches
-    net = build_model(backbone, names, cfg["model"]).to(device)
+    net = build_model(backbone, names, cfg["model"], tokenizer).to(device)
     model = torch.compile(net) if args.compile else net  # as train.py compiles it
     optimizer = train.make_optimizer(net, cfg["training"], device)  # fused on CUDA
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]

@@ -46,7 +46,8 @@ DEFAULTS = {
     "model": {
         "source": "scratch",  # scratch | local | huggingface | modelscope
         "name_or_path": None,
-        "pooling": "max",  # mean | cls | last | max
+        "pooling": "auto",  # auto | mean | cls | last | max; auto: last for decoders, cls after a CLS token, else
+        #                     mean (max for the scratch model); the run logs its choice
         "dropout": 0.1,  # the head's
         "backbone_dropout": None,  # a number overrides every dropout of the backbone; null keeps pretrained values
         "trust_remote_code": False,
@@ -253,7 +254,7 @@ def validate(cfg):
         if train[key] is False:  # YAML 1.1 reads a bare `no` as false
             train[key] = "no"
     choose(cfg, "model", "source", ("scratch", "local", "huggingface", "modelscope"))
-    choose(cfg, "model", "pooling", ("mean", "cls", "last", "max"))
+    choose(cfg, "model", "pooling", ("auto", "mean", "cls", "last", "max"))
     choose(cfg, "training", "evaluation_strategy", ("epoch", "steps", "no"))
     choose(cfg, "training", "save_strategy", ("epoch", "steps", "no"))
     choose(cfg, "training", "lr_scheduler_type", ("linear", "cosine", "constant"))

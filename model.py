@@ -1,21 +1,20 @@
 """
 Model: a backbone (pretrained from ModelScope / the Hugging Face Hub / a local folder, or a small one built from
-scratch), a pooling of its token states, a head with one logit per label (or one head per group of labels),
-LoRA, the loss, and the scoring of a dataset across ranks.
+scratch) and its tokenizer, one way of calling any family of backbone, a pooling of its token states, a head with
+one logit per label (or one head per group of labels), and the loss.
 """
+import inspect
 import json
-import math
 import os
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig
 
 from config import ConfigError
+from lora import add_lora
 
 KMER_FILE = "kmer_tokenizer.json"
 ROBERTA_STYLE = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "esm", "data2vec-text", "longformer"}
@@ -61,27 +60,74 @@ class KmerTokenizer:
             json.dump({"k": self.k, "stride": self.stride}, f)
 
 
+class SpacedKmers:
+    """A tokenizer whose vocabulary is whole k-mers (DNABERT-1) expects overlapping k-mers separated by spaces,
+    'ACGTAC CGTACG GTACGT ...'. This one feeds it that; everything else is the wrapped tokenizer's."""
+
+    def __init__(self, tokenizer, k):
+        self.tokenizer, self.k = tokenizer, k
+
+    def __getattr__(self, name):
+        if name in ("tokenizer", "k"):  # not set yet, as while unpickling
+            raise AttributeError(name)
+        return getattr(self.tokenizer, name)
+
+    def __len__(self):
+        return len(self.tokenizer)
+
+    def __call__(self, seqs, **kwargs):
+        spaced = [" ".join(s[i:i + self.k] for i in range(max(len(s) - self.k + 1, 1))) for s in seqs]
+        return self.tokenizer(spaced, **kwargs)
+
+
+def kmer_size(tokenizer):
+    """k when the vocabulary is DNA k-mers of one length k > 1 (besides the special tokens), else None."""
+    words = set(tokenizer.get_vocab()) - set(tokenizer.all_special_tokens)
+    sizes = {len(w) for w in words}
+    if len(sizes) == 1 and min(sizes) > 1 and len(words) >= 4 ** min(sizes) and \
+            all(set(w.upper()) <= set("ACGTN") for w in words):
+        return sizes.pop()
+    return None
+
+
 def load_tokenizer(path, trust_remote_code=False):
     if os.path.isfile(os.path.join(path, KMER_FILE)):
         with open(os.path.join(path, KMER_FILE)) as f:
             return KmerTokenizer(**json.load(f))
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tok.pad_token_id is None:  # GPT-style tokenizers have no pad token; any id works under the attention mask
-        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
-    return tok
+    if tok.pad_token_id is None:  # GPT-style tokenizers have none; any id works under the attention mask
+        if tok.eos_token is not None or tok.unk_token is not None:
+            tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+        else:  # a new token: load_backbone grows the embeddings to match
+            tok.add_special_tokens({"pad_token": "[PAD]"})
+    k = kmer_size(tok)
+    return SpacedKmers(tok, k) if k else tok
 
 
 def download(name, source):
-    """A local folder holding the model: from ModelScope, the Hugging Face Hub, or name itself."""
+    """A local folder holding the model: name itself, or from ModelScope or the Hugging Face Hub. A model already
+    in the hub's cache is used as it is, and with HF_HUB_OFFLINE=1 nothing is fetched."""
+    if source == "local":
+        if not os.path.isdir(name):
+            raise ConfigError(f"config: model.name_or_path '{name}' is not a folder (model.source is 'local')")
+        return name
     if source == "modelscope":
         import modelscope  # imported here: it is slow to import and only this source needs it
-        return modelscope.snapshot_download(name)
-    if source == "huggingface":
+        fetch = modelscope.snapshot_download
+    else:
         import huggingface_hub
-        return huggingface_hub.snapshot_download(name)
-    if not os.path.isdir(name):
-        raise ConfigError(f"config: model.name_or_path '{name}' is not a folder (model.source is 'local')")
-    return name
+        fetch = huggingface_hub.snapshot_download
+    try:
+        try:
+            return fetch(name, local_files_only=True)
+        except Exception:
+            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+                raise
+            return fetch(name)
+    except Exception as e:  # each hub has errors of its own: not found, no network, offline and not cached
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"config: model '{name}' could not be had from {source} ({why}); check model.name_or_path, "
+                          f"or download it and use model.source=local") from None
 
 
 def set_dropout(config, p):
@@ -108,8 +154,12 @@ def load_backbone(cfg_model, max_length):
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
     if cfg_model["backbone_dropout"] is not None:
         set_dropout(config, cfg_model["backbone_dropout"])
-    backbone = AutoModel.from_pretrained(path, config=config, trust_remote_code=trust)
-    return backbone, load_tokenizer(path, trust), path
+    # fp32 weights whatever the checkpoint's dtype: autocast gives the speed, fp32 keeps the optimizer exact
+    backbone = AutoModel.from_pretrained(path, config=config, trust_remote_code=trust, dtype=torch.float32)
+    tok = load_tokenizer(path, trust)
+    if len(tok) > (getattr(backbone.config, "vocab_size", None) or len(tok)):  # a pad token was added
+        backbone.resize_token_embeddings(len(tok))
+    return backbone, tok, path
 
 
 def position_limit(config):
@@ -133,11 +183,30 @@ def enable_gradient_checkpointing(backbone):
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def hidden_size(config):
-    for key in ("hidden_size", "n_embd", "d_model", "dim"):
-        if isinstance(getattr(config, key, None), int):
-            return getattr(config, key)
-    raise ValueError(f"cannot tell the hidden size of a {type(config).__name__}")
+def is_decoder(config):
+    """Decoder-only (causal): a family that transformers knows only as a causal LM, or a remote-code model that
+    maps a causal LM class and no masked LM class."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES as MASKED)
+    if getattr(config, "is_decoder", False):
+        return True
+    if config.model_type in CAUSAL or config.model_type in MASKED:
+        return config.model_type in CAUSAL and config.model_type not in MASKED
+    auto_map = getattr(config, "auto_map", None) or {}
+    return "AutoModelForCausalLM" in auto_map and "AutoModelForMaskedLM" not in auto_map
+
+
+def auto_pooling(source, config, tokenizer):
+    """model.pooling auto, with the reason: max for the scratch model (short motifs), last for decoders (only the
+    last token has seen the whole sequence), cls for models trained with a CLS token, mean otherwise."""
+    if source == "scratch":
+        return "max", "the scratch model finds short motifs fastest with it"
+    if is_decoder(config):
+        return "last", "a decoder: its last token has seen the whole sequence"
+    cls = getattr(tokenizer, "cls_token_id", None)
+    if cls is not None and tokenizer(["ACGT"], add_special_tokens=True)["input_ids"][0][0] == cls:
+        return "cls", "the tokenizer starts every sequence with a CLS token"
+    return "mean", "an encoder without a CLS token"
 
 
 def pool(h, mask, how):
@@ -159,13 +228,20 @@ class MultiLabelModel(nn.Module):
     """Backbone -> pooling -> dropout -> head(s). With groups (lists of label indices), each group of labels gets
     its own small MLP head on the shared backbone, for tasks that are better kept apart."""
 
-    def __init__(self, backbone, num_labels, pooling="max", dropout=0.1, groups=None):
+    def __init__(self, backbone, num_labels, pooling="max", dropout=0.1, groups=None, padding_side="right"):
         super().__init__()
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # we pool ourselves; an unused pooler would also stall DDP's gradient sync
         self.backbone, self.pooling = backbone, pooling
         self.dropout = nn.Dropout(dropout)
-        H = hidden_size(backbone.config)
+        takes = inspect.signature(backbone.forward).parameters
+        self.takes_mask = "attention_mask" in takes  # HyenaDNA's forward takes none
+        # left padding shifts a model's positions by the padding, unless they are counted from the first real
+        # token; RoBERTa-style models count them from the padding themselves
+        self.takes_positions = padding_side == "left" and "position_ids" in takes and \
+            getattr(backbone.config, "model_type", None) not in ROBERTA_STYLE
+        self.hidden_states = False
+        H = self.token_width("output_hidden_states" in takes)
         if groups:
             self.heads = nn.ModuleList(nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.Linear(H, len(g))) for g in groups)
             order = [i for g in groups for i in g]
@@ -173,8 +249,42 @@ class MultiLabelModel(nn.Module):
         else:
             self.head = nn.Linear(H, num_labels)
 
+    def token_states(self, input_ids, attention_mask):
+        """Any backbone, called the same way: only the arguments its forward takes; the token states from
+        last_hidden_state, else the last of hidden_states, else the first element of a tuple."""
+        kwargs = {"attention_mask": attention_mask} if self.takes_mask else {}
+        if self.takes_positions:
+            kwargs["position_ids"] = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+        if self.hidden_states:
+            kwargs["output_hidden_states"] = True
+        out = self.backbone(input_ids, **kwargs)
+        if getattr(out, "last_hidden_state", None) is not None:
+            return out.last_hidden_state
+        if getattr(out, "hidden_states", None) is not None:
+            return out.hidden_states[-1]
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    @torch.no_grad()
+    def token_width(self, can_ask_hidden_states):
+        """The width of the token states, from one forward of a few tokens: some configs do not say it, and a
+        Caduceus-style model gives twice the width its config says. In eval mode: no dropout draws."""
+        training, device = self.backbone.training, next(self.backbone.parameters()).device
+        self.backbone.eval()
+        ids = torch.zeros(1, 8, dtype=torch.long, device=device)
+        try:
+            h = self.token_states(ids, torch.ones_like(ids))
+            if not (torch.is_tensor(h) and h.dim() == 3) and can_ask_hidden_states:
+                self.hidden_states = True
+                h = self.token_states(ids, torch.ones_like(ids))
+        finally:
+            self.backbone.train(training)
+        if not (torch.is_tensor(h) and h.dim() == 3):
+            raise ConfigError(f"config: cannot find the token states in what {type(self.backbone).__name__} "
+                              f"returns (expected last_hidden_state, hidden_states, or a tuple starting with them)")
+        return h.shape[-1]
+
     def forward(self, input_ids, attention_mask):
-        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        h = self.token_states(input_ids, attention_mask)
         x = self.dropout(pool(h, attention_mask, self.pooling))
         if hasattr(self, "heads"):  # heads give their groups' logits; put them back in label order
             return torch.cat([head(x) for head in self.heads], dim=1)[:, self.label_order]
@@ -201,59 +311,13 @@ def head_groups(spec, names):
     return [g for g in groups if g] + ([rest] if rest else [])
 
 
-class LoRA(nn.Module):
-    """A frozen linear layer plus a trainable low-rank update: W x + (alpha/r) B A x. B starts at zero, so
-    training starts from the pretrained function. Wraps nn.Linear and GPT-2's Conv1D (weight stored in x out)."""
-
-    def __init__(self, base, r=8, alpha=16, dropout=0.0):
-        super().__init__()
-        self.base, self.scale = base, alpha / r
-        self.conv1d = type(base).__name__ == "Conv1D"
-        n_in, n_out = base.weight.shape if self.conv1d else base.weight.shape[::-1]
-        self.A = nn.Parameter(torch.randn(r, n_in) / math.sqrt(n_in))
-        self.B = nn.Parameter(torch.zeros(n_out, r))
-        self.dropout = nn.Dropout(dropout)
-        for p in base.parameters():
-            p.requires_grad = False
-
-    def forward(self, x):
-        return self.base(x) + (self.dropout(x) @ self.A.T @ self.B.T) * self.scale
-
-    def merged(self):
-        delta = (self.B @ self.A) * self.scale  # (out, in)
-        with torch.no_grad():
-            self.base.weight += delta.T if self.conv1d else delta
-        return self.base
-
-
-def add_lora(backbone, r, alpha, dropout, targets=None):
-    """Wraps the backbone's linear layers (attention and MLP) whose names contain one of targets (all if None)."""
-    wrapped = 0
-    for name, module in list(backbone.named_modules()):
-        for child_name, child in list(module.named_children()):
-            full = f"{name}.{child_name}" if name else child_name
-            if (isinstance(child, nn.Linear) or type(child).__name__ == "Conv1D") and \
-                    (targets is None or any(t in full for t in targets)):
-                setattr(module, child_name, LoRA(child, r, alpha, dropout))
-                wrapped += 1
-    if wrapped == 0:
-        raise ConfigError(f"config: model.lora.targets {targets} match no linear layer of the backbone")
-    return wrapped
-
-
-def merge_lora(net):
-    """Folds every LoRA update into plain weights, for inference at full speed."""
-    for module in list(net.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, LoRA):
-                setattr(module, child_name, child.merged())
-    return net
-
-
-def build_model(backbone, names, cfg_model):
-    """The full model as the config says: heads, then which parameters train (model.finetune)."""
-    net = MultiLabelModel(backbone, len(names), cfg_model["pooling"], cfg_model["dropout"],
-                          head_groups(cfg_model["head_groups"], names))
+def build_model(backbone, names, cfg_model, tokenizer):
+    """The full model as the config says: pooling, heads, then which parameters train (model.finetune)."""
+    pooling = cfg_model["pooling"]
+    if pooling == "auto":
+        pooling = auto_pooling(cfg_model["source"], backbone.config, tokenizer)[0]
+    net = MultiLabelModel(backbone, len(names), pooling, cfg_model["dropout"],
+                          head_groups(cfg_model["head_groups"], names), getattr(tokenizer, "padding_side", "right"))
     mode = cfg_model["finetune"]
     if mode in ("head", "lora"):
         for p in net.backbone.parameters():
@@ -310,28 +374,3 @@ def resolve_pos_weight(spec, names, positives, measured):
         return torch.tensor([float(spec.get(n, 1.0)) for n in names])
     raise ConfigError(f"config: training.pos_weight is {spec!r} "
                       f"(expected null, auto, sqrt, a list or a mapping by label)")
-
-
-@torch.no_grad()
-def predict_logits(net, dataset, collate, batch_size, device, autocast):
-    """Logits for every sequence of dataset, each scored exactly once across ranks, in dataset order."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    mine = np.arange(rank, len(dataset), world)  # a strided shard: no padding duplicates, no drops
-    mine = mine[np.argsort(dataset.tokens.lengths()[mine], kind="stable")]  # similar lengths pad less
-    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
-    net.eval()
-    index, out = [], []
-    for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=collate, generator=torch.Generator()):
-        with autocast:
-            logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        index.append(batch["index"]), out.append(logits.float().cpu())
-    net.train()
-    index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
-    out = torch.cat(out) if out else torch.zeros(0, dataset.labels.shape[1])
-    if world > 1:
-        parts = [None] * world
-        dist.all_gather_object(parts, (index, out))
-        index, out = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    logits = torch.empty_like(out)
-    logits[index] = out
-    return logits

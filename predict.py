@@ -22,6 +22,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModel
 
 import cache
@@ -29,7 +30,8 @@ import config
 import data
 import metrics
 import outputs
-from model import bce_with_logits, build_model, load_tokenizer, merge_lora, predict_logits
+from lora import merge_lora
+from model import bce_with_logits, build_model, load_tokenizer
 from outputs import log, prediction_row
 
 CHUNK = 8192  # sequences read, scored and written at a time: memory stays bounded on any input size
@@ -69,6 +71,31 @@ def amp_dtype(train_cfg, device):
 # -----------------------------------------------------------------------------
 # scoring a split during training
 
+@torch.no_grad()
+def predict_logits(net, dataset, collate, batch_size, device, autocast):
+    """Logits for every sequence of dataset, each scored exactly once across ranks, in dataset order."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    mine = np.arange(rank, len(dataset), world)  # a strided shard: no padding duplicates, no drops
+    mine = mine[np.argsort(dataset.tokens.lengths()[mine], kind="stable")]  # similar lengths pad less
+    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    net.eval()
+    index, out = [], []
+    for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=collate, generator=torch.Generator()):
+        with autocast:
+            logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        index.append(batch["index"]), out.append(logits.float().cpu())
+    net.train()
+    index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
+    out = torch.cat(out) if out else torch.zeros(0, dataset.labels.shape[1])
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, (index, out))
+        index, out = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    logits = torch.empty_like(out)
+    logits[index] = out
+    return logits
+
+
 def evaluate(net, dataset, names, thresholds, collate, batch_size, device, autocast, pos_weight):
     """(metrics with the loss, probabilities) of a labelled split, scored across ranks."""
     logits = predict_logits(net, dataset, collate, batch_size, device, autocast)
@@ -100,10 +127,10 @@ def load_trained(path, device):
     trust = bool(model_cfg["trust_remote_code"])
     backbone = AutoModel.from_config(AutoConfig.from_pretrained(os.path.join(run_dir, "backbone"),
                                                                 trust_remote_code=trust), trust_remote_code=trust)
-    net = build_model(backbone, ckpt["label_names"], model_cfg)
+    tokenizer = load_tokenizer(os.path.join(run_dir, "tokenizer"), trust)
+    net = build_model(backbone, ckpt["label_names"], model_cfg, tokenizer)
     net.load_state_dict(ckpt["model"])
     merge_lora(net)  # LoRA updates folded into plain weights: same outputs, faster
-    tokenizer = load_tokenizer(os.path.join(run_dir, "tokenizer"), trust)
     return net.to(device).eval(), tokenizer, ckpt
 
 

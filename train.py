@@ -26,8 +26,8 @@ import cache
 import config
 import data
 import outputs
-from model import (bce_with_logits, build_model, enable_gradient_checkpointing, load_backbone, position_limit,
-                   resolve_pos_weight)
+from model import (auto_pooling, bce_with_logits, build_model, enable_gradient_checkpointing, load_backbone,
+                   position_limit, resolve_pos_weight)
 from outputs import log, log_eval, log_train, open_tensorboard, report_test
 from predict import amp_dtype, evaluate, seed_everything, setup_device
 
@@ -62,7 +62,10 @@ def train(cfg):
     thresholds = initial_thresholds(task_cfg["threshold"], len(names), "validation" in datasets)
     if tc["gradient_checkpointing"]:
         enable_gradient_checkpointing(backbone)
-    net = build_model(backbone, names, model_cfg).to(device)
+    if model_cfg["pooling"] == "auto":  # the saved config keeps the choice
+        model_cfg["pooling"], why = auto_pooling(model_cfg["source"], backbone.config, tokenizer)
+        log(f"pooling: auto chose {model_cfg['pooling']}: {why}")
+    net = build_model(backbone, names, model_cfg, tokenizer).to(device)
     train_set = datasets["train"]
     multiple = data_cfg["pad_to_multiple_of"] or (8 if device.type == "cuda" else 1)  # tensor cores like 8
     collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"), multiple,

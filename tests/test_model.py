@@ -1,5 +1,8 @@
-import modelscope
+import os
+import shutil
+
 import huggingface_hub
+import modelscope
 import pytest
 import torch
 
@@ -78,3 +81,43 @@ def test_remote_code_needs_trust_remote_code(tiny_remote):
 def test_missing_local_folder_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="is not a folder"):
         load_backbone(model_cfg(source="local", name_or_path=str(tmp_path / "nope")), 64)
+
+
+def hub_run(tmp_path, source, name, **env):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    from test_train import TINY, random_tsv
+    tsv = random_tsv(str(tmp_path / "d.tsv"), ["a", "b"])
+    env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9", MODELSCOPE_ENDPOINT="http://127.0.0.1:9", **env)  # no hub
+    return subprocess.run([sys.executable, "train.py", "config.yaml", f"data.path={tsv}", "task.label_map=null",
+                           "task.num_labels=null", f"model.source={source}", f"model.name_or_path={name}", *TINY,
+                           "training.max_steps=1", f"training.output_dir={tmp_path / 'out'}",
+                           f"data.cache_dir={tmp_path / 'cache'}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+@pytest.mark.parametrize("source", ["huggingface", "modelscope"])
+def test_a_model_in_the_hub_cache_loads_without_fetching(tmp_path, tiny_bert, source):
+    """Each hub's own cache layout; the hubs' addresses point nowhere, so any fetch would fail the run."""
+    cache = tmp_path / "hub"
+    if source == "huggingface":
+        revision = "0" * 40
+        snapshot = cache / "models--org--tiny" / "snapshots" / revision
+        (cache / "models--org--tiny" / "refs").mkdir(parents=True)
+        (cache / "models--org--tiny" / "refs" / "main").write_text(revision)
+    else:
+        snapshot = cache / "models" / "org--tiny" / "snapshots" / "master"
+    shutil.copytree(tiny_bert, snapshot)
+    p = hub_run(tmp_path, source, "org/tiny", HF_HUB_CACHE=str(cache), MODELSCOPE_CACHE=str(cache))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "Test Metrics" in p.stdout
+
+
+@pytest.mark.parametrize("source", ["huggingface", "modelscope"])
+def test_a_missing_model_offline_is_one_line_naming_source_and_id(tmp_path, source):
+    p = hub_run(tmp_path, source, "org/missing", HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty"),
+                MODELSCOPE_CACHE=str(tmp_path / "empty"))
+    assert p.returncode == 2
+    assert p.stderr.startswith(f"error: config: model 'org/missing' could not be had from {source} ("), p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr

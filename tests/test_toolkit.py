@@ -12,7 +12,8 @@ import predict
 import train
 from config import ConfigError
 from conftest import save_tiny
-from model import LoRA, MultiLabelModel, add_lora, build_model, head_groups, merge_lora
+from lora import LoRA, add_lora, merge_lora
+from model import MultiLabelModel, build_model, head_groups
 from test_train import TINY, random_tsv
 
 
@@ -66,7 +67,7 @@ def test_finetune_modes_choose_what_trains(tiny_bert):
     from transformers import AutoModel
 
     def trained(mode, **kw):
-        net = build_model(AutoModel.from_pretrained(tiny_bert), ["a", "b"], model_cfg(finetune=mode, **kw))
+        net = build_model(AutoModel.from_pretrained(tiny_bert), ["a", "b"], model_cfg(finetune=mode, **kw), None)
         return {n for n, p in net.named_parameters() if p.requires_grad}
 
     assert any(n.startswith("backbone.") for n in trained("full"))
@@ -74,7 +75,7 @@ def test_finetune_modes_choose_what_trains(tiny_bert):
     lora = trained("lora", lora={"r": 2, "targets": ["query", "value"]})
     assert lora - {"head.weight", "head.bias"} and all(n.endswith((".A", ".B")) for n in lora if "backbone" in n)
     assert all("query" in n or "value" in n for n in lora if "backbone" in n)
-    with pytest.raises(ConfigError, match="match no linear layer"):
+    with pytest.raises(ConfigError, match="has no linear layer whose name contains one of .'nothing'. to wrap"):
         trained("lora", lora={"targets": ["nothing"]})
     with pytest.raises(ConfigError, match="expected one of full, head, lora"):
         trained("adapters")
