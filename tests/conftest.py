@@ -1,7 +1,6 @@
 """Shared fixtures: tiny pretrained-style model folders, built and saved locally (nothing is downloaded)."""
 import os
 import sys
-import textwrap
 
 import pytest
 
@@ -50,39 +49,23 @@ class TinyDnaModel(PreTrainedModel):
 
 
 def char_tokenizer(padding_side="right"):
-    from tokenizers import Tokenizer, models, processors
-    from transformers import PreTrainedTokenizerFast
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "A", "C", "G", "T", "N"])}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))  # no merges: one token per base
-    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
-                                                                                              ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", padding_side=padding_side)
+    """One token per base, [CLS] ... [SEP]."""
+    import zoo
+    return zoo.char_tokenizer(side=padding_side, **zoo.BERT_TOKENS)
 
 
 def save_tiny(path, kind="bert", padding_side="right"):
     """Saves a tiny randomly initialised model and a base-level tokenizer, as from_pretrained expects them."""
+    import zoo
     from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
     path = str(path)
     if kind == "bert":
-        model = BertModel(BertConfig(vocab_size=9, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=512))
+        BertModel(BertConfig(vocab_size=9, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=32, max_position_embeddings=512)).save_pretrained(path)
     elif kind == "gpt2":
-        model = GPT2Model(GPT2Config(vocab_size=9, n_embd=16, n_layer=1, n_head=2, n_positions=512))
+        GPT2Model(GPT2Config(vocab_size=9, n_embd=16, n_layer=1, n_head=2, n_positions=512)).save_pretrained(path)
     else:  # a custom architecture: save_pretrained copies its code into the folder, so it needs trust_remote_code
-        src = path + "_src"
-        os.makedirs(src, exist_ok=True)
-        with open(os.path.join(src, "modeling_tinydna.py"), "w") as f:
-            f.write(textwrap.dedent(REMOTE_CODE))
-        sys.path.insert(0, src)
-        import modeling_tinydna
-        modeling_tinydna.TinyDnaConfig.register_for_auto_class()
-        modeling_tinydna.TinyDnaModel.register_for_auto_class("AutoModel")
-        model = modeling_tinydna.TinyDnaModel(modeling_tinydna.TinyDnaConfig(vocab_size=9))
-    model.save_pretrained(path)
-    if kind == "remote":
-        sys.path.remove(src)
-        del sys.modules["modeling_tinydna"]
+        zoo.remote(path, "modeling_tinydna", REMOTE_CODE, "TinyDnaConfig", "TinyDnaModel", {"vocab_size": 9})
     char_tokenizer(padding_side).save_pretrained(path)
     return path
 
