@@ -1,7 +1,8 @@
 """
 The token cache: a data file is streamed once (read, validated and tokenised by data.py's functions) into
 memory-mapped token ids and offsets, bit-packed labels and mask, and which rows were truncated. Later runs, and
-DataLoader workers, map these files again instead of reading the data. Also the splits made from them.
+DataLoader workers, map these files again instead of reading the data. Also the splits made from them, and
+load_for_training, which builds the cache once per node under torchrun and keeps the labels trained on.
 
     Tokens   ragged token ids, memory-mapped
     Bits     a boolean (rows, labels) matrix kept as packed bits, unpacked a few rows at a time

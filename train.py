@@ -6,8 +6,9 @@ Fine-tune a DNA language model to predict many binary labels per sequence.
     torchrun --nproc_per_node=8 train.py my.yaml      # DDP, one process per GPU
 
 train() reads top to bottom as the phases of a run: setup -> data -> model -> optimizer -> resume -> outputs ->
-the step loop (AMP, accumulation, clipping, schedule, eval, checkpoints) -> test. The functions below it are the
-pieces a first reading can skip: the checkpoint contents, the run's outputs, evaluation and the test phase.
+the step loop (AMP, accumulation, clipping, schedule, eval, checkpoints) -> test. Below it: the setup helpers and
+one optimizer step. The pieces a first reading can skip live elsewhere: the checkpoint contents, logs and test
+report in outputs.py, the scoring of a split in predict.py, the token cache and splits in cache.py.
 """
 import math
 import os
