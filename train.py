@@ -138,7 +138,8 @@ def train(cfg):
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     # under DDP ranks agree on a stop over the CPU (gloo), a step late, so that no step waits for the vote
     vote_group = dist.new_group(backend="gloo") if world > 1 and device.type == "cuda" else None
-    workers = tc["num_workers"] if tc["num_workers"] is not None else 4 if device.type == "cuda" else 0
+    cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # this process's share
+    workers = tc["num_workers"] if tc["num_workers"] is not None else min(4, cores) if device.type == "cuda" else 0
     try:
         has_val = "validation" in datasets and tc["evaluation_strategy"] != "no"
         log(f"training: {total_steps} steps of {global_size} sequences ({steps_per_epoch} steps per epoch), "
