@@ -224,7 +224,7 @@ def test_gradient_checkpointing_is_on_in_the_backbone_or_a_clear_error(tiny_remo
     enable_gradient_checkpointing(backbone)
     assert any(getattr(m, "gradient_checkpointing", False) for m in backbone.modules())
     remote = dict(cfg["model"], source="local", name_or_path=tiny_remote, trust_remote_code=True)
-    with pytest.raises(config.ConfigError, match="training.gradient_checkpointing: TinyDnaModel cannot"):
+    with pytest.raises(config.ConfigError, match="training.gradient_checkpointing: HyenaDNAModel cannot"):
         enable_gradient_checkpointing(load_backbone(remote, 64)[0])
 
 

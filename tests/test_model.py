@@ -75,7 +75,7 @@ def test_remote_code_needs_trust_remote_code(tiny_remote):
     with pytest.raises(ValueError, match="trust_remote_code"):
         load_backbone(model_cfg(source="local", name_or_path=tiny_remote), 64)
     backbone, tok, _ = load_backbone(model_cfg(source="local", name_or_path=tiny_remote, trust_remote_code=True), 64)
-    assert type(backbone).__name__ == "TinyDnaModel" and tok.padding_side == "left"
+    assert type(backbone).__name__ == "HyenaDNAModel" and tok.padding_side == "left"
 
 
 def test_missing_local_folder_is_a_config_error(tmp_path):
