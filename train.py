@@ -122,7 +122,7 @@ def train(cfg):
     def save(last, new_best=False):
         if master:
             state = outputs.checkpoint_contents(net, optimizer, scheduler, scaler, step, steps_per_epoch, cfg, names,
-                                        thresholds, best, best_step)
+                                                thresholds, best, best_step)
             seconds = outputs.save_checkpoints(out_dir, state, last, new_best)
             log(f"saved {' and '.join(n for n, w in (('last.pt', last), ('best.pt', new_best)) if w)} "
                 f"in {seconds:.2f} s")
@@ -184,7 +184,8 @@ def train(cfg):
                               scheduler.get_last_lr()[0], seen, waited, t0)
                     check_finite(skipped, in_a_row, step)
                     t0, seen, loss_count, waited = time.time(), 0, 0, 0.0
-                    loss_sum.zero_(), skipped.zero_()
+                    loss_sum.zero_()
+                    skipped.zero_()
                 end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
                 new_best = False
                 if has_val and (eval_every and step % eval_every == 0 or
