@@ -304,7 +304,7 @@ def load_for_training(cfg, tokenizer, world):
     if world > 1 and not local_master:
         dist.barrier()
     splits, all_names = load_splits(data_cfg, tokenizer, config.label_names_from_config(task_cfg),
-                                          reverse=data_cfg["rc_augment"] or model_cfg["rc_average"])
+                                    reverse=data_cfg["rc_augment"] or model_cfg["rc_average"])
     if world > 1 and local_master:
         dist.barrier()
     # the resolved config keeps every label of the data, so that it reads the same files again

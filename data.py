@@ -97,7 +97,7 @@ def read_table(path, columns, optional=()):
 
 def read_fasta(path):
     """Yields (line of the header, id, description, sequence); wrapped sequence lines are joined."""
-    head, seq, n = None, [], 0
+    head, seq = None, []
     for line_no, line in enumerate(read_lines(path), 1):
         line = line.strip()
         if not line:
@@ -108,7 +108,7 @@ def read_fasta(path):
             parts = line[1:].split(None, 1)
             if not parts:
                 raise DataError(f"{path}:{line_no}: FASTA header without an id (expected '>id description')")
-            head, seq, n = (line_no, parts[0], parts[1] if len(parts) > 1 else ""), [], n + 1
+            head, seq = (line_no, parts[0], parts[1] if len(parts) > 1 else ""), []
         elif head is None:
             raise DataError(f"{path}:{line_no}: sequence before any '>' header (expected FASTA)")
         else:

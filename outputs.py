@@ -203,7 +203,7 @@ def log_eval(writer, step, result, metric, seconds):
         f"auroc_macro {result['auroc_macro']:.4f} | {seconds:.1f} s")
     if metric not in result:
         raise ConfigError(f"config: training.metric_for_best_model '{metric}' is not a metric "
-                                 f"(known: {', '.join(k for k in result if '/' not in k)})")
+                          f"(known: {', '.join(k for k in result if '/' not in k)})")
     return result[metric]
 
 
@@ -213,8 +213,8 @@ def tune_thresholds(run_eval, val, names, out_dir):
     thresholds = metrics.tune_thresholds(np.asarray(val.labels), run_eval("validation")[1], np.asarray(val.mask))
     log("thresholds tuned for F1 on the validation split: " +
         " ".join(f"{n}={t:.3f}" for n, t in zip(names, thresholds)))
-    for name in ("last.pt", "best.pt"):
-        path = os.path.join(out_dir, name) if out_dir else ""
+    for name in ("last.pt", "best.pt") if out_dir else ():
+        path = os.path.join(out_dir, name)
         if os.path.exists(path):
             ckpt = load_checkpoint(path)
             ckpt["thresholds"] = thresholds.tolist()

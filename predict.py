@@ -9,8 +9,8 @@ Works offline from what train.py saved (config, tokenizer, backbone architecture
 is a TSV in input order: id, one probability column per label, and `predicted`, the labels at or above their
 thresholds. When the input has labels, the metrics are printed and saved beside the output.
 
-This file also holds what both entry points share: the device and process-group setup, rank-0 logging, and the
-scoring of a split during training (validation, and the test phase's files, in the same format as above).
+This file also holds what both entry points share: the device, process-group, seed and autocast setup, and the
+scoring of a split (predict_logits, and evaluate for the validation and test splits during training).
 """
 import argparse
 import itertools
@@ -65,7 +65,6 @@ def amp_dtype(train_cfg, device):
     if mode == "fp16" and device.type != "cuda":
         raise config.ConfigError("config: fp16 needs a CUDA device (use bf16 or no mixed precision on CPU)")
     return {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
-
 
 
 # -----------------------------------------------------------------------------

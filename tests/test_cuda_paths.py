@@ -15,9 +15,9 @@ from conftest import ROOT, char_tokenizer
 from model import enable_gradient_checkpointing, load_backbone, position_limit
 from test_config import write
 from test_distributed import NO_DROPOUT, assert_same_weights
+from test_train import TINY
 
-FAST = ["task.label_map=null", "task.num_labels=null", "model.n_embd=16", "model.n_head=2", "model.n_layer=1",
-        "training.per_device_train_batch_size=16", "training.logging_steps=5"]
+FAST = ["task.label_map=null", "task.num_labels=null", *TINY]
 
 
 def long_tsv(path, lo, hi, n=64, seed=0):
