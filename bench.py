@@ -28,9 +28,10 @@ import cache
 import config
 import data
 import metrics
+import optim
 import train
 from model import build_model, load_backbone
-from predict import predict_logits
+from scoring import autocast, predict_logits
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # dense bf16/fp16
 
@@ -64,15 +65,15 @@ def bench(args):
     torch.manual_seed(0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x {torch.get_num_threads()}"
     out = {"device": name}
-    tmp = args.tmp
-    path = os.path.join(tmp, "bench.tsv")
+    path = os.path.join(args.tmp, "bench.tsv")
     random_tsv(path, args.n, 200, 2000, args.labels)
     cfg = config.load(None, [f"model.{k}={getattr(args, k)}" for k in ("n_layer", "n_embd", "n_head", "kmer_stride")] +
-                      [f"data.path={path}", f"data.cache_dir={tmp}/cache", f"data.max_length={args.max_length}",
+                      [f"data.path={path}", f"data.cache_dir={args.tmp}/cache", f"data.max_length={args.max_length}",
                        "model.dropout=0", "task.label_map=null", "task.num_labels=null"])
 
     # the token cache, built from the file as train.py builds it
     backbone, tokenizer, _ = load_backbone(cfg["model"], args.max_length)
+    cfg["model"]["pooling"] = "max"  # what pooling: auto picks for the scratch encoder, and "last" for a decoder
     if args.backbone == "gpt2":  # a decoder with a BPE-sized vocabulary, like plant-dnagpt-BPE; k-mer ids fit in it
         backbone = AutoModel.from_config(GPT2Config(vocab_size=max(8000, len(tokenizer)), n_positions=args.max_length,
                                                     n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head))
@@ -85,59 +86,13 @@ def bench(args):
     grouped = data.global_batches(len(split), args.batch_size, 0, 0, lengths=lengths)
     out["padding_fraction_grouped"] = padding_fraction(lengths, grouped)
 
-    # training: train.py's step function, fed by its DataLoader and collate, on length-grouped batches
     net = build_model(backbone, names, cfg["model"], tokenizer).to(device)
-    model = torch.compile(net) if args.compile else net  # as train.py compiles it
-    optimizer = train.make_optimizer(net, cfg["training"], device)  # fused on CUDA
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    amp = autocast(dtype, device)
     collate = data.Collate(tokenizer.pad_token_id, tokenizer.padding_side, 8 if device.type == "cuda" else 1,
                            args.max_length)
     batches = grouped[:args.steps]
-    ready = [{k: v.to(device) for k, v in collate([split[i] for i in b[:, 0]]).items()} for b in batches]
-
-    def bare_step(batch):
-        """The same batch, collated and on the device beforehand, a plain loss, no clipping."""
-        with autocast:
-            logits = model(batch["input_ids"], batch["attention_mask"])
-        scaler.scale(F.binary_cross_entropy_with_logits(logits.float(), batch["labels"])).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    def rounds(n):
-        """train.py's way (its DataLoader and collate, then train_step: masked loss, clipping, the skip of a
-        non-finite step)
-        and the bare step take turns batch by batch, so that a machine that speeds up or slows down during the
-        measurement favours neither. Returns the seconds of each, and of the loop's waits for data."""
-        loop_s = bare_s = waited = 0.0
-        for _ in range(n):
-            loader = iter(DataLoader(split, batch_sampler=batches, collate_fn=collate, num_workers=args.workers,
-                                     pin_memory=device.type == "cuda"))
-            for b, ready_batch in zip(batches, ready):
-                sync(device)
-                t = time.time()
-                batch = next(loader)
-                waited += time.time() - t
-                train.train_step(model, optimizer, scaler, [batch], int(split.mask[b[:, 0]].sum()), device,
-                                 autocast, None, 1.0)
-                sync(device)
-                t2 = time.time()
-                bare_step(ready_batch)
-                sync(device)
-                loop_s, bare_s = loop_s + t2 - t, bare_s + time.time() - t2
-        return loop_s, bare_s, waited
-
-    rounds(1)  # warm-up: allocator, kernels, torch.compile
-    elapsed, bare_elapsed, waited = rounds(args.rounds)
-    samples = args.rounds * sum(len(b) for b in batches)
-    tokens = args.rounds * sum(lengths[b[:, 0]].sum() for b in batches)
-    out["train_samples_per_s"] = samples / elapsed
-    out["train_tokens_per_s"] = tokens / elapsed
-    out["data_wait_fraction"] = waited / elapsed
-    out["bare_samples_per_s"] = samples / bare_elapsed
-    out["loop_vs_bare"] = bare_elapsed / elapsed
+    out.update(time_training(args, net, cfg, split, batches, collate, dtype, amp, device))
     if device.type == "cuda" and dtype and any(k in out["device"] for k in PEAK_FLOPS):
         # per token: 6 flops per weight (forward and backward) plus attention (as in the PaLM paper's appendix)
         embeddings = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Embedding))
@@ -151,10 +106,10 @@ def bench(args):
     # scoring, as evaluation and predict.py do it: the uncompiled model, so no shape recompiles
     subset = split.subset(np.arange(min(len(split), args.eval_n)))
     predict_logits(net, subset.subset(np.arange(min(len(subset), args.batch_size * 2))), collate,
-                   args.batch_size * 2, device, autocast)  # warm-up
+                   args.batch_size * 2, device, amp)  # warm-up
     sync(device)
     t = time.time()
-    predict_logits(net, subset, collate, args.batch_size * 2, device, autocast)
+    predict_logits(net, subset, collate, args.batch_size * 2, device, amp)
     sync(device)
     out["eval_seqs_per_s"] = len(subset) / (time.time() - t)
     out["peak_rss_mb"] = peak_rss_mb()  # of everything above; the metrics' own arrays below are larger
@@ -166,6 +121,53 @@ def bench(args):
     metrics.compute_metrics(labels, probs)
     out[f"metrics_s_{args.metrics_rows // 1000}k_x_919".replace("1000k", "1m")] = time.time() - t
     return out
+
+
+def time_training(args, net, cfg, split, batches, collate, dtype, amp, device):
+    """train.py's step function, fed by its DataLoader and collate, against a bare step on the same batches."""
+    model = torch.compile(net) if args.compile else net  # as train.py compiles it
+    optimizer = optim.make_optimizer(net, cfg["training"], device)  # fused on CUDA
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ready = [{k: v.to(device) for k, v in collate([split[i] for i in b[:, 0]]).items()} for b in batches]
+
+    def bare_step(batch):
+        """The same batch, collated and on the device beforehand, a plain loss, no clipping."""
+        with amp:
+            logits = model(batch["input_ids"], batch["attention_mask"])
+        scaler.scale(F.binary_cross_entropy_with_logits(logits.float(), batch["labels"])).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    def rounds(n):
+        """train.py's way (its DataLoader and collate, then train_step: masked loss, clipping, the skip of a
+        non-finite step) and the bare step take turns batch by batch, so that a machine that speeds up or slows
+        down during the measurement favours neither. Returns the seconds of each, and of the loop's waits."""
+        loop_s = bare_s = waited = 0.0
+        for _ in range(n):
+            loader = iter(DataLoader(split, batch_sampler=batches, collate_fn=collate, num_workers=args.workers,
+                                     pin_memory=device.type == "cuda"))
+            for b, ready_batch in zip(batches, ready):
+                sync(device)
+                t = time.time()
+                batch = next(loader)
+                waited += time.time() - t
+                train.train_step(model, optimizer, scaler, [batch], int(split.mask[b[:, 0]].sum()), device, amp,
+                                 None, 1.0)
+                sync(device)
+                t2 = time.time()
+                bare_step(ready_batch)
+                sync(device)
+                loop_s, bare_s = loop_s + t2 - t, bare_s + time.time() - t2
+        return loop_s, bare_s, waited
+
+    rounds(1)  # warm-up: allocator, kernels, torch.compile
+    elapsed, bare_elapsed, waited = rounds(args.rounds)
+    samples = args.rounds * sum(len(b) for b in batches)
+    tokens = args.rounds * sum(split.tokens.lengths()[b[:, 0]].sum() for b in batches)
+    return {"train_samples_per_s": samples / elapsed, "train_tokens_per_s": tokens / elapsed,
+            "data_wait_fraction": waited / elapsed, "bare_samples_per_s": samples / bare_elapsed,
+            "loop_vs_bare": bare_elapsed / elapsed}
 
 
 def main():

@@ -28,7 +28,7 @@ import data
 from data import DataError
 from outputs import log
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 CHUNK = 4096  # records read and tokenised at a time
 POOL_BYTES = 1 << 23  # files larger than this are tokenised by worker processes (unless the tokenizer is fast)
 
@@ -109,12 +109,13 @@ class Bits:
 
 
 class Split(torch.utils.data.Dataset):
-    """Token ids, labels (n, L) and mask (n, L) of one split, as Bits or arrays; ids are the FASTA ids or the row
-    numbers from 1. rc_tokens, when set, are the reverse complements' tokens. Items are (index, tokens, labels, mask); a
-    training sampler asks for (index, reverse complement?) pairs."""
+    """Token ids, labels (n, L) and mask (n, L) of one split, as Bits or arrays; ids are the FASTA ids, the id
+    column's values or the row numbers from 1. rc_tokens, when set, are the reverse complements' tokens. Items are
+    (index, tokens, labels, mask); a training sampler asks for (index, reverse complement?) pairs."""
 
-    def __init__(self, tokens, labels, mask, ids=None, path=None, rc_tokens=None, truncated=None):
+    def __init__(self, tokens, labels, mask, ids=None, path=None, rc_tokens=None, truncated=None, key=None):
         self.tokens, self.labels, self.mask, self.path, self.rc_tokens = tokens, labels, mask, path, rc_tokens
+        self.key = key  # the name of the token cache it came from, which changes with the file's content
         self.ids = np.arange(1, len(tokens) + 1) if ids is None else ids
         self.truncated = np.zeros(len(tokens), bool) if truncated is None else truncated
 
@@ -127,7 +128,7 @@ class Split(torch.utils.data.Dataset):
 
     def subset(self, idx):
         return Split(self.tokens.subset(idx), self.labels.subset(idx), self.mask.subset(idx), self.ids[idx], self.path,
-                     None if self.rc_tokens is None else self.rc_tokens.subset(idx), self.truncated[idx])
+                     None if self.rc_tokens is None else self.rc_tokens.subset(idx), self.truncated[idx], self.key)
 
 
 def digest(*parts, files=()):
@@ -155,7 +156,7 @@ def encode_chunk(tokenizer, seqs, max_length, dtype):
     return np.concatenate(ids).astype(dtype), np.array([len(x) for x in ids]), truncated
 
 
-def build_cache(path, cfg_data, names, tokenizer, max_length, reverse, folder):
+def build_cache(path, data_cfg, names, tokenizer, max_length, reverse, folder):
     """Streams the file in chunks: this process reads, validates and parses labels while worker processes
     tokenise (a fast Hugging Face tokenizer has threads of its own), and the tokens go straight to disk; with
     reverse, the reverse complements' tokens too, in the same pass. The folder appears complete or not at all."""
@@ -163,47 +164,50 @@ def build_cache(path, cfg_data, names, tokenizer, max_length, reverse, folder):
     try:
         os.makedirs(tmp, exist_ok=True)
     except OSError as e:
-        raise DataError(f"{cfg_data['cache_dir']}: cannot write the token cache there ({e.strerror}; expected "
+        raise DataError(f"{data_cfg['cache_dir']}: cannot write the token cache there ({e.strerror}; expected "
                         f"a writable folder in data.cache_dir)") from None
-    sep, wide = cfg_data["multi_label_sep"], cfg_data["label_cols"]
+    sep, wide = data_cfg["multi_label_sep"], data_cfg["label_cols"]
     dtype = np.uint8 if len(tokenizer) <= 1 << 8 else np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32
     big = os.path.getsize(path) > POOL_BYTES and not getattr(tokenizer, "is_fast", False)
     workers = min(os.cpu_count() or 1, 8) if big else 0
     pool = multiprocessing.Pool(workers) if workers else None
     streams = ["tokens", "rc_tokens"] if reverse else ["tokens"]
-    lengths, labels, mask, ids, truncated, form, fasta = [[] for _ in streams], [], [], [], [], {}, data.is_fasta(path)
+    lengths, labels, mask, ids, id_lines, truncated, form = [[] for _ in streams], [], [], [], [], [], {}
     outs = []
     try:
         if names is None:
-            names = data.infer_label_names(path, (cell for *_, cell in data.iter_records(path, cfg_data)), sep, wide)
+            names = data.infer_label_names(path, (cell for *_, cell in data.iter_records(path, data_cfg)), sep, wide)
         if wide and len(wide) != len(names):
             raise DataError(f"{path}: data.label_cols names {len(wide)} columns for {len(names)} labels "
                             f"(expected one column per label of task.label_map)")
         outs = [open(os.path.join(tmp, f"{name}.bin"), "wb") for name in streams]
 
         def write(chunk):
-            rids, y, m, results = chunk
+            lines, rids, y, m, results = chunk
             results = [r.get() for r in results] if pool else results
             for out, n_tokens, (flat, n, _) in zip(outs, lengths, results):
                 out.write(flat.tobytes())
                 n_tokens.append(n)
             truncated.append(results[0][2])  # as read, not as reverse complemented
-            if fasta:  # a table's ids are its row numbers
-                ids.append(np.array(rids))
+            if isinstance(rids[0], str):  # else the ids are the row numbers
+                ids.append(np.array(rids)), id_lines.append(np.array(lines))
             labels.append(np.packbits(y > 0.5, axis=1)), mask.append(np.packbits(m, axis=1))
 
-        records, inflight = data.iter_records(path, cfg_data), collections.deque()
+        records, inflight = data.iter_records(path, data_cfg), collections.deque()
         while part := list(itertools.islice(records, CHUNK)):
             lines, rids, seqs, cells = zip(*part)
             y, m = data.parse_labels(path, lines, cells, names, sep, form)
             per_stream = [list(seqs)] + ([[data.reverse_complement(x) for x in seqs]] if reverse else [])
             args = [(tokenizer, x, max_length, dtype) for x in per_stream]
             jobs = [pool.apply_async(encode_chunk, a) if pool else encode_chunk(*a) for a in args]
-            inflight.append((rids, y, m, jobs))
+            inflight.append((lines, rids, y, m, jobs))
             if len(inflight) > 2 * workers:
                 write(inflight.popleft())
         while inflight:
             write(inflight.popleft())
+        if ids:
+            ids = np.concatenate(ids)
+            data.check_unique_ids(path, ids, np.concatenate(id_lines))
     except BaseException:  # a data error or a kill: no half-built cache is left behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -218,8 +222,8 @@ def build_cache(path, cfg_data, names, tokenizer, max_length, reverse, folder):
     np.save(os.path.join(tmp, "labels.npy"), np.concatenate(labels))
     np.save(os.path.join(tmp, "mask.npy"), np.concatenate(mask))
     np.save(os.path.join(tmp, "truncated.npy"), np.concatenate(truncated))
-    if fasta:
-        np.save(os.path.join(tmp, "ids.npy"), np.concatenate(ids))
+    if len(ids):
+        np.save(os.path.join(tmp, "ids.npy"), ids)
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump({"path": path, "names": names, "dtype": np.dtype(dtype).name, "rows": sum(map(len, truncated))}, f)
     try:
@@ -228,17 +232,18 @@ def build_cache(path, cfg_data, names, tokenizer, max_length, reverse, folder):
         shutil.rmtree(tmp)
 
 
-def load_file(path, cfg_data, names, tokenizer, reverse=False):
+def load_file(path, data_cfg, names, tokenizer, reverse=False):
     """A whole file as a Split, from the cache; built first when this file's content, the tokenizer, max_length,
     the label names or the label columns have none. With reverse, the split also has its reverse complements'
     tokens. Returns (split, names), names inferred when None."""
     data.check_file(path)  # a missing file is a data error, not a traceback from the digest
-    key = digest(CACHE_VERSION, names, reverse, cfg_data["max_length"], tokenizer_digest(tokenizer),
-                 [cfg_data[k] for k in ("seq_col", "label_col", "label_cols", "multi_label_sep")], files=[path])
-    folder = os.path.join(cfg_data["cache_dir"], f"{os.path.basename(path)}.{key[:16]}")
+    settings = [data_cfg[k] for k in ("seq_col", "label_col", "label_cols", "multi_label_sep", "id_col")]
+    key = digest(CACHE_VERSION, names, reverse, data_cfg["max_length"], tokenizer_digest(tokenizer), settings,
+                 files=[path])
+    folder = os.path.join(data_cfg["cache_dir"], f"{os.path.basename(path)}.{key[:16]}")
     if not os.path.isdir(folder):
         t0 = time.time()
-        build_cache(path, cfg_data, names, tokenizer, cfg_data["max_length"], reverse, folder)
+        build_cache(path, data_cfg, names, tokenizer, data_cfg["max_length"], reverse, folder)
         print(f"data: tokenised {path}{' and its reverse complements' if reverse else ''} into {folder} in "
               f"{time.time() - t0:.1f} s; later runs map it", flush=True)
     with open(os.path.join(folder, "meta.json")) as f:
@@ -250,36 +255,37 @@ def load_file(path, cfg_data, names, tokenizer, reverse=False):
     labels = Bits(np.load(where("labels.npy"), mmap_mode="r").view(np.ndarray), L)
     mask = Bits(np.load(where("mask.npy"), mmap_mode="r").view(np.ndarray), L)
     ids = np.load(where("ids.npy")) if os.path.exists(where("ids.npy")) else None
-    return Split(tokens, labels, mask, ids, path, rc_tokens, np.load(where("truncated.npy"))), meta["names"]
+    return Split(tokens, labels, mask, ids, path, rc_tokens, np.load(where("truncated.npy")),
+                 os.path.basename(folder)), meta["names"]
 
 
 
-def load_splits(cfg_data, tokenizer, names=None, reverse=False):
+def load_splits(data_cfg, tokenizer, names=None, reverse=False):
     """{'train', 'validation', 'test'} -> Split (validation/test may be None), and the label names.
     names=None infers them from the training data (the whole file when one file is split). With reverse, each
     split also gets the tokens of its reverse complements."""
     def load(path, names):
-        return load_file(path, cfg_data, names, tokenizer, reverse)
+        return load_file(path, data_cfg, names, tokenizer, reverse)
 
-    if cfg_data["path"]:
-        full, names = load(cfg_data["path"], names)
-        fractions = [cfg_data["train_size"], cfg_data["validation_size"], cfg_data["test_size"]]
-        if cfg_data["stratify"]:
-            which = data.stratified_split(np.asarray(full.labels) & np.asarray(full.mask), fractions, cfg_data["seed"])
+    if data_cfg["path"]:
+        full, names = load(data_cfg["path"], names)
+        fractions = [data_cfg["train_size"], data_cfg["validation_size"], data_cfg["test_size"]]
+        if data_cfg["stratify"]:
+            which = data.stratified_split(np.asarray(full.labels) & np.asarray(full.mask), fractions, data_cfg["seed"])
             parts = [np.flatnonzero(which == s) for s in range(3)]
         else:
-            order = np.random.RandomState(cfg_data["seed"]).permutation(len(full))
+            order = np.random.RandomState(data_cfg["seed"]).permutation(len(full))
             n_train, n_val = (int(round(len(full) * f)) for f in fractions[:2])
             parts = np.split(order, [n_train, n_train + n_val])
         splits = {k: full.subset(np.sort(p)) if len(p) else None
                   for k, p in zip(("train", "validation", "test"), parts)}
     else:
-        train, names = load(cfg_data["train"], names)
+        train, names = load(data_cfg["train"], names)
         splits = {"train": train}
         for k in ("validation", "test"):
-            splits[k] = load(cfg_data[k], names)[0] if cfg_data[k] else None
+            splits[k] = load(data_cfg[k], names)[0] if data_cfg[k] else None
     if splits["train"] is None:
-        raise DataError(f"{cfg_data['path']}: the training split is empty (expected a larger data.train_size)")
+        raise DataError(f"{data_cfg['path']}: the training split is empty (expected a larger data.train_size)")
     return splits, names
 
 
@@ -297,8 +303,8 @@ def select_labels(splits, names, subset):
 
 
 def load_for_training(cfg, tokenizer, world):
-    """The splits (None ones left out) and the label names trained on. Rank 0 of each node tokenises into the
-    cache while the others wait, then all map it."""
+    """The splits (None ones left out), the label names of the data and those trained on (task.labels). Rank 0 of
+    each node tokenises into the cache while the others wait, then all map it."""
     task_cfg, data_cfg, model_cfg = cfg["task"], cfg["data"], cfg["model"]
     local_master = int(os.environ.get("LOCAL_RANK", 0)) == 0
     if world > 1 and not local_master:
@@ -307,9 +313,6 @@ def load_for_training(cfg, tokenizer, world):
                                     reverse=data_cfg["rc_augment"] or model_cfg["rc_average"])
     if world > 1 and local_master:
         dist.barrier()
-    # the resolved config keeps every label of the data, so that it reads the same files again
-    task_cfg["label_map"], task_cfg["num_labels"], task_cfg["label_names"] = dict(enumerate(all_names)), \
-        len(all_names), None
     names = select_labels(splits, all_names, task_cfg["labels"]) if task_cfg["labels"] else all_names
     datasets = {name: split for name, split in splits.items() if split is not None}
     for name, split in datasets.items():
@@ -318,4 +321,4 @@ def load_for_training(cfg, tokenizer, world):
         prevalence = " ".join(f"{n}={p:.1%}" for n, p in zip(names, data.prevalence(split.labels, split.mask)))
         log(f"data: {name}: {len(split)} sequences from {split.path}, {split.truncated.sum()} truncated to "
             f"{data_cfg['max_length']} tokens | {prevalence}")
-    return datasets, names
+    return datasets, all_names, names

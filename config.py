@@ -10,7 +10,10 @@ import difflib
 import re
 import sys
 
+import numpy as np
 import yaml
+
+import metrics
 
 DEFAULTS = {
     "task": {
@@ -28,6 +31,8 @@ DEFAULTS = {
         "validation": None,
         "test": None,
         "seq_col": "sequence",
+        "id_col": None,  # the column of row ids in a table; null = a column named id or name if there is one,
+        #                  else the row numbers from 1. FASTA ids are the word after '>'
         "label_col": "labels",
         "label_cols": None,  # wide form: one 0/1 column per label
         "multi_label_sep": ",",
@@ -64,7 +69,9 @@ DEFAULTS = {
     },
     "training": {
         "output_dir": "out",
-        "logging_dir": None,  # null = output_dir/tensorboard
+        "overwrite_output_dir": False,  # false: an output_dir that holds another run's results is an error
+        "run_name": None,  # TensorBoard's name of the run, a folder of logging_dir; null = the start time
+        "logging_dir": None,  # null = output_dir/tensorboard; each run writes into logging_dir/run_name
         "num_train_epochs": 3,
         "max_steps": -1,  # > 0 overrides num_train_epochs
         "per_device_train_batch_size": 16,
@@ -81,8 +88,7 @@ DEFAULTS = {
         "lr_scheduler_type": "linear",  # linear | cosine | constant
         "pos_weight": None,  # null | auto | [w, ...] | {label: w}
         "logging_steps": 50,
-        "evaluation_strategy": "epoch",  # epoch | steps | no
-        "eval_strategy": None,  # the newer HF name of the same setting; wins when given
+        "evaluation_strategy": "epoch",  # epoch | steps | no (HF's newer name, eval_strategy, is read too)
         "eval_steps": None,  # null = logging_steps
         "save_strategy": "epoch",  # epoch | steps | no
         "save_steps": 500,
@@ -90,6 +96,8 @@ DEFAULTS = {
         "load_best_model_at_end": True,
         "metric_for_best_model": "f1_macro",
         "greater_is_better": None,  # null = False for a loss, True otherwise (as in HF)
+        "early_stopping_patience": None,  # stop after this many evaluations without improvement; null = never
+        "early_stopping_threshold": 0.0,  # the improvement of metric_for_best_model that counts (as in HF)
         "seed": 42,
         "deterministic": False,
         "mixed_precision": "auto",  # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | no | bf16 | fp16
@@ -100,7 +108,8 @@ DEFAULTS = {
         "optim": "auto",  # auto (fused AdamW on CUDA) | adamw_torch | adamw_torch_fused
         "torch_compile": False,  # compile the model for training; evaluation runs the uncompiled one (same weights)
         "gradient_checkpointing": False,  # recompute activations in the backward pass: less memory, ~30% slower
-        "resume_from_checkpoint": None,
+        "resume_from_checkpoint": None,  # a last.pt or step-<n>.pt, or auto (output_dir/last.pt if it exists)
+        "resume_with_changes": False,  # resume although settings that an exact resume needs have changed
     },
     "predict": {
         "batch_size": 64,
@@ -113,15 +122,15 @@ ALIASES = {"finetune": "training", "inference": "predict"}
 
 # HF TrainingArguments and DNALLM inference keys that mean nothing here: accepted with one warning.
 IGNORED = {
-    "report_to", "save_safetensors", "logging_strategy", "lr_scheduler_kwargs", "overwrite_output_dir",
+    "report_to", "save_safetensors", "logging_strategy", "lr_scheduler_kwargs",
     "do_train", "do_eval", "do_predict", "dataloader_pin_memory", "remove_unused_columns",
-    "push_to_hub", "hub_model_id", "disable_tqdm", "run_name", "logging_first_step", "label_names",
+    "push_to_hub", "hub_model_id", "disable_tqdm", "logging_first_step", "label_names",
     "ddp_find_unused_parameters", "eval_accumulation_steps", "prediction_loss_only", "save_only_model", "use_fp16",
     "max_length", "num_workers", "output_dir",
 }
 
-# HF TrainingArguments names of settings this project calls otherwise.
-RENAMED = {"dataloader_num_workers": "num_workers"}
+# Other names of training settings: HF TrainingArguments' (old and new) where this project's differ.
+RENAMED = {"dataloader_num_workers": "num_workers", "eval_strategy": "evaluation_strategy"}
 
 TASK_TYPES = ("sequence_classification", "multilabel", "multi_label")
 
@@ -140,19 +149,23 @@ def closest(key, known):
 
 
 def merge(cfg, section, values, where, warn):
-    """Merge one section's user values into cfg, refusing unknown keys."""
+    """Merge one section's user values into cfg, refusing unknown keys. where(key) names where a key was given."""
     known = cfg[section]
-    ignored = []
+    ignored, given = [], {}
     for key, value in values.items():
-        key = RENAMED.get(key, key) if section == "training" else key
+        name, key = key, RENAMED.get(key, key) if section == "training" else key
+        if key in given and values[given[key]] != value:
+            raise ConfigError(f"{where(name)}: {section}.{given[key]} and {section}.{name} are two names of one "
+                              f"setting (give one)")
+        given[key] = name
         if key in known:
             known[key] = float(value) if isinstance(value, str) and EXPONENT.match(value) else value
         elif key in IGNORED:
             ignored.append(key)
         else:
-            raise ConfigError(f"{where}: unknown key '{section}.{key}'{closest(key, known)}")
+            raise ConfigError(f"{where(name)}: unknown key '{section}.{key}'{closest(key, known)}")
     if ignored:
-        warn(f"warning: {where}: ignoring keys that mean nothing here: "
+        warn(f"warning: {where(None)}: ignoring keys that mean nothing here: "
              + ", ".join(f"{section}.{k}" for k in ignored))
 
 
@@ -168,39 +181,71 @@ def parse_override(arg):
     return ALIASES.get(section, section), key, value
 
 
+def read_yaml(path):
+    """The user's mapping of sections, and the line of each (section, key) in the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        user = yaml.safe_load(text) or {}
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(user, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (task, data, model, training)")
+    lines = {}
+    for section, body in root.value:
+        lines[ALIASES.get(section.value, section.value), None] = section.start_mark.line + 1
+        for key, _ in body.value if isinstance(body, yaml.MappingNode) else ():
+            lines[ALIASES.get(section.value, section.value), RENAMED.get(key.value, key.value)] = \
+                key.start_mark.line + 1
+    return user, lines
+
+
+def locate(message, path=None, overrides=()):
+    """A message of the form 'config: section.key ...' names where that key was set: the command-line override,
+    else the line of the YAML file, else the file."""
+    if not message.startswith("config:"):
+        return message
+    found = re.search(r"\b(task|data|model|training|predict)\.(\w+)", message)
+    where = path or "config"
+    if found:
+        section, key = found.groups()
+        given = [arg for arg in overrides if "=" in arg and parse_override(arg)[:2] == (section, key)]
+        if given:
+            where = f"command line '{given[-1]}'"
+        elif path:
+            where = f"{path}:{read_yaml(path)[1].get((section, key), '')}".rstrip(":")
+    return where + message[len("config"):]
+
+
 def load(path=None, overrides=(), warn=lambda msg: print(msg, file=sys.stderr)):
     """Defaults <- YAML file <- overrides. Returns the resolved, validated config as a nested dict."""
     cfg = {section: dict(values) for section, values in DEFAULTS.items()}
     if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                user = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(user, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (task, data, model, training)")
+        user, lines = read_yaml(path)
         for section, values in user.items():
             name = ALIASES.get(section, section)
             if name not in cfg:
-                raise ConfigError(f"{path}: unknown section '{section}'{closest(section, cfg)}")
+                raise ConfigError(f"{path}:{lines[name, None]}: unknown section '{section}'{closest(section, cfg)}")
             if values is None:
                 continue
             if not isinstance(values, dict):
-                raise ConfigError(f"{path}: section '{section}' must be a mapping of key: value")
-            merge(cfg, name, values, path, warn)
+                raise ConfigError(f"{path}:{lines[name, None]}: section '{section}' must be a mapping of key: value")
+            merge(cfg, name, values, lambda key, name=name: f"{path}:{lines.get((name, key), lines[name, None])}"
+                  if key else path, warn)
     for arg in overrides:
         section, key, value = parse_override(arg)
         if section not in cfg:
-            raise ConfigError(f"command line: unknown section '{section}'{closest(section, cfg)}")
-        merge(cfg, section, {key: value}, "command line", warn)
+            raise ConfigError(f"command line '{arg}': unknown section '{section}'{closest(section, cfg)}")
+        merge(cfg, section, {key: value}, lambda _, arg=arg: f"command line '{arg}'", warn)
     try:
         validate(cfg)
-    except ConfigError as e:  # name the file the bad value most likely came from
-        raise ConfigError(str(e).replace("config:", f"{path}:", 1) if path else str(e)) from None
+    except ConfigError as e:
+        raise ConfigError(locate(str(e), path, overrides)) from None
     return cfg
 
 
@@ -234,6 +279,39 @@ def label_names_from_config(task):
     return names
 
 
+def thresholds(spec, names, where="config: task.threshold"):
+    """One threshold per label from a number, a list with one number per label, or {label: number} (labels not
+    named keep 0.5). Returns a float64 array."""
+    if isinstance(spec, dict):
+        unknown = sorted(set(map(str, spec)) - set(names))
+        if unknown:
+            raise ConfigError(f"{where} names unknown labels {unknown} (known: {', '.join(names)})")
+        spec = [spec.get(n, 0.5) for n in names]
+    try:
+        value = np.asarray(spec, np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} is {spec!r} (expected a number, one number per label, or "
+                          f"{{label: number}})") from None
+    if value.ndim > 1 or value.size not in (1, len(names)):
+        raise ConfigError(f"{where} has {value.size} values for {len(names)} labels (expected one number, or one "
+                          f"per label)")
+    return np.broadcast_to(value, (len(names),)).copy()
+
+
+def check_metric(name, labels=None):
+    """metric_for_best_model must be a metric that every evaluation gives: found wrong when the config loads, not
+    after the first evaluation. A per-label metric, e.g. f1/leaf, is checked against the labels once known."""
+    metric = str(name).removeprefix("eval_")
+    kind, _, label = metric.partition("/")
+    if (metric not in metrics.SUMMARY + ("loss",)) if not label else kind not in metrics.PER_LABEL:
+        raise ConfigError(f"config: training.metric_for_best_model '{name}' is not a metric (expected one of "
+                          f"loss, {', '.join(metrics.SUMMARY)}, or <{'|'.join(metrics.PER_LABEL)}>/<label>)")
+    if label and labels is not None and label not in labels:
+        raise ConfigError(f"config: training.metric_for_best_model '{name}' names an unknown label (labels: "
+                          f"{', '.join(labels)})")
+    return metric
+
+
 def choose(cfg, section, key, allowed):
     if cfg[section][key] not in allowed:
         raise ConfigError(f"config: {section}.{key} is '{cfg[section][key]}' (expected one of {', '.join(allowed)})")
@@ -248,8 +326,6 @@ def validate(cfg):
         raise ConfigError(f"config: task.problem_type '{task['problem_type']}' is not supported "
                           f"(expected multi_label_classification)")
     label_names_from_config(task)
-    if train["eval_strategy"] is not None:
-        train["evaluation_strategy"] = train["eval_strategy"]
     for key in ("evaluation_strategy", "save_strategy", "mixed_precision"):
         if train[key] is False:  # YAML 1.1 reads a bare `no` as false
             train[key] = "no"
@@ -279,5 +355,15 @@ def validate(cfg):
         value = cfg[section][key]
         if value is not None and (not isinstance(value, int) or value < least):
             raise ConfigError(f"config: {section}.{key} must be null or an integer >= {least} (got {value!r})")
+    check_metric(train["metric_for_best_model"])
+    patience = train["early_stopping_patience"]
+    if patience is not None and (not isinstance(patience, int) or patience < 1):
+        raise ConfigError(f"config: training.early_stopping_patience must be null or a positive integer "
+                          f"(got {patience!r})")
+    if patience and train["evaluation_strategy"] == "no":
+        raise ConfigError("config: training.early_stopping_patience needs evaluations (set "
+                          "training.evaluation_strategy to epoch or steps)")
     if train["bf16"] and train["fp16"]:
         raise ConfigError("config: training.bf16 and training.fp16 are both true (choose one)")
+    if train["bf16"] or train["fp16"]:  # the HF flags win over mixed_precision
+        train["mixed_precision"] = "bf16" if train["bf16"] else "fp16"

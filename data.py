@@ -129,20 +129,39 @@ def clean_sequence(seq, path, line):
     return seq
 
 
-def iter_records(path, cfg_data, labels_optional=False):
+def iter_records(path, data_cfg, labels_optional=False):
     """Streams (line, id, sequence, label cell) from a table or FASTA. A cell is a string, a list in the wide
-    form, or None when labels_optional and the file has none. The id is the FASTA id or the row number from 1."""
+    form, or None when labels_optional and the file has none. The id is a string, the FASTA id or the value of
+    the id column (data.id_col, else a column named id or name), or else an int, the row number from 1."""
     if is_fasta(path):
         for line, rid, desc, seq in read_fasta(path):
             yield line, rid, clean_sequence(seq, path, line), (None if labels_optional else desc)
         return
-    wide = cfg_data["label_cols"]
-    label_cols = list(wide) if wide else [cfg_data["label_col"]]
-    rows = read_table(path, [cfg_data["seq_col"]] + label_cols, optional=label_cols if labels_optional else ())
+    wide = data_cfg["label_cols"]
+    label_cols = list(wide) if wide else [data_cfg["label_col"]]
+    id_cols = [data_cfg["id_col"]] if data_cfg["id_col"] else ["id", "name"]
+    optional = (label_cols if labels_optional else []) + ([] if data_cfg["id_col"] else id_cols)
+    rows = read_table(path, [data_cfg["seq_col"], *label_cols, *id_cols], optional)
     for n, (line, row) in enumerate(rows, 1):
         cells = [row[c] for c in label_cols]
         cell = None if None in cells else cells if wide else cells[0]
-        yield line, str(n), clean_sequence(row[cfg_data["seq_col"]], path, line), cell
+        rid = next((row[c] for c in id_cols if row[c] is not None), n)
+        if rid == "":
+            raise DataError(f"{path}:{line}: empty id (expected a value in the id column, or data.id_col=null and "
+                            f"no column named id or name)")
+        yield line, rid, clean_sequence(row[data_cfg["seq_col"]], path, line), cell
+
+
+def check_unique_ids(path, ids, lines):
+    """Ids name the rows of test_predictions.tsv, and a duplicate mostly means that a file was concatenated twice,
+    which would put the same sequence in two splits: an error, naming the first few."""
+    ids = np.asarray(ids)
+    _, first, inverse, counts = np.unique(ids, return_index=True, return_inverse=True, return_counts=True)
+    again = np.flatnonzero(np.arange(len(ids)) != first[inverse])  # rows whose id came before
+    if len(again):
+        shown = ", ".join(f"'{ids[i]}' (lines {lines[first[inverse[i]]]} and {lines[i]})" for i in again[:3])
+        raise DataError(f"{path}:{lines[again[0]]}: {int((counts > 1).sum())} ids appear more than once, in "
+                        f"{len(again)} extra rows: {shown} (expected one row per id)")
 
 
 def reverse_complement(seq):
@@ -296,6 +315,12 @@ def tokenize(tokenizer, seqs, max_length, chunk=2048):
     return out, truncated
 
 
+def batch_starts(n, size, min_size=1):
+    """Where each batch of an epoch of n starts. A last batch smaller than min_size, too small to give every rank
+    and micro-step a sequence, is left out (train.py reports it)."""
+    return range(0, n - min_size + 1, size)
+
+
 def global_batches(n, size, seed, epoch, weights=None, flip=False, min_size=1, lengths=None):
     """The training order of one epoch as global batches of (index, reverse-complement?) pairs. It depends on the
     seed and the epoch only, never on the world size, so every scale sees the same batches and resume just skips
@@ -314,8 +339,7 @@ def global_batches(n, size, seed, epoch, weights=None, flip=False, min_size=1, l
         for i in range(0, n, mega):
             chunk = pairs[i:i + mega]
             pairs[i:i + mega] = chunk[np.argsort(-lengths[chunk[:, 0]], kind="stable")]
-    # a last batch too small to give every rank and micro-step a sequence is left out (and reported)
-    batches = [pairs[i:i + size] for i in range(0, n, size) if n - i >= min_size]
+    batches = [pairs[i:i + size] for i in batch_starts(n, size, min_size)]
     if lengths is not None:
         batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
     return batches

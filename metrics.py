@@ -11,6 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+SUMMARY = ("accuracy", "f1_macro", "f1_micro", "precision_macro", "precision_micro", "recall_macro", "recall_micro",
+           "hamming_loss", "auroc_macro", "auprc_macro")  # compute_metrics' keys over all labels
+PER_LABEL = ("f1", "precision", "recall", "auroc", "auprc")  # and per label, as f1/<label>, with support/<label>
 CHUNK = 1 << 16  # rows at a time, so boolean temporaries stay small on genome-scale arrays
 BLOCK = 32  # labels ranked at a time by one thread
 
@@ -114,13 +117,20 @@ def compute_metrics(labels, probs, label_names=None, threshold=0.5, mask=None):
     return out
 
 
-def per_label_text(names, result):
-    """The per-label table printed at the end of a run."""
+def per_label_text(names, result, split="this"):
+    """The per-label table printed at the end of a run. A label without positives in the split is marked, with a
+    warning line: its F1 of 0 counts in f1_macro, as in scikit-learn, while its AUROC and AUPRC are undefined."""
     lines = [f"{'label':<20} {'support':>8} {'precision':>9} {'recall':>7} {'f1':>7} {'auroc':>7} {'auprc':>7}"]
     for n in names:
+        mark = " *" if result[f"support/{n}"] == 0 else ""
         lines.append(f"{n:<20} {result[f'support/{n}']:>8} {result[f'precision/{n}']:>9.4f} "
                      f"{result[f'recall/{n}']:>7.4f} {result[f'f1/{n}']:>7.4f} {result[f'auroc/{n}']:>7.4f} "
-                     f"{result[f'auprc/{n}']:>7.4f}")
+                     f"{result[f'auprc/{n}']:>7.4f}{mark}")
+    empty = [n for n in names if result[f"support/{n}"] == 0]
+    if empty:
+        lines.append(f"warning: * no positives in the {split} split for {', '.join(empty)}: an F1 of 0 that counts "
+                     f"in f1_macro (as in scikit-learn), and an AUROC and AUPRC that are undefined and left out of "
+                     f"auroc_macro and auprc_macro")
     return "\n".join(lines)
 
 

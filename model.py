@@ -17,6 +17,7 @@ from config import ConfigError
 from lora import add_lora
 
 KMER_FILE = "kmer_tokenizer.json"
+POOLINGS = ("mean", "cls", "last", "max")
 ROBERTA_STYLE = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "esm", "data2vec-text", "longformer"}
 
 
@@ -137,23 +138,23 @@ def set_dropout(config, p):
             setattr(config, key, p)
 
 
-def load_backbone(cfg_model, max_length):
-    """(backbone, tokenizer, folder it came from or None) as cfg_model says."""
-    if cfg_model["source"] == "scratch":
-        tok = KmerTokenizer(cfg_model["kmer"], cfg_model["kmer_stride"])
+def load_backbone(model_cfg, max_length):
+    """(backbone, tokenizer, folder it came from or None) as model_cfg says."""
+    if model_cfg["source"] == "scratch":
+        tok = KmerTokenizer(model_cfg["kmer"], model_cfg["kmer_stride"])
         # no attention dropout by default: on a CPU, drawing its mask costs as much as the attention itself
-        p = cfg_model["backbone_dropout"]
-        config = BertConfig(vocab_size=tok.vocab_size, hidden_size=cfg_model["n_embd"],
-                            num_hidden_layers=cfg_model["n_layer"], num_attention_heads=cfg_model["n_head"],
-                            intermediate_size=4 * cfg_model["n_embd"], max_position_embeddings=max_length,
+        p = model_cfg["backbone_dropout"]
+        config = BertConfig(vocab_size=tok.vocab_size, hidden_size=model_cfg["n_embd"],
+                            num_hidden_layers=model_cfg["n_layer"], num_attention_heads=model_cfg["n_head"],
+                            intermediate_size=4 * model_cfg["n_embd"], max_position_embeddings=max_length,
                             hidden_dropout_prob=0.1 if p is None else p, attention_probs_dropout_prob=p or 0.0,
                             pad_token_id=tok.pad_token_id)
         return AutoModel.from_config(config), tok, None
-    trust = bool(cfg_model["trust_remote_code"])
-    path = download(cfg_model["name_or_path"], cfg_model["source"])
+    trust = bool(model_cfg["trust_remote_code"])
+    path = download(model_cfg["name_or_path"], model_cfg["source"])
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
-    if cfg_model["backbone_dropout"] is not None:
-        set_dropout(config, cfg_model["backbone_dropout"])
+    if model_cfg["backbone_dropout"] is not None:
+        set_dropout(config, model_cfg["backbone_dropout"])
     # fp32 weights whatever the checkpoint's dtype: autocast gives the speed, fp32 keeps the optimizer exact
     backbone = AutoModel.from_pretrained(path, config=config, trust_remote_code=trust, dtype=torch.float32)
     tok = load_tokenizer(path, trust)
@@ -228,11 +229,14 @@ class MultiLabelModel(nn.Module):
     """Backbone -> pooling -> dropout -> head(s). With groups (lists of label indices), each group of labels gets
     its own small MLP head on the shared backbone, for tasks that are better kept apart."""
 
-    def __init__(self, backbone, num_labels, pooling="max", dropout=0.1, groups=None, padding_side="right"):
+    def __init__(self, backbone, num_labels, pooling, dropout=0.1, groups=None, padding_side="right"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"config: model.pooling is '{pooling}' (expected one of {', '.join(POOLINGS)}; train.py "
+                              f"resolves auto before building the model)")
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # we pool ourselves; an unused pooler would also stall DDP's gradient sync
-        self.backbone, self.pooling = backbone, pooling
+        self.backbone, self.pooling, self.n_labels = backbone, pooling, num_labels
         self.dropout = nn.Dropout(dropout)
         takes = inspect.signature(backbone.forward).parameters
         self.takes_mask = "attention_mask" in takes  # HyenaDNA's forward takes none
@@ -311,19 +315,17 @@ def head_groups(spec, names):
     return [g for g in groups if g] + ([rest] if rest else [])
 
 
-def build_model(backbone, names, cfg_model, tokenizer):
-    """The full model as the config says: pooling, heads, then which parameters train (model.finetune)."""
-    pooling = cfg_model["pooling"]
-    if pooling == "auto":
-        pooling = auto_pooling(cfg_model["source"], backbone.config, tokenizer)[0]
-    net = MultiLabelModel(backbone, len(names), pooling, cfg_model["dropout"],
-                          head_groups(cfg_model["head_groups"], names), getattr(tokenizer, "padding_side", "right"))
-    mode = cfg_model["finetune"]
+def build_model(backbone, names, model_cfg, tokenizer):
+    """The full model as the config says: pooling (resolved, not auto), heads, then which parameters train
+    (model.finetune)."""
+    net = MultiLabelModel(backbone, len(names), model_cfg["pooling"], model_cfg["dropout"],
+                          head_groups(model_cfg["head_groups"], names), getattr(tokenizer, "padding_side", "right"))
+    mode = model_cfg["finetune"]
     if mode in ("head", "lora"):
         for p in net.backbone.parameters():
             p.requires_grad = False
     if mode == "lora":
-        lora = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": None, **(cfg_model["lora"] or {})}
+        lora = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": None, **(model_cfg["lora"] or {})}
         unknown = set(lora) - {"r", "alpha", "dropout", "targets"}
         if unknown:
             raise ConfigError(f"config: model.lora has unknown keys {sorted(unknown)} (known: r, alpha, dropout, "

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+from tqdm import tqdm
 
+import config
 import data
 import metrics
 from config import ConfigError
@@ -28,15 +30,23 @@ from config import ConfigError
 HERE = os.path.dirname(os.path.abspath(__file__))
 BEST_KEYS = ("model", "step", "config", "label_names", "thresholds")
 LAST_KEYS = BEST_KEYS + ("optimizer", "scheduler", "scaler", "epoch", "rng", "best")
+RESULTS = ("last.pt", "best.pt", "test_metrics.json", "test_predictions.tsv", "per_label.tsv")  # a run's results
+# settings that a resume may change without notice beyond a line: where the run writes and logs, how often, on
+# which device and how fast, and how long it trains. Any other change makes an exact resume impossible.
+RESUME_MAY_CHANGE = {f"training.{k}" for k in (
+    "output_dir", "overwrite_output_dir", "run_name", "logging_dir", "logging_steps", "evaluation_strategy",
+    "eval_steps", "save_strategy", "save_steps", "save_total_limit", "per_device_eval_batch_size", "num_workers",
+    "device", "torch_compile", "gradient_checkpointing", "deterministic", "resume_from_checkpoint",
+    "resume_with_changes", "max_steps", "num_train_epochs", "early_stopping_patience", "early_stopping_threshold",
+    "load_best_model_at_end")} | {"data.cache_dir"} | {f"predict.{k}" for k in config.DEFAULTS["predict"]}
 
 
-def checkpoint_contents(net, optimizer, scheduler, scaler, step, steps_per_epoch, cfg, names, thresholds, best,
-                        best_step):
-    """last.pt's dict; best.pt takes its BEST_KEYS."""
+def checkpoint_contents(net, optimizer, scheduler, scaler, cfg, names, thresholds, **state):
+    """last.pt's dict; best.pt takes its BEST_KEYS. state: step, epoch, best, best_step, bad_evals (early
+    stopping), world_size and data (the token caches' names, which change with the data's content)."""
     return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "step": step, "epoch": step / steps_per_epoch, "config": cfg,
-            "label_names": names, "thresholds": thresholds.tolist(), "rng": rng_state(), "best": best,
-            "best_step": best_step}
+            "scaler": scaler.state_dict(), "config": cfg, "label_names": names, "thresholds": thresholds.tolist(),
+            "rng": rng_state(), **state}
 
 
 def save_checkpoints(out_dir, state, last, best):
@@ -85,17 +95,57 @@ def load_checkpoint(path, keys=BEST_KEYS):
     return ckpt
 
 
-def resume(path, names, net, optimizer, scheduler, scaler):
-    """Loads last.pt's state into the objects; returns (step, best metric so far, its step)."""
-    ckpt = load_checkpoint(path, LAST_KEYS)
-    if ckpt["label_names"] != names:
-        raise ConfigError(f"{path}: checkpoint labels {ckpt['label_names']} differ from {names}")
+def claim_output_dir(train_cfg, resume, master):
+    """An output_dir that holds another run's results is never overwritten silently: that is an error, unless this
+    run resumes from a checkpoint in it, or training.overwrite_output_dir says to replace them."""
+    out_dir = train_cfg["output_dir"]
+    found = [f for f in sorted(os.listdir(out_dir)) if f in RESULTS or f.startswith("step-") and f.endswith(".pt")] \
+        if os.path.isdir(out_dir) else []
+    if not found or resume and os.path.samefile(os.path.dirname(os.path.abspath(resume)), out_dir):
+        return
+    if not train_cfg["overwrite_output_dir"]:
+        raise ConfigError(f"config: training.output_dir {out_dir} holds another run's results ({', '.join(found)}): "
+                          f"set training.overwrite_output_dir=true to replace them, "
+                          f"training.resume_from_checkpoint=auto to continue that run, or another output_dir")
+    if master:
+        for f in found:
+            os.remove(os.path.join(out_dir, f))
+        log(f"training.overwrite_output_dir: removed the previous run's {', '.join(found)} from {out_dir}")
+
+
+def flat(cfg):
+    return {f"{section}.{key}": value for section, values in cfg.items() for key, value in values.items()}
+
+
+def resume_changes(ckpt, path, cfg, world, data_keys):
+    """The settings that differ from the checkpoint's, as lines 'key: old -> new'. Raises where an exact resume is
+    impossible (batch size, accumulation, data, labels, model, optimizer, seed, world size), unless
+    training.resume_with_changes says the change is meant."""
+    old, new = flat(ckpt["config"]), flat(cfg)
+    old.update(world_size=ckpt.get("world_size", world), data=ckpt.get("data", data_keys))
+    new.update(world_size=world, data=data_keys)
+    changed = [k for k in new if k in old and old[k] != new[k]]
+    lines = [f"{k} {old[k]!r} -> {new[k]!r}" if k != "data" else "the data's content" for k in changed]
+    refused = [line for k, line in zip(changed, lines) if k not in RESUME_MAY_CHANGE]
+    if refused and not cfg["training"]["resume_with_changes"]:
+        raise ConfigError(f"{path}: cannot resume exactly with changed settings: {'; '.join(refused)} (set "
+                          f"training.resume_with_changes=true if the change is meant, or start a new output_dir)")
+    return lines
+
+
+def resume(ckpt, net, optimizer, scheduler, scaler):
+    """Loads last.pt's state into the objects. The optimizer's hyperparameters and the learning-rate schedule are
+    the current config's: the same as the checkpoint's unless a change was allowed."""
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     net.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
-    return ckpt["step"], ckpt["best"], ckpt.get("best_step")
+    scheduler.base_lrs = [g["initial_lr"] for g in fresh]
+    for g, f in zip(optimizer.param_groups, fresh):
+        g.update({k: f[k] for k in ("weight_decay", "betas", "eps", "initial_lr")})
+        g["lr"] = f["initial_lr"] * scheduler.lr_lambdas[0](ckpt["step"])  # as LambdaLR computes it
 
 
 def rng_state():
@@ -162,13 +212,54 @@ def run_info(device):
 # logs and the test report
 
 def log(*args):
+    """A console line, from rank 0 only. tqdm.write keeps a progress bar on the terminal below the line."""
     if not dist.is_initialized() or dist.get_rank() == 0:
-        print(*args, flush=True)
+        tqdm.write(" ".join(map(str, args)), file=sys.stdout)
+        sys.stdout.flush()
 
 
-def open_tensorboard(train_cfg, train_set, names):
+def progress_bar(total=None, initial=0, desc=None, unit="seq"):
+    """A progress bar on a terminal, on rank 0; nothing in a log file or CI, where the log lines say as much."""
+    show = sys.stderr.isatty() and (not dist.is_initialized() or dist.get_rank() == 0)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not show, leave=False, dynamic_ncols=True)
+
+
+def clock(seconds):
+    minutes, s = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}" if minutes >= 60 else f"{minutes}:{s:02d}"
+
+
+class Progress:
+    """Time in the step loop: the rate and the wait for data since the last log line, the elapsed time and the
+    ETA to the end of training (from the pace so far, evaluations included), and a progress bar on a terminal."""
+
+    def __init__(self, step, total_steps):
+        self.first, self.total, self.start = step, total_steps, time.time()
+        self.bar = progress_bar(total_steps, step, "training", unit="step")
+        self.reset()
+
+    def reset(self):
+        self.t0, self.seen, self.steps, self.waited = time.time(), 0, 0, 0.0
+
+    def update(self, n, waited):
+        self.seen, self.steps, self.waited = self.seen + n, self.steps + 1, self.waited + waited
+        self.bar.update()
+
+    def timing(self, step):
+        elapsed = time.time() - self.start
+        left = elapsed / max(step - self.first, 1) * (self.total - step)
+        return f"{clock(elapsed)} elapsed, ETA {clock(left)}"
+
+    def close(self):
+        self.bar.close()
+
+
+def open_tensorboard(train_cfg, train_set, names, step):
+    """logging_dir/run_name, so that runs sit side by side and never share event files. A resumed run continues
+    its folder; events the stopped run wrote after the checkpoint's step are dropped (purge_step)."""
     from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(train_cfg["logging_dir"] or os.path.join(train_cfg["output_dir"], "tensorboard"))
+    folder = train_cfg["logging_dir"] or os.path.join(train_cfg["output_dir"], "tensorboard")
+    writer = SummaryWriter(os.path.join(folder, train_cfg["run_name"]), purge_step=step or None)
     # row i, column j: the share of label i's training sequences that also carry label j
     pairs = sum(y.T.astype(np.float64) @ y for _, y, _ in data.label_chunks(train_set.labels, train_set.mask))
     cooccurrence = pairs / np.maximum(np.diag(pairs), 1)[:, None]
@@ -177,54 +268,46 @@ def open_tensorboard(train_cfg, train_set, names):
     return writer
 
 
-def log_train(writer, step, total_steps, steps_per_epoch, loss, grad_norm, lr, seen, waited, t0):
+def log_train(writer, step, steps_per_epoch, loss, grad_norm, lr, progress):
     """The console line and TensorBoard scalars of a logging step; the loss is averaged over ranks."""
-    loss = loss.reshape(1)
+    loss = loss.reshape(1) / progress.steps
     if dist.is_initialized():
         dist.all_reduce(loss)
         loss /= dist.get_world_size()
-    loss, grad_norm, elapsed = loss.item(), grad_norm.item(), time.time() - t0
-    rate = seen / elapsed
-    log(f"step {step}/{total_steps} | epoch {step / steps_per_epoch:.2f} | loss {loss:.4f} | lr {lr:.2e} | "
-        f"grad norm {grad_norm:.3f} | {rate:.0f} seq/s | data wait {waited / elapsed:.1%}")
+    loss, grad_norm, seconds = loss.item(), grad_norm.item(), time.time() - progress.t0
+    rate = progress.seen / seconds
+    log(f"step {step}/{progress.total} | epoch {step / steps_per_epoch:.2f} | loss {loss:.4f} | lr {lr:.2e} | "
+        f"grad norm {grad_norm:.3f} | {rate:.0f} seq/s | data wait {progress.waited / seconds:.1%} | "
+        f"{progress.timing(step)}")
     if writer:
         for k, v in (("loss", loss), ("lr", lr), ("grad_norm", grad_norm), ("samples_per_s", rate)):
             writer.add_scalar(f"train/{k}", v, step)
+    progress.reset()
 
 
-def log_eval(writer, step, result, metric, seconds):
-    """Logs a validation result; returns the value of metric_for_best_model."""
+def log_eval(writer, step, result, seconds, progress):
     if writer:
         for k, v in result.items():
             if not k.startswith("support/"):
                 writer.add_scalar(f"eval/{k}", v, step)
     log(f"eval step {step}: loss {result['loss']:.4f} | f1_macro {result['f1_macro']:.4f} | "
         f"f1_micro {result['f1_micro']:.4f} | accuracy {result['accuracy']:.4f} | "
-        f"auroc_macro {result['auroc_macro']:.4f} | {seconds:.1f} s")
-    if metric not in result:
-        raise ConfigError(f"config: training.metric_for_best_model '{metric}' is not a metric "
-                          f"(known: {', '.join(k for k in result if '/' not in k)})")
-    return result[metric]
+        f"auroc_macro {result['auroc_macro']:.4f} | {seconds:.1f} s | {progress.timing(step)}")
 
 
-def tune_thresholds(run_eval, val, names, out_dir):
-    """Per label, the threshold with the best F1 on the validation split; saved into the checkpoints (out_dir
-    is None on ranks other than 0), where predict.py reads them."""
-    thresholds = metrics.tune_thresholds(np.asarray(val.labels), run_eval("validation")[1], np.asarray(val.mask))
-    log("thresholds tuned for F1 on the validation split: " +
-        " ".join(f"{n}={t:.3f}" for n, t in zip(names, thresholds)))
-    for name in ("last.pt", "best.pt") if out_dir else ():
+def write_thresholds(out_dir, thresholds):
+    """Tuned thresholds go into the checkpoints, where predict.py reads them."""
+    for name in ("last.pt", "best.pt"):
         path = os.path.join(out_dir, name)
         if os.path.exists(path):
             ckpt = load_checkpoint(path)
             ckpt["thresholds"] = thresholds.tolist()
             save_atomic(ckpt, path)
-    return thresholds
 
 
-def report_test(result, probs, split, names, thresholds, writer, step, out_dir, sep):
-    """The test phase's report: printed, in TensorBoard, and on rank 0 (out_dir set) test_metrics.json,
-    test_predictions.tsv (the columns of predict.py's output and the true labels) and per_label.tsv."""
+def report_test(result, probs, split, names, thresholds, out_dir, sep):
+    """The test phase's report: printed, and on rank 0 (out_dir set) test_metrics.json, test_predictions.tsv (the
+    columns of predict.py's output and the true labels) and per_label.tsv."""
     labels, mask = np.asarray(split.labels), np.asarray(split.mask)
     if np.any(thresholds != 0.5):  # for comparison, the same predictions cut at 0.5
         at_half = metrics.compute_metrics(labels, probs, names, 0.5, mask)
@@ -233,18 +316,11 @@ def report_test(result, probs, split, names, thresholds, writer, step, out_dir, 
         metrics.save_json({f"test_{k}": v for k, v in result.items()}, os.path.join(out_dir, "test_metrics.json"))
         with open(os.path.join(out_dir, "test_predictions.tsv"), "w") as f:
             f.write("\t".join(["id", *names, "predicted", "labels"]) + "\n")
-            for rid, p, y, m in zip(split.ids.astype(str), probs, labels, mask):
-                truth = sep.join(n for n, yj, mj in zip(names, y, m) if yj and mj)
-                f.write("\t".join(prediction_row(rid, p, names, thresholds, sep) + [truth]) + "\n")
+            f.writelines("\t".join(prediction_row(rid, p, names, thresholds, sep, truth)) + "\n"
+                         for rid, p, truth in zip(split.ids.astype(str), probs, true_labels(labels, mask, names, sep)))
         metrics.save_per_label(os.path.join(out_dir, "per_label.tsv"), names, result,
                                data.prevalence(split.labels, split.mask), thresholds)
-    if writer:
-        for k, v in result.items():
-            if "/" not in k:
-                writer.add_scalar(f"test/{k}", v, step)
-        for j, n in enumerate(names):
-            writer.add_pr_curve(f"test_pr/{n}", labels[:, j][mask[:, j]], probs[:, j][mask[:, j]], step)
-    log(metrics.per_label_text(names, result))
+    log(metrics.per_label_text(names, result, "test"))
     summary = {f"test_{k}": round(v, 4) for k, v in result.items() if "/" not in k and "@" not in k}
     log(f"Test Metrics: {summary}")
     if "f1_macro@0.5" in result:
@@ -252,7 +328,26 @@ def report_test(result, probs, split, names, thresholds, writer, step, out_dir, 
         log(f"Test Metrics at threshold 0.5: {at_half}")
 
 
-def prediction_row(rid, probs, names, thresholds, sep):
-    """One output row: id, a probability per label, and the labels at or above their thresholds."""
+def log_test(writer, result, probs, split, names, step, cfg):
+    """The test metrics, per label too, at the step of the weights that were scored; a precision-recall curve per
+    label; and the run's settings with its test metrics in the HPARAMS tab, where runs compare side by side."""
+    labels, mask = np.asarray(split.labels), np.asarray(split.mask)
+    for k, v in result.items():
+        writer.add_scalar(f"test/{k}", v, step)
+    for j, n in enumerate(names):
+        writer.add_pr_curve(f"test_pr/{n}", labels[:, j][mask[:, j]], probs[:, j][mask[:, j]], step)
+    settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat(cfg).items()}
+    writer.add_hparams(settings, {f"hparams/test_{k}": v for k, v in result.items() if "/" not in k},
+                       run_name=".", global_step=step)  # "." : into this run's folder, not a new one
+
+
+def true_labels(labels, mask, names, sep):
+    """Each row's measured positive labels, joined by sep."""
+    return [sep.join(n for n, yj, mj in zip(names, y, m) if yj and mj) for y, m in zip(labels, mask)]
+
+
+def prediction_row(rid, probs, names, thresholds, sep, *truth):
+    """One output row: id, a probability per label, the labels at or above their thresholds, and the true labels
+    when given."""
     predicted = sep.join(n for n, p, t in zip(names, probs, thresholds) if p >= t)
-    return [rid, *(f"{p:.6f}" for p in probs), predicted]
+    return [str(rid), *(f"{p:.6f}" for p in probs), predicted, *truth]

@@ -6,11 +6,11 @@ Fine-tune a DNA language model to predict many binary labels per sequence.
     torchrun --nproc_per_node=8 train.py my.yaml      # DDP, one process per GPU
 
 train() reads top to bottom as the phases of a run: setup -> data -> model -> optimizer -> resume -> outputs ->
-the step loop (AMP, accumulation, clipping, schedule, eval, checkpoints) -> test. Below it: the setup helpers and
-one optimizer step. The pieces a first reading can skip live elsewhere: the checkpoint contents, logs and test
-report in outputs.py, the scoring of a split in predict.py, the token cache and splits in cache.py.
+the step loop (AMP, accumulation, clipping, schedule, eval, early stopping, checkpoints) -> test. Below it: the
+stop signal, the setup helpers and one optimizer step. The pieces a first reading can skip live elsewhere: the
+checkpoints, logs and test report in outputs.py, the scoring of a split in scoring.py, the token cache and splits
+in cache.py.
 """
-import math
 import os
 import signal
 import sys
@@ -26,11 +26,19 @@ from torch.utils.data import DataLoader
 import cache
 import config
 import data
+import metrics
 import outputs
 from model import (auto_pooling, bce_with_logits, build_model, enable_gradient_checkpointing, load_backbone,
                    position_limit, resolve_pos_weight)
-from outputs import log, log_eval, log_train, open_tensorboard, report_test
-from predict import amp_dtype, evaluate, seed_everything, setup_device
+from outputs import log, log_eval, log_train
+from optim import count_steps_per_epoch, count_total_steps, lr_lambda, make_optimizer
+from scoring import amp_dtype, autocast, end_process_group, evaluate, seed_everything, setup_device
+
+USAGE = """usage: python train.py [CONFIG.yaml] [section.key=value ...]
+       torchrun --nproc_per_node=N train.py [CONFIG.yaml] [section.key=value ...]
+
+CONFIG.yaml defaults to config.yaml; values are YAML (training.learning_rate=3e-5, task.threshold=[0.5,0.3]).
+Every key, with its default and what it does: python config.py (the DEFAULTS of config.py)."""
 
 
 class NonFiniteError(RuntimeError):
@@ -41,45 +49,54 @@ class NonFiniteError(RuntimeError):
 # the run
 
 def train(cfg):
-    task_cfg, data_cfg, model_cfg, tc = cfg["task"], cfg["data"], cfg["model"], cfg["training"]
-    rank, world, device = setup_device(tc["device"])
+    task_cfg, data_cfg, model_cfg, train_cfg = cfg["task"], cfg["data"], cfg["model"], cfg["training"]
+    rank, world, device = setup_device(train_cfg["device"])
     master = rank == 0
-    seed_everything(tc["seed"])
-    if tc["deterministic"]:
+    seed_everything(train_cfg["seed"])
+    if train_cfg["deterministic"]:
         torch.use_deterministic_algorithms(True)
-    out_dir = tc["output_dir"]
-    dtype = amp_dtype(tc, device)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    out_dir = train_cfg["output_dir"]
+    resume = train_cfg["resume_from_checkpoint"]
+    if resume == "auto":
+        resume = os.path.join(out_dir, "last.pt") if os.path.exists(os.path.join(out_dir, "last.pt")) else None
+    outputs.claim_output_dir(train_cfg, resume, master)  # before the slow part, and before anything is written
+    ckpt = outputs.load_checkpoint(resume, outputs.LAST_KEYS) if resume else None
+    dtype = amp_dtype(train_cfg["mixed_precision"], device)
+    amp = autocast(dtype, device)
 
     # data and model
     backbone, tokenizer, source_dir = load_backbone(model_cfg, data_cfg["max_length"])
+    # what loading finds goes into the config that the run folder saves, so that predict.py reads the same
     limit = position_limit(backbone.config)
     if limit and data_cfg["max_length"] > limit:
         log(f"note: data.max_length {data_cfg['max_length']} is more than the backbone's {limit} positions; "
             f"sequences are cut to {limit} tokens")
         data_cfg["max_length"] = limit
-    datasets, names = cache.load_for_training(cfg, tokenizer, world)
-    tune = task_cfg["threshold"] == "tuned"
-    thresholds = initial_thresholds(task_cfg["threshold"], len(names), "validation" in datasets)
-    if tc["gradient_checkpointing"]:
-        enable_gradient_checkpointing(backbone)
-    if model_cfg["pooling"] == "auto":  # the saved config keeps the choice
+    if model_cfg["pooling"] == "auto":
         model_cfg["pooling"], why = auto_pooling(model_cfg["source"], backbone.config, tokenizer)
         log(f"pooling: auto chose {model_cfg['pooling']}: {why}")
+    datasets, all_names, names = cache.load_for_training(cfg, tokenizer, world)
+    task_cfg.update(label_map=dict(enumerate(all_names)), num_labels=len(all_names), label_names=None)
+    train_cfg["run_name"] = train_cfg["run_name"] or ckpt and ckpt["config"]["training"].get("run_name") or \
+        time.strftime("%Y-%m-%d_%H-%M-%S")  # a resumed run continues its TensorBoard folder
+    metric = config.check_metric(train_cfg["metric_for_best_model"], names)
+    tune = task_cfg["threshold"] == "tuned"
+    if tune and "validation" not in datasets:
+        raise config.ConfigError("config: task.threshold 'tuned' needs a validation split to tune on")
+    thresholds = config.thresholds(0.5 if tune else task_cfg["threshold"], names)
+    if train_cfg["gradient_checkpointing"]:
+        enable_gradient_checkpointing(backbone)
     net = build_model(backbone, names, model_cfg, tokenizer).to(device)
     train_set = datasets["train"]
     multiple = data_cfg["pad_to_multiple_of"] or (8 if device.type == "cuda" else 1)  # tensor cores like 8
     collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"), multiple,
                            data_cfg["max_length"])
-    pos_weight = resolve_pos_weight(tc["pos_weight"], names, *data.label_counts(train_set.labels, train_set.mask))
+    pos_weight = resolve_pos_weight(train_cfg["pos_weight"], names,
+                                    *data.label_counts(train_set.labels, train_set.mask))
     if pos_weight is not None:
         log("pos_weight: " + " ".join(f"{n}={w:.2f}" for n, w in zip(names, pos_weight.tolist())))
         pos_weight = pos_weight.to(device)
-    n_params = sum(p.numel() for p in net.parameters())
-    n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    log(f"model: {model_cfg['source']} {model_cfg['name_or_path'] or ''} | {n_params / 1e6:.2f}M parameters, "
-        f"{n_train / 1e6:.3f}M trained ({model_cfg['finetune']}) | pooling {model_cfg['pooling']} | "
-        f"{len(names)} labels | device {device} x {world}")
+    describe(net, model_cfg, names, device, world)
     lengths = train_set.tokens.lengths() if data_cfg["group_by_length"] else None
     sample_weights = None
     if data_cfg["oversample_rare"]:
@@ -88,144 +105,144 @@ def train(cfg):
         share = sum(w[i:i + len(y)] @ y for i, y, _ in data.label_chunks(train_set.labels, train_set.mask)) / w.sum()
         log("oversampling: expected share per label " + " ".join(f"{n}={s:.1%}" for n, s in zip(names, share)))
     model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
-    if tc["torch_compile"]:  # for training only: evaluation runs net, which shares the weights, uncompiled
+    if train_cfg["torch_compile"]:  # for training only: evaluation runs net, which shares the weights, uncompiled
         model = torch.compile(model)
 
     # optimizer and schedule
-    optimizer = make_optimizer(net, tc, device)
-    accum = tc["gradient_accumulation_steps"]
+    optimizer = make_optimizer(net, train_cfg, device)
+    accum = train_cfg["gradient_accumulation_steps"]
     parts_per_step = world * accum  # every global batch is cut into this many parts, one per rank and micro-step
-    global_size = tc["per_device_train_batch_size"] * parts_per_step
+    global_size = train_cfg["per_device_train_batch_size"] * parts_per_step
     steps_per_epoch = count_steps_per_epoch(len(train_set), global_size, parts_per_step)
-    total_steps = tc["max_steps"] if tc["max_steps"] > 0 else math.ceil(tc["num_train_epochs"] * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc, total_steps))
+    total_steps = count_total_steps(train_cfg, steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train_cfg, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    metric = tc["metric_for_best_model"].removeprefix("eval_")
-    greater = tc["greater_is_better"] if tc["greater_is_better"] is not None else not metric.endswith("loss")
-    eval_every = (tc["eval_steps"] or tc["logging_steps"]) if tc["evaluation_strategy"] == "steps" else None
-    step, best, best_step, best_state, saved_step = 0, None, None, None, None
+    greater = train_cfg["greater_is_better"] if train_cfg["greater_is_better"] is not None else \
+        not metric.endswith("loss")
+    strategy, patience = train_cfg["evaluation_strategy"], train_cfg["early_stopping_patience"]
+    eval_every = (train_cfg["eval_steps"] or train_cfg["logging_steps"]) if strategy == "steps" else None
+    step, best, best_step, best_state, saved_step, bad_evals = 0, None, None, None, None, 0
+    data_keys = {name: split.key for name, split in datasets.items()}
 
-    # resume
-    resume = tc["resume_from_checkpoint"]
-    if resume == "auto":
-        resume = os.path.join(out_dir, "last.pt") if os.path.exists(os.path.join(out_dir, "last.pt")) else None
-    if resume:
-        step, best, best_step = outputs.resume(resume, names, net, optimizer, scheduler, scaler)
+    # resume: the same run, or a change that the config allows, said in a line each
+    if ckpt:
+        for change in outputs.resume_changes(ckpt, resume, cfg, world, data_keys):
+            log(f"resume: changed since the checkpoint: {change}")
+        outputs.resume(ckpt, net, optimizer, scheduler, scaler)
+        step, best, best_step, bad_evals = ckpt["step"], ckpt["best"], ckpt.get("best_step"), ckpt.get("bad_evals", 0)
         log(f"resumed from {resume} at step {step}")
+        old_total = count_total_steps(ckpt["config"]["training"], steps_per_epoch)
+        if old_total != total_steps:
+            log(f"resume: the {train_cfg['lr_scheduler_type']} schedule now ends at step {total_steps} instead of "
+                f"{old_total}; the learning rate at step {step} is {optimizer.param_groups[0]['lr']:.2e} (it was "
+                f"{ckpt['scheduler']['_last_lr'][0]:.2e})")
 
     # outputs: the run folder, and TensorBoard on rank 0
     writer = None
     if master:
         outputs.write_run_folder(cfg, device, tokenizer, backbone, source_dir)
-        writer = open_tensorboard(cfg["training"], train_set, names)
+        writer = outputs.open_tensorboard(train_cfg, train_set, names, step)
 
     def save(last, new_best=False):
         if master:
-            state = outputs.checkpoint_contents(net, optimizer, scheduler, scaler, step, steps_per_epoch, cfg, names,
-                                                thresholds, best, best_step)
+            state = outputs.checkpoint_contents(net, optimizer, scheduler, scaler, cfg, names, thresholds, step=step,
+                                                epoch=step / steps_per_epoch, best=best, best_step=best_step,
+                                                bad_evals=bad_evals, world_size=world, data=data_keys)
             seconds = outputs.save_checkpoints(out_dir, state, last, new_best)
             log(f"saved {' and '.join(n for n, w in (('last.pt', last), ('best.pt', new_best)) if w)} "
                 f"in {seconds:.2f} s")
 
     def run_eval(split):
-        return evaluate(net, datasets[split], names, thresholds, collate, tc["per_device_eval_batch_size"],
-                        device, autocast, pos_weight)
+        return evaluate(net, datasets[split], names, thresholds, collate, train_cfg["per_device_eval_batch_size"],
+                        device, amp, pos_weight)
 
     # the step loop. Nothing in it waits for the device except at logging, evaluation and saving steps.
-    # A SIGTERM or Ctrl-C finishes the step in flight, writes last.pt, then leaves.
-    signals, stopping, vote = {}, 0, None
-    previous = {sig: signal.signal(sig, lambda signum, frame: signals.setdefault("signal", signum))
-                for sig in (signal.SIGTERM, signal.SIGINT)}
-    # under DDP ranks agree on a stop over the CPU (gloo), a step late, so that no step waits for the vote
-    vote_group = dist.new_group(backend="gloo") if world > 1 and device.type == "cuda" else None
-    cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # this process's share
-    workers = tc["num_workers"] if tc["num_workers"] is not None else min(4, cores) if device.type == "cuda" else 0
+    workers = loader_workers(train_cfg, device)
+    has_val = "validation" in datasets and strategy != "no"
+    stopping, early = 0, False
+    log(f"training: {total_steps} steps of {global_size} sequences ({steps_per_epoch} steps per epoch), "
+        f"{accum} micro-steps per step")
+    progress = outputs.Progress(step, total_steps)
     try:
-        has_val = "validation" in datasets and tc["evaluation_strategy"] != "no"
-        log(f"training: {total_steps} steps of {global_size} sequences ({steps_per_epoch} steps per epoch), "
-            f"{accum} micro-steps per step")
-        model.train()
-        t0, seen, loss_count, waited = time.time(), 0, 0, 0.0
-        loss_sum, skipped, in_a_row = (torch.zeros((), device=device) for _ in range(3))  # stay on the device
-        progress = master and sys.stderr.isatty()  # a step counter between log lines, on a terminal only
-        while step < total_steps and not stopping:
-            epoch, position = divmod(step, steps_per_epoch)
-            batches = data.global_batches(len(train_set), global_size, tc["seed"], epoch, sample_weights,
-                                          data_cfg["rc_augment"], parts_per_step, lengths)[position:]
-            batches = batches[:total_steps - step]
-            parts = [np.array_split(b, parts_per_step) for b in batches]
-            mine = [p[k * world + rank] for p in parts for k in range(accum)]
-            # a private generator: a DataLoader draws a seed from the global RNG, which would shift dropout on resume.
-            # One loader per epoch: its workers live as long as the epoch, so persistent workers would gain nothing
-            loader = iter(DataLoader(train_set, batch_sampler=mine, collate_fn=collate, num_workers=workers,
-                                     pin_memory=device.type == "cuda", generator=torch.Generator()))
-            for b in batches:
-                t_wait = time.time()
-                micro = [next(loader) for _ in range(accum)]
-                waited += time.time() - t_wait
-                # normalise by the measured entries of the whole global batch, so the loss (and gradient) is the
-                # same whatever the world size and accumulation
-                measured = max(int(train_set.mask[b[:, 0]].sum()), 1)
-                loss, grad_norm, bad = train_step(model, optimizer, scaler, micro, measured, device, autocast,
-                                                  pos_weight, tc["max_grad_norm"])
-                loss_sum += loss
-                skipped += bad
-                in_a_row = (in_a_row + bad) * bad
-                scheduler.step()
-                step += 1
-                seen += len(b)
-                loss_count += 1
-                if progress:
-                    print(f"\r{step}/{total_steps}", end="", file=sys.stderr, flush=True)
-                if step % tc["logging_steps"] == 0 or step == total_steps:
-                    if progress:
-                        print("\r", end="", file=sys.stderr)
-                    log_train(writer, step, total_steps, steps_per_epoch, loss_sum / loss_count, grad_norm,
-                              scheduler.get_last_lr()[0], seen, waited, t0)
-                    check_finite(skipped, in_a_row, step)
-                    t0, seen, loss_count, waited = time.time(), 0, 0, 0.0
-                    loss_sum.zero_()
-                    skipped.zero_()
-                end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-                new_best = False
-                if has_val and (eval_every and step % eval_every == 0 or
-                                tc["evaluation_strategy"] == "epoch" and end_of_epoch):
-                    t_eval = time.time()
-                    value = log_eval(writer, step, run_eval("validation")[0], metric, time.time() - t_eval)
-                    new_best = best is None or (value > best if greater else value < best)
-                    if new_best:
-                        best, best_step = value, step
-                        log(f"new best {metric} {value:.4f} at step {step}")
-                        if tc["save_strategy"] == "no":
-                            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                save_last = (tc["save_strategy"] == "steps" and step % tc["save_steps"] == 0 or
-                             tc["save_strategy"] == "epoch" and end_of_epoch)
-                if save_last or new_best and tc["save_strategy"] != "no":
-                    save(save_last, new_best)
-                    saved_step = step if save_last else saved_step
-                    if master and save_last and tc["save_total_limit"]:
-                        outputs.keep_snapshots(out_dir, step, tc["save_total_limit"])
-                if world > 1:
-                    stopping, vote = vote_to_stop(signals, vote, vote_group)
-                else:
-                    stopping = signals.get("signal", 0)
-                if stopping:
-                    break
-        if vote:
-            vote[1].wait()  # every rank cast as many votes, so the last one completes everywhere
-
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        with StopSignal(world, device) as stop:
+            model.train()
+            loss_sum, skipped, in_a_row = (torch.zeros((), device=device) for _ in range(3))  # stay on the device
+            while step < total_steps and not stopping and not early:
+                epoch, position = divmod(step, steps_per_epoch)
+                batches = data.global_batches(len(train_set), global_size, train_cfg["seed"], epoch, sample_weights,
+                                              data_cfg["rc_augment"], parts_per_step, lengths)[position:]
+                batches = batches[:total_steps - step]
+                parts = [np.array_split(b, parts_per_step) for b in batches]
+                mine = [p[k * world + rank] for p in parts for k in range(accum)]
+                # a private generator: a DataLoader draws a seed from the global RNG, which would shift dropout on
+                # resume. One loader per epoch: its workers live as long as the epoch, so persistent workers would
+                # gain nothing
+                loader = iter(DataLoader(train_set, batch_sampler=mine, collate_fn=collate, num_workers=workers,
+                                         pin_memory=device.type == "cuda", generator=torch.Generator()))
+                for b in batches:
+                    t_wait = time.time()
+                    micro = [next(loader) for _ in range(accum)]
+                    waited = time.time() - t_wait
+                    # normalise by the measured entries of the whole global batch, so the loss (and gradient) is
+                    # the same whatever the world size and accumulation
+                    measured = max(int(train_set.mask[b[:, 0]].sum()), 1)
+                    loss, grad_norm, bad = train_step(model, optimizer, scaler, micro, measured, device, amp,
+                                                      pos_weight, train_cfg["max_grad_norm"])
+                    loss_sum += loss
+                    skipped += bad
+                    in_a_row = (in_a_row + bad) * bad
+                    scheduler.step()
+                    step += 1
+                    progress.update(len(b), waited)
+                    if step % train_cfg["logging_steps"] == 0 or step == total_steps:
+                        log_train(writer, step, steps_per_epoch, loss_sum, grad_norm, scheduler.get_last_lr()[0],
+                                  progress)
+                        check_finite(skipped, in_a_row, step)
+                        loss_sum.zero_()
+                        skipped.zero_()
+                    end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+                    new_best = False
+                    if has_val and (eval_every and step % eval_every == 0 or strategy == "epoch" and end_of_epoch):
+                        t_eval = time.time()
+                        result = run_eval("validation")[0]
+                        log_eval(writer, step, result, time.time() - t_eval, progress)
+                        value = result[metric]
+                        new_best = best is None or (value > best if greater else value < best)
+                        if patience:  # Hugging Face's EarlyStoppingCallback: better, and by more than the threshold
+                            enough = new_best and abs(value - (best or 0)) > train_cfg["early_stopping_threshold"]
+                            bad_evals = 0 if best is None or enough else bad_evals + 1
+                        if new_best:
+                            best, best_step = value, step
+                            log(f"new best {metric} {value:.4f} at step {step}")
+                            if train_cfg["save_strategy"] == "no":
+                                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                        early = bool(patience) and bad_evals >= patience
+                    save_last = (train_cfg["save_strategy"] == "steps" and step % train_cfg["save_steps"] == 0 or
+                                 train_cfg["save_strategy"] == "epoch" and end_of_epoch)
+                    if save_last or new_best and train_cfg["save_strategy"] != "no":
+                        save(save_last, new_best)
+                        saved_step = step if save_last else saved_step
+                        if master and save_last and train_cfg["save_total_limit"]:
+                            outputs.keep_snapshots(out_dir, step, train_cfg["save_total_limit"])
+                    stopping = stop()
+                    if stopping or early:
+                        break
+        progress.close()
         if stopping:
             save(last=True)
             log(f"stopped by signal {stopping} at step {step}; resume with "
                 f"training.resume_from_checkpoint={os.path.join(out_dir, 'last.pt')}")
             return 128 + stopping
-        if tc["save_strategy"] != "no" and saved_step != step:
+        if early:
+            log(f"early stopping at step {step}: {metric} has not improved by more than "
+                f"{train_cfg['early_stopping_threshold']} in {patience} evaluations (best {best:.4f} at step "
+                f"{best_step})")
+        if train_cfg["save_strategy"] != "no" and saved_step != step:
             save(last=True)
 
         # test, with the best weights when asked for, and thresholds tuned on the validation split when asked for
-        if tc["load_best_model_at_end"] and best is not None and best_step != step:
+        scored_step = step
+        if train_cfg["load_best_model_at_end"] and best is not None and best_step != step:
             state = best_state
             if state is None and os.path.exists(os.path.join(out_dir, "best.pt")):
                 if dist.is_initialized():
@@ -233,77 +250,89 @@ def train(cfg):
                 state = outputs.load_checkpoint(os.path.join(out_dir, "best.pt"))["model"]
             if state is not None:
                 net.load_state_dict(state)
+                scored_step = best_step
                 log(f"loaded the best model ({metric} {best:.4f}, step {best_step})")
         if tune:
-            thresholds[:] = outputs.tune_thresholds(run_eval, datasets["validation"], names,
-                                                    out_dir if master else None)
+            val = datasets["validation"]
+            thresholds[:] = metrics.tune_thresholds(np.asarray(val.labels), run_eval("validation")[1],
+                                                    np.asarray(val.mask))
+            log("thresholds tuned for F1 on the validation split: " +
+                " ".join(f"{n}={t:.3f}" for n, t in zip(names, thresholds)))
+            if master:
+                outputs.write_thresholds(out_dir, thresholds)
         if "test" in datasets:
-            report_test(*run_eval("test"), datasets["test"], names, thresholds, writer, step,
-                        out_dir if master else None, data_cfg["multi_label_sep"])
+            result, probs = run_eval("test")
+            outputs.report_test(result, probs, datasets["test"], names, thresholds, out_dir if master else None,
+                                data_cfg["multi_label_sep"])
+            if writer:
+                outputs.log_test(writer, result, probs, datasets["test"], names, scored_step, cfg)
         else:
             log("no test split: skipping the test evaluation")
         return 0
-    finally:  # also on errors, so that an in-process caller gets its signal handlers back
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    finally:
+        progress.close()
         if writer:
             writer.close()
         if dist.is_initialized():
-            if sys.exc_info()[0] is None:  # a normal end on every rank: let rank 0 finish its writes first, as
-                dist.barrier()            # a rank that tears gloo down under a busy peer was seen to abort
-            dist.destroy_process_group()
+            if sys.exc_info()[0] is None:  # a normal end on every rank
+                end_process_group()
+            else:
+                dist.destroy_process_group()
+
+
+class StopSignal:
+    """SIGTERM or Ctrl-C during the loop: the step in flight finishes, then the loop stops, so that last.pt can be
+    written. Under DDP all ranks must stop at the same step, or the others wait forever in the next one: each call
+    casts this rank's vote (a signal number, or 0) over the CPU (gloo) and reads the result of the vote cast a step
+    earlier, so no step waits for it. Leaving the with-block restores the previous handlers."""
+
+    def __init__(self, world, device):
+        self.world, self.received, self.vote = world, 0, None
+        self.group = dist.new_group(backend="gloo") if world > 1 and device.type == "cuda" else None
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def handle(self, signum, frame):
+        self.received = self.received or signum
+
+    def __call__(self):
+        """The signal to stop on at this step, or 0."""
+        if self.world == 1:
+            return self.received
+        stop = 0
+        if self.vote:
+            self.vote[1].wait()
+            stop = int(self.vote[0].item())  # a CPU tensor: no device sync
+        flag = torch.tensor([self.received])
+        self.vote = (flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True))
+        return stop
+
+    def __exit__(self, kind, *_):
+        if self.vote and kind is None:
+            self.vote[1].wait()  # every rank cast as many votes, so the last one completes everywhere
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 # -----------------------------------------------------------------------------
 # setup
 
-def initial_thresholds(spec, n_labels, has_validation):
-    """task.threshold as one value per label; 'tuned' starts at 0.5 and is tuned after training."""
-    tune = spec == "tuned"
-    threshold = np.asarray(0.5 if tune else spec, np.float64)
-    if tune and not has_validation:
-        raise config.ConfigError("config: task.threshold 'tuned' needs a validation split to tune on")
-    if threshold.ndim > 1 or threshold.size not in (1, n_labels):
-        raise config.ConfigError(f"config: task.threshold has {threshold.size} values for {n_labels} labels "
-                                 f"(expected one number, or one per label)")
-    return np.broadcast_to(threshold, (n_labels,)).copy()
+def describe(net, model_cfg, names, device, world):
+    n_params = sum(p.numel() for p in net.parameters())
+    n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    log(f"model: {model_cfg['source']} {model_cfg['name_or_path'] or ''} | {n_params / 1e6:.2f}M parameters, "
+        f"{n_train / 1e6:.3f}M trained ({model_cfg['finetune']}) | pooling {model_cfg['pooling']} | "
+        f"{len(names)} labels | device {device} x {world}")
 
 
-def make_optimizer(net, train_cfg, device):
-    """AdamW with weight decay on matrices only, never on biases and norms. Fused (one kernel for all
-    parameters, and a skip of non-finite steps without waiting) by default on CUDA."""
-    trained = [p for p in net.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trained if p.dim() >= 2], "weight_decay": train_cfg["weight_decay"]},
-              {"params": [p for p in trained if p.dim() < 2], "weight_decay": 0.0}]
-    fused = {"auto": device.type == "cuda", "adamw_torch": False, "adamw_torch_fused": True}[train_cfg["optim"]]
-    return torch.optim.AdamW(groups, lr=train_cfg["learning_rate"], betas=(train_cfg["adam_beta1"],
-                             train_cfg["adam_beta2"]), eps=train_cfg["adam_epsilon"], fused=fused or None)
-
-
-def count_steps_per_epoch(n, global_size, parts_per_step):
-    """A last global batch too small to give every rank and micro-step a sequence is left out, and reported."""
-    steps = n // global_size + (n % global_size >= parts_per_step)
-    if steps == 0:
-        raise config.ConfigError(f"config: the training split has {n} sequences, fewer than the "
-                                 f"{parts_per_step} processes x gradient_accumulation_steps that share a step")
-    if 0 < n % global_size < parts_per_step:
-        log(f"note: the last {n % global_size} sequences of each epoch's shuffled order are left out: "
-            f"fewer than the {parts_per_step} ranks x micro-steps that share a step")
-    return steps
-
-
-def lr_lambda(train_cfg, total_steps):
-    warmup = train_cfg["warmup_steps"] or math.ceil(train_cfg["warmup_ratio"] * total_steps)
-    kind = train_cfg["lr_scheduler_type"]
-
-    def factor(step):
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if kind == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return max(0.0, 1 - progress) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
+def loader_workers(train_cfg, device):
+    """DataLoader workers: training.num_workers, else 4 on CUDA (at most this process's share of the cores)."""
+    if train_cfg["num_workers"] is not None:
+        return train_cfg["num_workers"]
+    cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return min(4, cores) if device.type == "cuda" else 0
 
 
 # -----------------------------------------------------------------------------
@@ -354,26 +383,16 @@ def check_finite(skipped, in_a_row, step):
         log(f"warning: {skipped} updates skipped for a non-finite loss or gradient since the last log")
 
 
-def vote_to_stop(signals, vote, group):
-    """Under DDP all ranks must stop at the same step, or the others wait forever in the next one. Each step
-    casts this rank's vote (a signal number, or 0) and reads the result of the vote cast a step earlier, so no
-    step waits for it. Returns (signal to stop on, or 0; the vote in flight)."""
-    stop = 0
-    if vote:
-        vote[1].wait()
-        stop = int(vote[0].item())  # a CPU tensor: no device sync
-    flag = torch.tensor([signals.get("signal", 0)])
-    return stop, (flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group, async_op=True))
-
-
 def main(argv):
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
     path = "config.yaml" if not argv or "=" in argv[0] else argv[0]
     overrides = argv if not argv or "=" in argv[0] else argv[1:]
     try:
-        cfg = config.load(path, overrides)
-        return train(cfg)
+        return train(config.load(path, overrides))
     except (config.ConfigError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {config.locate(str(e), path, overrides)}", file=sys.stderr)
         return 2
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -383,6 +402,9 @@ def main(argv):
               "training.gradient_accumulation_steps to keep the same global batch), or data.max_length.",
               file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # during setup; in the step loop, Ctrl-C finishes the step and writes last.pt
+        print("stopped by Ctrl-C before training started; nothing to resume from", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

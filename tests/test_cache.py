@@ -8,7 +8,7 @@ import pytest
 import cache
 from data import DataError
 from model import KmerTokenizer
-from test_data import TOK, cfg_data, load, seqs, write
+from test_data import TOK, data_cfg, load, seqs, write
 
 def test_token_cache_is_reused_and_rebuilt_when_file_tokenizer_or_max_length_change(tmp_path, monkeypatch):
     p = write(tmp_path, "c.tsv", "sequence\tlabels\nACGTACGT\ta\nGGGG\tb\n")
@@ -23,7 +23,7 @@ def test_token_cache_is_reused_and_rebuilt_when_file_tokenizer_or_max_length_cha
     again, _ = load(p)
     assert built == [] and seqs(again) == seqs(first) == ["ACGTACGT", "GGGG"]
     assert seqs(load(p, max_length=4)[0]) == ["AC", "GG"] and len(built) == 1
-    six, _ = cache.load_file(p, cfg_data(), None, KmerTokenizer(6))
+    six, _ = cache.load_file(p, data_cfg(), None, KmerTokenizer(6))
     assert len(built) == 2 and six.tokens.flat.dtype == np.uint16  # 4101 tokens
     write(tmp_path, "c.tsv", "sequence\tlabels\nACGTACGT\ta\nGGGA\tb\n")
     assert seqs(load(p)[0]) == ["ACGTACGT", "GGGA"] and len(built) == 3
@@ -39,7 +39,7 @@ def test_a_data_error_while_building_leaves_no_cache_behind(tmp_path):
 def test_reverse_complements_are_cached_in_the_same_pass(tmp_path, monkeypatch):
     p = write(tmp_path, "r.tsv", "sequence\tlabels\nAACGTT\ta\nGATTACA\tb\n")
     monkeypatch.setattr(cache, "CHUNK", 1)
-    split, _ = cache.load_file(p, cfg_data(), None, TOK, reverse=True)
+    split, _ = cache.load_file(p, data_cfg(), None, TOK, reverse=True)
     assert seqs(split) == ["AACGTT", "GATTACA"]
     rc = cache.Split(split.rc_tokens, split.labels, split.mask)
     assert seqs(rc) == ["AACGTT", "TGTAATC"]

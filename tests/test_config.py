@@ -134,12 +134,13 @@ def test_bad_overrides_name_the_problem(tmp_path, override, message):
 
 def test_unknown_key_in_file_names_file_and_closest_key(tmp_path):
     path = write(tmp_path, SEED_YAML.replace("weight_decay", "weight_decy"))
-    with pytest.raises(ConfigError, match=r"c.yaml: unknown key 'training.weight_decy' \(did you mean 'weight_decay'"):
+    with pytest.raises(ConfigError, match=r"c.yaml:20: unknown key 'training.weight_decy' \(did you mean "
+                                          r"'weight_decay'"):
         config.load(path)
 
 
 def test_label_map_and_num_labels_must_agree(tmp_path):
-    with pytest.raises(ConfigError, match=r"c.yaml: task.num_labels is 5 but task.label_map has 4 labels"):
+    with pytest.raises(ConfigError, match=r"c.yaml:6: task.num_labels is 5 but task.label_map has 4 labels"):
         config.load(write(tmp_path, SEED_YAML.replace("num_labels: 4", "num_labels: 5")))
 
 

@@ -9,6 +9,7 @@ import torch
 
 import config
 import data
+import optim
 import outputs
 import train
 from conftest import ROOT, char_tokenizer
@@ -80,7 +81,7 @@ class Tiny(torch.nn.Sequential):
 def tiny_step_setup(fused, scale=False):
     torch.manual_seed(0)
     net = Tiny(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    optimizer = train.make_optimizer(net, {"weight_decay": 0.01, "learning_rate": 1e-2, "adam_beta1": 0.9,
+    optimizer = optim.make_optimizer(net, {"weight_decay": 0.01, "learning_rate": 1e-2, "adam_beta1": 0.9,
                                            "adam_beta2": 0.999, "adam_epsilon": 1e-8,
                                            "optim": "adamw_torch_fused" if fused else "adamw_torch"},
                                      torch.device("cpu"))
@@ -178,8 +179,8 @@ def test_best_checkpoint_holds_what_prediction_needs_and_shares_last_at_the_same
 def test_a_best_checkpoint_alone_has_no_optimizer(tmp_path):
     net, _, optimizer, scaler = tiny_step_setup(False)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    state = outputs.checkpoint_contents(net, optimizer, scheduler, scaler, 4, 2, {}, ["a", "b"], np.full(2, 0.5),
-                                        0.3, 4)
+    state = outputs.checkpoint_contents(net, optimizer, scheduler, scaler, {}, ["a", "b"], np.full(2, 0.5), step=4,
+                                        epoch=2.0, best=0.3, best_step=4)
     outputs.save_checkpoints(str(tmp_path), state, last=False, best=True)
     assert set(torch.load(tmp_path / "best.pt", weights_only=True)) == set(outputs.BEST_KEYS)
     outputs.save_checkpoints(str(tmp_path), state, last=True, best=True)

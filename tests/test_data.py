@@ -11,7 +11,7 @@ from data import DataError
 from model import KmerTokenizer
 
 
-def cfg_data(**kw):
+def data_cfg(**kw):
     d = dict(config.DEFAULTS["data"])
     d.update(kw)
     return d
@@ -32,7 +32,7 @@ TOK = KmerTokenizer(1)  # one token per base, so a split's tokens spell its sequ
 
 
 def load(path, names=None, **kw):
-    split, names = cache.load_file(path, cfg_data(**kw), names, TOK)
+    split, names = cache.load_file(path, data_cfg(**kw), names, TOK)
     return split, names
 
 
@@ -121,7 +121,7 @@ def test_bad_input_is_one_line_with_path_and_line(tmp_path, name, text, kw, mess
 def test_split_by_fractions_is_deterministic_and_complete(tmp_path):
     rows = "".join(f"{'ACGT' * (i % 5 + 1)}\t{'a' if i % 3 else 'b'}\n" for i in range(100))
     p = write(tmp_path, "s.tsv", "sequence\tlabels\n" + rows)
-    d = cfg_data(path=p, train_size=0.7, validation_size=0.2, test_size=0.1)
+    d = data_cfg(path=p, train_size=0.7, validation_size=0.2, test_size=0.1)
     s1, names = cache.load_splits(d, TOK)
     s2, _ = cache.load_splits(d, TOK)
     assert [len(s1[k]) for k in ("train", "validation", "test")] == [70, 20, 10]
@@ -136,8 +136,8 @@ def test_separate_files_use_training_labels(tmp_path):
     tr = write(tmp_path, "tr.tsv", "sequence\tlabels\nACGT\ta\nGGGG\tb\n")
     va = write(tmp_path, "va.tsv", "sequence\tlabels\nACGT\tc\n")
     with pytest.raises(DataError, match="va.tsv:2: unknown label 'c'"):
-        cache.load_splits(cfg_data(train=tr, validation=va), TOK)
-    splits, names = cache.load_splits(cfg_data(train=tr, validation=tr), TOK)
+        cache.load_splits(data_cfg(train=tr, validation=va), TOK)
+    splits, names = cache.load_splits(data_cfg(train=tr, validation=tr), TOK)
     assert names == ["a", "b"] and splits["test"] is None
 
 
@@ -198,11 +198,11 @@ def test_wide_columns_must_match_the_label_count(tmp_path):
 def test_stratified_split_puts_a_rare_label_in_every_split_in_proportion(tmp_path):
     rng = np.random.RandomState(0)
     rows = []
-    for i in range(1000):
+    for _ in range(1000):
         labels = [n for n, p in (("common", 0.4), ("mid", 0.1), ("rare", 0.02)) if rng.rand() < p]
         rows.append(f"ACGT\t{','.join(labels)}\n")
     p = write(tmp_path, "r.tsv", "sequence\tlabels\n" + "".join(rows))
-    d = cfg_data(path=p, stratify=True)
+    d = data_cfg(path=p, stratify=True)
     splits, names = cache.load_splits(d, TOK)
     again, _ = cache.load_splits(d, TOK)
     assert all(ids(splits[k]) == ids(again[k]) for k in splits)  # deterministic
@@ -217,7 +217,7 @@ def test_stratified_split_puts_a_rare_label_in_every_split_in_proportion(tmp_pat
 
 def test_select_labels_keeps_a_subset_in_order(tmp_path):
     p = write(tmp_path, "s.tsv", "sequence\tlabels\nACGT\ta,c\nGGGG\tb\n")
-    splits, names = cache.load_splits(cfg_data(path=p, train_size=1.0, validation_size=0.0, test_size=0.0), TOK)
+    splits, names = cache.load_splits(data_cfg(path=p, train_size=1.0, validation_size=0.0, test_size=0.0), TOK)
     assert cache.select_labels(splits, names, ["c", "a"]) == ["c", "a"]
     assert np.asarray(splits["train"].labels).tolist() == [[1, 1], [0, 0]]
     with pytest.raises(DataError, match=r"unknown labels \['z'\]"):

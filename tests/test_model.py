@@ -36,7 +36,7 @@ def test_pooling_is_right_for_either_padding_side():
 def test_scratch_model_forward_shape():
     backbone, tok, path = load_backbone(model_cfg(n_embd=16, n_head=2, n_layer=1, kmer=3), 64)
     assert path is None
-    net = MultiLabelModel(backbone, 5)
+    net = MultiLabelModel(backbone, 5, "max")
     ids = torch.tensor(tok(["ACGTACGT"])["input_ids"])
     assert net(ids, torch.ones_like(ids)).shape == (1, 5)
 
@@ -119,5 +119,7 @@ def test_a_missing_model_offline_is_one_line_naming_source_and_id(tmp_path, sour
     p = hub_run(tmp_path, source, "org/missing", HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty"),
                 MODELSCOPE_CACHE=str(tmp_path / "empty"))
     assert p.returncode == 2
-    assert p.stderr.startswith(f"error: config: model 'org/missing' could not be had from {source} ("), p.stderr
+    # the message names the override that set the model
+    assert p.stderr.startswith(f"error: command line 'model.name_or_path=org/missing': model 'org/missing' could not "
+                               f"be had from {source} ("), p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr

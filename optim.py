@@ -1,0 +1,54 @@
+"""
+The optimizer and its schedule: AdamW with weight decay on matrices only (fused on CUDA), the number of steps in an
+epoch and in the run, and the learning rate at each step (warmup, then linear, cosine or constant).
+"""
+import math
+
+import torch
+
+from config import ConfigError
+from data import batch_starts
+from outputs import log
+
+
+def make_optimizer(net, train_cfg, device):
+    """AdamW with weight decay on matrices only, never on biases and norms. Fused (one kernel for all
+    parameters, and a skip of non-finite steps without waiting) by default on CUDA."""
+    trained = [p for p in net.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trained if p.dim() >= 2], "weight_decay": train_cfg["weight_decay"]},
+              {"params": [p for p in trained if p.dim() < 2], "weight_decay": 0.0}]
+    fused = {"auto": device.type == "cuda", "adamw_torch": False, "adamw_torch_fused": True}[train_cfg["optim"]]
+    return torch.optim.AdamW(groups, lr=train_cfg["learning_rate"], betas=(train_cfg["adam_beta1"],
+                             train_cfg["adam_beta2"]), eps=train_cfg["adam_epsilon"], fused=fused or None)
+
+
+def count_steps_per_epoch(n, global_size, parts_per_step):
+    """A last global batch too small to give every rank and micro-step a sequence is left out, and reported."""
+    steps = len(batch_starts(n, global_size, parts_per_step))
+    if steps == 0:
+        raise ConfigError(f"config: the training split has {n} sequences, fewer than the "
+                          f"{parts_per_step} processes x gradient_accumulation_steps that share a step")
+    if steps * global_size < n:
+        log(f"note: the last {n - steps * global_size} sequences of each epoch's shuffled order are left out: "
+            f"fewer than the {parts_per_step} ranks x micro-steps that share a step")
+    return steps
+
+
+def count_total_steps(train_cfg, steps_per_epoch):
+    if train_cfg["max_steps"] > 0:
+        return train_cfg["max_steps"]
+    return math.ceil(train_cfg["num_train_epochs"] * steps_per_epoch)
+
+
+def lr_lambda(train_cfg, total_steps):
+    warmup = train_cfg["warmup_steps"] or math.ceil(train_cfg["warmup_ratio"] * total_steps)
+    kind = train_cfg["lr_scheduler_type"]
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return max(0.0, 1 - progress) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor

@@ -1,0 +1,161 @@
+"""
+What every entry point needs to run a model: the device and process group, seeds, mixed precision, the model of
+a finished run rebuilt from its folder, and batched scoring across ranks (predict_logits for any set of token ids,
+evaluate for a labelled split, score_sequences for plain sequences).
+"""
+import os
+import random
+import zipfile
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from transformers import AutoConfig, AutoModel
+
+import cache
+import data
+import metrics
+import outputs
+from config import ConfigError
+from lora import merge_lora
+from model import bce_with_logits, build_model, load_tokenizer
+
+
+def setup_device(device_cfg):
+    """Starts the process group when launched by torchrun. Returns (rank, world_size, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_cfg == "auto":
+        device_cfg = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(f"cuda:{local_rank}" if device_cfg == "cuda" else device_cfg)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def end_process_group():
+    if dist.is_initialized():
+        dist.barrier()  # let rank 0 finish its writes: a rank that tears gloo down under a busy peer can abort
+        dist.destroy_process_group()
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def amp_dtype(mode, device):
+    """The autocast dtype of a mixed-precision mode (auto, no, bf16, fp16), or None for fp32. auto is bf16 on a
+    CUDA card that has it, fp16 on other CUDA cards, and fp32 on a CPU."""
+    if mode == "auto":
+        mode = "no" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mode == "fp16" and device.type != "cuda":
+        raise ConfigError("config: fp16 needs a CUDA device (use bf16 or no mixed precision on CPU)")
+    return {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+def autocast(dtype, device):
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
+# -----------------------------------------------------------------------------
+# scoring
+
+@torch.no_grad()
+def predict_logits(net, dataset, collate, batch_size, device, autocast):
+    """Logits for every sequence of dataset, each scored exactly once across ranks, in dataset order."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    mine = np.arange(rank, len(dataset), world)  # a strided shard: no padding duplicates, no drops
+    mine = mine[np.argsort(dataset.tokens.lengths()[mine], kind="stable")]  # similar lengths pad less
+    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    training = net.training
+    net.eval()
+    index, out = [], []
+    for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=collate, generator=torch.Generator()):
+        with autocast:
+            logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        index.append(batch["index"]), out.append(logits.float().cpu())
+    net.train(training)
+    index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
+    out = torch.cat(out) if out else torch.zeros(0, dataset.labels.shape[1])
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, (index, out))
+        index, out = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    logits = torch.empty_like(out)
+    logits[index] = out
+    return logits
+
+
+def evaluate(net, dataset, names, thresholds, collate, batch_size, device, autocast, pos_weight):
+    """(metrics with the loss, probabilities) of a labelled split, scored across ranks."""
+    logits = predict_logits(net, dataset, collate, batch_size, device, autocast)
+    if dataset.rc_tokens is not None:  # model.rc_average: average both strands' probabilities
+        rc = cache.Split(dataset.rc_tokens, dataset.labels, dataset.mask)
+        p = (torch.sigmoid(logits) + torch.sigmoid(predict_logits(net, rc, collate, batch_size, device, autocast))) / 2
+        logits = torch.logit(p, eps=1e-7)
+    labels, mask = np.asarray(dataset.labels, np.float32), np.asarray(dataset.mask, bool)
+    loss = bce_with_logits(logits, torch.from_numpy(labels), torch.from_numpy(mask), pos_weight).item()
+    probs = torch.sigmoid(logits).numpy()
+    result = metrics.compute_metrics(labels, probs, names, thresholds, mask)
+    result["loss"] = loss
+    return result, probs
+
+
+class Scorer:
+    """A trained model as a function of plain sequences: tokenised as in training (cut to its max_length), scored
+    in batches of similar lengths across ranks, optionally averaged with the reverse complements. It returns
+    (logits, a float32 tensor (n, L); how many were truncated). predict.py and interpret.py both score through it."""
+
+    def __init__(self, net, tokenizer, max_length, batch_size, device, rc_average=False):
+        self.net, self.tokenizer, self.max_length, self.batch_size = net, tokenizer, max_length, batch_size
+        self.device, self.rc_average = device, rc_average
+        self.autocast = autocast(amp_dtype("auto", device), device)
+        self.collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"))
+        self.n_labels = net.n_labels
+
+    def logits(self, seqs):
+        ids, truncated = data.tokenize(self.tokenizer, seqs, self.max_length)
+        n = len(ids)
+        split = cache.Split(cache.Tokens.from_list(ids), np.zeros((n, self.n_labels), np.float32),
+                            np.ones((n, self.n_labels), bool))
+        return predict_logits(self.net, split, self.collate, self.batch_size, self.device, self.autocast), \
+            int(truncated.sum())
+
+    def __call__(self, seqs):
+        logits, truncated = self.logits(seqs)
+        if self.rc_average:  # the mean of both strands' probabilities, as a logit
+            p = (torch.sigmoid(logits) + torch.sigmoid(self.logits([data.reverse_complement(s) for s in seqs])[0])) / 2
+            logits = torch.logit(p, eps=1e-7)
+        return logits, truncated
+
+
+# -----------------------------------------------------------------------------
+# a finished run
+
+def load_trained(path):
+    """(model on the CPU, in eval mode, LoRA merged; tokenizer; checkpoint) from a run folder (its best.pt, else
+    last.pt) or a checkpoint file. Offline: the backbone is rebuilt from the architecture the run saved."""
+    if os.path.isdir(path):
+        best, last = os.path.join(path, "best.pt"), os.path.join(path, "last.pt")
+        path = best if os.path.exists(best) else last
+    elif os.path.isfile(path) and not path.endswith((".pt", ".pth")) and not zipfile.is_zipfile(path):
+        # torch.save writes a zip archive: this is some other file, most likely the arguments are swapped
+        raise ConfigError(f"{path}: not a run folder or a checkpoint (the first argument must be a run folder of "
+                          f"train.py or its best.pt or last.pt; the sequences come second)")
+    run_dir = os.path.dirname(os.path.abspath(path))
+    ckpt = outputs.load_checkpoint(path)
+    model_cfg = ckpt["config"]["model"]
+    trust = bool(model_cfg["trust_remote_code"])
+    backbone = AutoModel.from_config(AutoConfig.from_pretrained(os.path.join(run_dir, "backbone"),
+                                                                trust_remote_code=trust), trust_remote_code=trust)
+    tokenizer = load_tokenizer(os.path.join(run_dir, "tokenizer"), trust)
+    net = build_model(backbone, ckpt["label_names"], model_cfg, tokenizer)
+    net.load_state_dict(ckpt["model"])
+    merge_lora(net)  # LoRA updates folded into plain weights: same outputs, faster
+    return net.eval(), tokenizer, ckpt
