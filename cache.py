@@ -26,7 +26,7 @@ import torch.distributed as dist
 import config
 import data
 from data import DataError
-from outputs import log
+from outputs import log, progress_bar
 
 CACHE_VERSION = 3
 CHUNK = 4096  # records read and tokenised at a time
@@ -194,7 +194,9 @@ def build_cache(path, data_cfg, names, tokenizer, max_length, reverse, folder):
             labels.append(np.packbits(y > 0.5, axis=1)), mask.append(np.packbits(m, axis=1))
 
         records, inflight = data.iter_records(path, data_cfg), collections.deque()
+        bar = progress_bar(desc=f"tokenising {os.path.basename(path)}")
         while part := list(itertools.islice(records, CHUNK)):
+            bar.update(len(part))
             lines, rids, seqs, cells = zip(*part)
             y, m = data.parse_labels(path, lines, cells, names, sep, form)
             per_stream = [list(seqs)] + ([[data.reverse_complement(x) for x in seqs]] if reverse else [])
@@ -205,6 +207,7 @@ def build_cache(path, data_cfg, names, tokenizer, max_length, reverse, folder):
                 write(inflight.popleft())
         while inflight:
             write(inflight.popleft())
+        bar.close()
         if ids:
             ids = np.concatenate(ids)
             data.check_unique_ids(path, ids, np.concatenate(id_lines))

@@ -367,3 +367,9 @@ def validate(cfg):
         raise ConfigError("config: training.bf16 and training.fp16 are both true (choose one)")
     if train["bf16"] or train["fp16"]:  # the HF flags win over mixed_precision
         train["mixed_precision"] = "bf16" if train["bf16"] else "fp16"
+
+
+if __name__ == "__main__":  # python config.py: every key, with its default and what it does
+    with open(__file__) as f:
+        source = f.read()
+    print(source[source.index("DEFAULTS = {"):source.index("\n}\n") + 2])

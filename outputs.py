@@ -205,6 +205,7 @@ def run_info(device):
     return {"argv": sys.argv, "git_commit": commit, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "cpu_threads": torch.get_num_threads(),
             "world_size": dist.get_world_size() if dist.is_initialized() else 1}
 
 
@@ -218,10 +219,11 @@ def log(*args):
         sys.stdout.flush()
 
 
-def progress_bar(total=None, initial=0, desc=None, unit="seq"):
+def progress_bar(iterable=None, total=None, initial=0, desc=None, unit="seq"):
     """A progress bar on a terminal, on rank 0; nothing in a log file or CI, where the log lines say as much."""
     show = sys.stderr.isatty() and (not dist.is_initialized() or dist.get_rank() == 0)
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not show, leave=False, dynamic_ncols=True)
+    return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, disable=not show, leave=False,
+                dynamic_ncols=True)
 
 
 def clock(seconds):
@@ -235,7 +237,7 @@ class Progress:
 
     def __init__(self, step, total_steps):
         self.first, self.total, self.start = step, total_steps, time.time()
-        self.bar = progress_bar(total_steps, step, "training", unit="step")
+        self.bar = progress_bar(total=total_steps, initial=step, desc="training", unit="step")
         self.reset()
 
     def reset(self):

@@ -18,6 +18,7 @@ import cache
 import data
 import metrics
 import outputs
+from outputs import progress_bar
 from config import ConfigError
 from lora import merge_lora
 from model import bce_with_logits, build_model, load_tokenizer
@@ -76,7 +77,8 @@ def predict_logits(net, dataset, collate, batch_size, device, autocast):
     training = net.training
     net.eval()
     index, out = [], []
-    for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=collate, generator=torch.Generator()):
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, generator=torch.Generator())
+    for batch in progress_bar(loader, desc="scoring", unit="batch"):
         with autocast:
             logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         index.append(batch["index"]), out.append(logits.float().cpu())

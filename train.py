@@ -322,9 +322,10 @@ class StopSignal:
 def describe(net, model_cfg, names, device, world):
     n_params = sum(p.numel() for p in net.parameters())
     n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""  # CPU sums depend on it
     log(f"model: {model_cfg['source']} {model_cfg['name_or_path'] or ''} | {n_params / 1e6:.2f}M parameters, "
         f"{n_train / 1e6:.3f}M trained ({model_cfg['finetune']}) | pooling {model_cfg['pooling']} | "
-        f"{len(names)} labels | device {device} x {world}")
+        f"{len(names)} labels | device {device} x {world}{threads}")
 
 
 def loader_workers(train_cfg, device):

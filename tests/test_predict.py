@@ -37,10 +37,10 @@ def test_predict_reproduces_test_predictions(run_dir):
     out = str(run_dir / "pred.tsv")
     assert predict.main([str(run_dir / "out"), str(run_dir / "test.tsv"), "-o", out, "--batch-size", "7"]) == 0
     ours, theirs = read_tsv(out), read_tsv(run_dir / "out" / "test_predictions.tsv")
-    assert list(ours[0]) == ["id", "a", "b", "c", "predicted"]
+    assert list(ours[0]) == ["id", "a", "b", "c", "predicted", "labels"]  # one file holds truth and calls
     assert [r["id"] for r in ours] == [str(i) for i in range(1, 81)]
     for a, b in zip(ours, theirs):
-        assert a["id"] == b["id"] and a["predicted"] == b["predicted"]
+        assert a["id"] == b["id"] and a["predicted"] == b["predicted"] and a["labels"] == b["labels"]
         for name in "abc":
             assert abs(float(a[name]) - float(b[name])) <= 1e-4
     # the input had labels, so the metrics are saved too, and equal the test metrics

@@ -151,4 +151,4 @@ def test_tuned_thresholds_on_a_label_subset_with_stratified_split(tmp_path):
     import predict
     assert predict.main([str(out), tsv, "-o", str(tmp_path / "p.tsv")]) == 0
     with open(tmp_path / "p.tsv") as f:
-        assert f.readline().split() == ["id", "c", "a", "predicted"]
+        assert f.readline().split() == ["id", "c", "a", "predicted", "labels"]
