@@ -290,10 +290,13 @@ def prevalence(labels, mask):
 
 
 def oversample_weights(labels, mask, alpha):
-    """Sampling weight per sequence: (1/prevalence of its rarest positive label)^alpha; 1 without labels."""
+    """Sampling weight per sequence, (1/prevalence of its rarest positive label)^alpha, 1 without labels; and the
+    share of each label's positives among the draws that these weights give."""
     share = prevalence(labels, mask)
     rarest = np.concatenate([np.where(y, share, np.inf).min(1) for _, y, _ in label_chunks(labels, mask)])
-    return torch.tensor(np.where(np.isfinite(rarest), 1 / np.maximum(rarest, 1e-12), 1.0) ** alpha)
+    w = np.where(np.isfinite(rarest), 1 / np.maximum(rarest, 1e-12), 1.0) ** alpha
+    drawn = sum(w[i:i + len(y)] @ y for i, y, _ in label_chunks(labels, mask)) / w.sum()
+    return torch.tensor(w), drawn
 
 
 # -----------------------------------------------------------------------------

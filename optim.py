@@ -1,6 +1,7 @@
 """
 The optimizer and its schedule: AdamW with weight decay on matrices only (fused on CUDA), the number of steps in an
-epoch and in the run, and the learning rate at each step (warmup, then linear, cosine or constant).
+epoch and in the run, and the learning rate at each step (warmup, then linear, cosine or constant). And the choice
+of the best evaluation, with early stopping.
 """
 import math
 
@@ -52,3 +53,44 @@ def lr_lambda(train_cfg, total_steps):
         progress = (step - warmup) / max(1, total_steps - warmup)
         return max(0.0, 1 - progress) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return factor
+
+
+
+class Selection:
+    """The best evaluation so far by metric_for_best_model, and Hugging Face's EarlyStoppingCallback: the run stops
+    after early_stopping_patience evaluations in a row that did not improve on the best by more than
+    early_stopping_threshold."""
+
+    def __init__(self, metric, train_cfg):
+        self.metric, self.patience = metric, train_cfg["early_stopping_patience"]
+        self.threshold = train_cfg["early_stopping_threshold"]
+        given = train_cfg["greater_is_better"]
+        self.greater = given if given is not None else not metric.endswith("loss")
+        self.best = self.best_step = None
+        self.bad_evals = 0
+
+    def update(self, result, step):
+        """Takes an evaluation's metrics; returns whether it is the best so far."""
+        value = result[self.metric]
+        better = self.best is None or (value > self.best if self.greater else value < self.best)
+        if self.patience:
+            enough = better and abs(value - (self.best or 0)) > self.threshold
+            self.bad_evals = 0 if self.best is None or enough else self.bad_evals + 1
+        if better:
+            self.best, self.best_step = value, step
+            log(f"new best {self.metric} {value:.4f} at step {step}")
+        return better
+
+    @property
+    def stop(self):
+        return bool(self.patience) and self.bad_evals >= self.patience
+
+    def why(self):
+        return (f"{self.metric} has not improved by more than {self.threshold} in {self.patience} evaluations "
+                f"(best {self.best:.4f} at step {self.best_step})")
+
+    def state(self):
+        return {"best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals}
+
+    def load(self, ckpt):
+        self.best, self.best_step, self.bad_evals = ckpt["best"], ckpt.get("best_step"), ckpt.get("bad_evals", 0)

@@ -133,9 +133,12 @@ def resume_changes(ckpt, path, cfg, world, data_keys):
     return lines
 
 
-def resume(ckpt, net, optimizer, scheduler, scaler):
-    """Loads last.pt's state into the objects. The optimizer's hyperparameters and the learning-rate schedule are
-    the current config's: the same as the checkpoint's unless a change was allowed."""
+def resume(ckpt, path, cfg, world, data_keys, net, optimizer, scheduler, scaler):
+    """Checks the settings against the checkpoint's (resume_changes), then loads its state into the objects. The
+    optimizer's hyperparameters and the learning-rate schedule are the current config's: the same as the
+    checkpoint's unless a change was allowed."""
+    for change in resume_changes(ckpt, path, cfg, world, data_keys):
+        log(f"resume: changed since the checkpoint: {change}")
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     net.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -146,6 +149,7 @@ def resume(ckpt, net, optimizer, scheduler, scaler):
     for g, f in zip(optimizer.param_groups, fresh):
         g.update({k: f[k] for k in ("weight_decay", "betas", "eps", "initial_lr")})
         g["lr"] = f["initial_lr"] * scheduler.lr_lambdas[0](ckpt["step"])  # as LambdaLR computes it
+    log(f"resumed from {path} at step {ckpt['step']}")
 
 
 def rng_state():
@@ -217,6 +221,15 @@ def log(*args):
     if not dist.is_initialized() or dist.get_rank() == 0:
         tqdm.write(" ".join(map(str, args)), file=sys.stdout)
         sys.stdout.flush()
+
+
+def log_model(net, model_cfg, names, device, world):
+    n_params = sum(p.numel() for p in net.parameters())
+    n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""  # CPU sums depend on it
+    log(f"model: {model_cfg['source']} {model_cfg['name_or_path'] or ''} | {n_params / 1e6:.2f}M parameters, "
+        f"{n_train / 1e6:.3f}M trained ({model_cfg['finetune']}) | pooling {model_cfg['pooling']} | "
+        f"{len(names)} labels | device {device} x {world}{threads}")
 
 
 def progress_bar(iterable=None, total=None, initial=0, desc=None, unit="seq"):

@@ -5,6 +5,8 @@ Fine-tune a DNA language model to predict many binary labels per sequence.
     python train.py my.yaml training.learning_rate=3e-5
     torchrun --nproc_per_node=8 train.py my.yaml      # DDP, one process per GPU
 
+Values are YAML (task.threshold=[0.5,0.3]). Every key, with its default and what it does: python config.py
+
 train() reads top to bottom as the phases of a run: setup -> data -> model -> optimizer -> resume -> outputs ->
 the step loop (AMP, accumulation, clipping, schedule, eval, early stopping, checkpoints) -> test. Below it: the
 stop signal, the setup helpers and one optimizer step. The pieces a first reading can skip live elsewhere: the
@@ -31,15 +33,8 @@ import outputs
 from model import (auto_pooling, bce_with_logits, build_model, enable_gradient_checkpointing, load_backbone,
                    position_limit, resolve_pos_weight)
 from outputs import log, log_eval, log_train
-from optim import count_steps_per_epoch, count_total_steps, lr_lambda, make_optimizer
+from optim import Selection, count_steps_per_epoch, count_total_steps, lr_lambda, make_optimizer
 from scoring import amp_dtype, autocast, end_process_group, evaluate, seed_everything, setup_device
-
-USAGE = """usage: python train.py [CONFIG.yaml] [section.key=value ...]
-       torchrun --nproc_per_node=N train.py [CONFIG.yaml] [section.key=value ...]
-
-CONFIG.yaml defaults to config.yaml; values are YAML (training.learning_rate=3e-5, task.threshold=[0.5,0.3]).
-Every key, with its default and what it does: python config.py (the DEFAULTS of config.py)."""
-
 
 class NonFiniteError(RuntimeError):
     pass
@@ -65,18 +60,7 @@ def train(cfg):
     amp = autocast(dtype, device)
 
     # data and model
-    backbone, tokenizer, source_dir = load_backbone(model_cfg, data_cfg["max_length"])
-    # what loading finds goes into the config that the run folder saves, so that predict.py reads the same
-    limit = position_limit(backbone.config)
-    if limit and data_cfg["max_length"] > limit:
-        log(f"note: data.max_length {data_cfg['max_length']} is more than the backbone's {limit} positions; "
-            f"sequences are cut to {limit} tokens")
-        data_cfg["max_length"] = limit
-    if model_cfg["pooling"] == "auto":
-        model_cfg["pooling"], why = auto_pooling(model_cfg["source"], backbone.config, tokenizer)
-        log(f"pooling: auto chose {model_cfg['pooling']}: {why}")
-    datasets, all_names, names = cache.load_for_training(cfg, tokenizer, world)
-    task_cfg.update(label_map=dict(enumerate(all_names)), num_labels=len(all_names), label_names=None)
+    backbone, tokenizer, source_dir, datasets, names = load_backbone_and_data(cfg, world)
     train_cfg["run_name"] = train_cfg["run_name"] or ckpt and ckpt["config"]["training"].get("run_name") or \
         time.strftime("%Y-%m-%d_%H-%M-%S")  # a resumed run continues its TensorBoard folder
     metric = config.check_metric(train_cfg["metric_for_best_model"], names)
@@ -96,14 +80,9 @@ def train(cfg):
     if pos_weight is not None:
         log("pos_weight: " + " ".join(f"{n}={w:.2f}" for n, w in zip(names, pos_weight.tolist())))
         pos_weight = pos_weight.to(device)
-    describe(net, model_cfg, names, device, world)
+    outputs.log_model(net, model_cfg, names, device, world)
     lengths = train_set.tokens.lengths() if data_cfg["group_by_length"] else None
-    sample_weights = None
-    if data_cfg["oversample_rare"]:
-        sample_weights = data.oversample_weights(train_set.labels, train_set.mask, data_cfg["oversample_rare"])
-        w = sample_weights.numpy()
-        share = sum(w[i:i + len(y)] @ y for i, y, _ in data.label_chunks(train_set.labels, train_set.mask)) / w.sum()
-        log("oversampling: expected share per label " + " ".join(f"{n}={s:.1%}" for n, s in zip(names, share)))
+    sample_weights = oversampling(train_set, data_cfg["oversample_rare"], names)
     model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
     if train_cfg["torch_compile"]:  # for training only: evaluation runs net, which shares the weights, uncompiled
         model = torch.compile(model)
@@ -117,20 +96,17 @@ def train(cfg):
     total_steps = count_total_steps(train_cfg, steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train_cfg, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    greater = train_cfg["greater_is_better"] if train_cfg["greater_is_better"] is not None else \
-        not metric.endswith("loss")
-    strategy, patience = train_cfg["evaluation_strategy"], train_cfg["early_stopping_patience"]
+    selection = Selection(metric, train_cfg)
+    strategy = train_cfg["evaluation_strategy"]
     eval_every = (train_cfg["eval_steps"] or train_cfg["logging_steps"]) if strategy == "steps" else None
-    step, best, best_step, best_state, saved_step, bad_evals = 0, None, None, None, None, 0
+    step, best_state, saved_step = 0, None, None
     data_keys = {name: split.key for name, split in datasets.items()}
 
     # resume: the same run, or a change that the config allows, said in a line each
     if ckpt:
-        for change in outputs.resume_changes(ckpt, resume, cfg, world, data_keys):
-            log(f"resume: changed since the checkpoint: {change}")
-        outputs.resume(ckpt, net, optimizer, scheduler, scaler)
-        step, best, best_step, bad_evals = ckpt["step"], ckpt["best"], ckpt.get("best_step"), ckpt.get("bad_evals", 0)
-        log(f"resumed from {resume} at step {step}")
+        outputs.resume(ckpt, resume, cfg, world, data_keys, net, optimizer, scheduler, scaler)
+        step = ckpt["step"]
+        selection.load(ckpt)
         old_total = count_total_steps(ckpt["config"]["training"], steps_per_epoch)
         if old_total != total_steps:
             log(f"resume: the {train_cfg['lr_scheduler_type']} schedule now ends at step {total_steps} instead of "
@@ -146,8 +122,8 @@ def train(cfg):
     def save(last, new_best=False):
         if master:
             state = outputs.checkpoint_contents(net, optimizer, scheduler, scaler, cfg, names, thresholds, step=step,
-                                                epoch=step / steps_per_epoch, best=best, best_step=best_step,
-                                                bad_evals=bad_evals, world_size=world, data=data_keys)
+                                                epoch=step / steps_per_epoch, world_size=world, data=data_keys,
+                                                **selection.state())
             seconds = outputs.save_checkpoints(out_dir, state, last, new_best)
             log(f"saved {' and '.join(n for n, w in (('last.pt', last), ('best.pt', new_best)) if w)} "
                 f"in {seconds:.2f} s")
@@ -159,7 +135,7 @@ def train(cfg):
     # the step loop. Nothing in it waits for the device except at logging, evaluation and saving steps.
     workers = loader_workers(train_cfg, device)
     has_val = "validation" in datasets and strategy != "no"
-    stopping, early = 0, False
+    stopping = 0
     log(f"training: {total_steps} steps of {global_size} sequences ({steps_per_epoch} steps per epoch), "
         f"{accum} micro-steps per step")
     progress = outputs.Progress(step, total_steps)
@@ -167,7 +143,7 @@ def train(cfg):
         with StopSignal(world, device) as stop:
             model.train()
             loss_sum, skipped, in_a_row = (torch.zeros((), device=device) for _ in range(3))  # stay on the device
-            while step < total_steps and not stopping and not early:
+            while step < total_steps and not stopping and not selection.stop:
                 epoch, position = divmod(step, steps_per_epoch)
                 batches = data.global_batches(len(train_set), global_size, train_cfg["seed"], epoch, sample_weights,
                                               data_cfg["rc_augment"], parts_per_step, lengths)[position:]
@@ -206,17 +182,9 @@ def train(cfg):
                         t_eval = time.time()
                         result = run_eval("validation")[0]
                         log_eval(writer, step, result, time.time() - t_eval, progress)
-                        value = result[metric]
-                        new_best = best is None or (value > best if greater else value < best)
-                        if patience:  # Hugging Face's EarlyStoppingCallback: better, and by more than the threshold
-                            enough = new_best and abs(value - (best or 0)) > train_cfg["early_stopping_threshold"]
-                            bad_evals = 0 if best is None or enough else bad_evals + 1
-                        if new_best:
-                            best, best_step = value, step
-                            log(f"new best {metric} {value:.4f} at step {step}")
-                            if train_cfg["save_strategy"] == "no":
-                                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                        early = bool(patience) and bad_evals >= patience
+                        new_best = selection.update(result, step)
+                        if new_best and train_cfg["save_strategy"] == "no":
+                            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
                     save_last = (train_cfg["save_strategy"] == "steps" and step % train_cfg["save_steps"] == 0 or
                                  train_cfg["save_strategy"] == "epoch" and end_of_epoch)
                     if save_last or new_best and train_cfg["save_strategy"] != "no":
@@ -225,7 +193,7 @@ def train(cfg):
                         if master and save_last and train_cfg["save_total_limit"]:
                             outputs.keep_snapshots(out_dir, step, train_cfg["save_total_limit"])
                     stopping = stop()
-                    if stopping or early:
+                    if stopping or selection.stop:
                         break
         progress.close()
         if stopping:
@@ -233,25 +201,22 @@ def train(cfg):
             log(f"stopped by signal {stopping} at step {step}; resume with "
                 f"training.resume_from_checkpoint={os.path.join(out_dir, 'last.pt')}")
             return 128 + stopping
-        if early:
-            log(f"early stopping at step {step}: {metric} has not improved by more than "
-                f"{train_cfg['early_stopping_threshold']} in {patience} evaluations (best {best:.4f} at step "
-                f"{best_step})")
+        if selection.stop:
+            log(f"early stopping at step {step}: {selection.why()}")
         if train_cfg["save_strategy"] != "no" and saved_step != step:
             save(last=True)
 
         # test, with the best weights when asked for, and thresholds tuned on the validation split when asked for
         scored_step = step
-        if train_cfg["load_best_model_at_end"] and best is not None and best_step != step:
-            state = best_state
-            if state is None and os.path.exists(os.path.join(out_dir, "best.pt")):
+        if train_cfg["load_best_model_at_end"] and selection.best_step not in (None, step):
+            if best_state is None and os.path.exists(os.path.join(out_dir, "best.pt")):
                 if dist.is_initialized():
                     dist.barrier()  # rank 0 wrote it
-                state = outputs.load_checkpoint(os.path.join(out_dir, "best.pt"))["model"]
-            if state is not None:
-                net.load_state_dict(state)
-                scored_step = best_step
-                log(f"loaded the best model ({metric} {best:.4f}, step {best_step})")
+                best_state = outputs.load_checkpoint(os.path.join(out_dir, "best.pt"))["model"]
+            if best_state is not None:
+                net.load_state_dict(best_state)
+                scored_step = selection.best_step
+                log(f"loaded the best model ({metric} {selection.best:.4f}, step {scored_step})")
         if tune:
             val = datasets["validation"]
             thresholds[:] = metrics.tune_thresholds(np.asarray(val.labels), run_eval("validation")[1],
@@ -319,13 +284,32 @@ class StopSignal:
 # -----------------------------------------------------------------------------
 # setup
 
-def describe(net, model_cfg, names, device, world):
-    n_params = sum(p.numel() for p in net.parameters())
-    n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""  # CPU sums depend on it
-    log(f"model: {model_cfg['source']} {model_cfg['name_or_path'] or ''} | {n_params / 1e6:.2f}M parameters, "
-        f"{n_train / 1e6:.3f}M trained ({model_cfg['finetune']}) | pooling {model_cfg['pooling']} | "
-        f"{len(names)} labels | device {device} x {world}{threads}")
+def load_backbone_and_data(cfg, world):
+    """The backbone, its tokenizer and folder, the splits and the label names trained on. What loading finds goes
+    into the config that the run folder saves, so that predict.py reads the same: the position limit of the
+    backbone, the pooling auto chose, and the labels of the data."""
+    task_cfg, data_cfg, model_cfg = cfg["task"], cfg["data"], cfg["model"]
+    backbone, tokenizer, source_dir = load_backbone(model_cfg, data_cfg["max_length"])
+    limit = position_limit(backbone.config)
+    if limit and data_cfg["max_length"] > limit:
+        log(f"note: data.max_length {data_cfg['max_length']} is more than the backbone's {limit} positions; "
+            f"sequences are cut to {limit} tokens")
+        data_cfg["max_length"] = limit
+    if model_cfg["pooling"] == "auto":
+        model_cfg["pooling"], why = auto_pooling(model_cfg["source"], backbone.config, tokenizer)
+        log(f"pooling: auto chose {model_cfg['pooling']}: {why}")
+    datasets, all_names, names = cache.load_for_training(cfg, tokenizer, world)
+    task_cfg.update(label_map=dict(enumerate(all_names)), num_labels=len(all_names), label_names=None)
+    return backbone, tokenizer, source_dir, datasets, names
+
+
+def oversampling(train_set, alpha, names):
+    """data.oversample_rare: the sampling weight of each training sequence, or None."""
+    if not alpha:
+        return None
+    weights, share = data.oversample_weights(train_set.labels, train_set.mask, alpha)
+    log("oversampling: expected share per label " + " ".join(f"{n}={s:.1%}" for n, s in zip(names, share)))
+    return weights
 
 
 def loader_workers(train_cfg, device):
@@ -386,7 +370,7 @@ def check_finite(skipped, in_a_row, step):
 
 def main(argv):
     if argv and argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print("usage:\n" + "\n\n".join(__doc__.split("\n\n")[1:3]))
         return 0
     path = "config.yaml" if not argv or "=" in argv[0] else argv[0]
     overrides = argv if not argv or "=" in argv[0] else argv[1:]

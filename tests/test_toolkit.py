@@ -85,8 +85,10 @@ def test_finetune_modes_choose_what_trains(tiny_bert):
 
 def test_oversample_weights_favour_the_rarest_label():
     labels = np.array([[1, 0], [1, 1], [0, 0], [1, 0]], np.float32)  # prevalence 0.75 and 0.25
-    w = data.oversample_weights(labels, np.ones_like(labels, bool), 1.0).tolist()
+    w, share = data.oversample_weights(labels, np.ones_like(labels, bool), 1.0)
+    w = w.tolist()
     assert w == pytest.approx([4 / 3, 4.0, 1.0, 4 / 3])
+    assert share == pytest.approx([(4 / 3 + 4 + 4 / 3) / sum(w), 4 / sum(w)])  # the shares the draws will give
     # a global batch does not depend on anything but the seed and the epoch
     a = data.global_batches(4, 2, seed=1, epoch=3, weights=torch.tensor(w), flip=True)
     b = data.global_batches(4, 2, seed=1, epoch=3, weights=torch.tensor(w), flip=True)

@@ -101,7 +101,7 @@ def test_duplicated_ids_are_an_error_naming_them(tmp_path):
 
 def test_help_and_errors_found_before_training_named_where_they_were_made(tsv, tmp_path):
     p = cli("--help")
-    assert p.returncode == 0 and p.stdout.startswith("usage: python train.py") and "python config.py" in p.stdout
+    assert p.returncode == 0 and p.stdout.startswith("usage:\n    python train.py") and "python config.py" in p.stdout
     p = cli(*base(tsv, tmp_path / "o", "training.metric_for_best_model=auc"))
     one_line_error(p, "error: command line 'training.metric_for_best_model=auc': training.metric_for_best_model "
                       "'auc' is not a metric (expected one of loss, accuracy, f1_macro")
