@@ -8,6 +8,8 @@ collate, scoring, and the metrics. Each figure is printed next to the ratio it i
         --batch-size 32 --dtype bf16 --compile     # a BERT-base-sized encoder on a GPU; --backbone gpt2 for
                                                    # a GPT-2-small-sized decoder with an 8000-token vocabulary
 
+    python bench.py --prepare         # prepare.py on a generated 1 Gb genome with 1M peaks: windows/s, peak RSS
+
 The data are random sequences of 200-2000 bp with random labels: speed does not depend on what is learned.
 """
 import argparse
@@ -15,6 +17,8 @@ import json
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -170,6 +174,40 @@ def time_training(args, net, cfg, split, batches, collate, dtype, amp, device):
             "loop_vs_bare": bare_elapsed / elapsed}
 
 
+def bench_prepare(args):
+    """prepare.py as a user runs it, in its own process, on a genome of args.genome_mb Mb (10 chromosomes of
+    random bases, 60 a line, no .fai yet) and args.peaks peaks of 200-1000 bp in three BED files; 1 kb windows
+    and as many GC-matched negatives."""
+    rng = np.random.default_rng(0)
+    fasta, chrom_len = os.path.join(args.tmp, "genome.fa"), args.genome_mb * 100_000 // 60 * 60
+    with open(fasta, "wb") as f:
+        for c in range(10):
+            bases = np.frombuffer(b"ACGT", np.uint8)[rng.integers(0, 4, chrom_len, dtype=np.uint8)]
+            lines = np.full((chrom_len // 60, 61), ord("\n"), np.uint8)
+            lines[:, :60] = bases.reshape(-1, 60)
+            f.write(f">chr{c + 1}\n".encode() + lines.tobytes())
+    peaks = {}
+    for name in ("leaf", "root", "flower"):
+        n = args.peaks // 3
+        chrom, start = rng.integers(1, 11, n), rng.integers(1_000, chrom_len - 3_000, n)
+        end = start + rng.integers(200, 1_001, n)
+        peaks[name] = os.path.join(args.tmp, f"{name}.bed")
+        with open(peaks[name], "w") as f:
+            f.write("".join(f"chr{c}\t{s}\t{e}\n" for c, s, e in zip(chrom.tolist(), start.tolist(), end.tolist())))
+    t = time.time()
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = subprocess.run([sys.executable, "prepare.py", f"prepare.genome={fasta}", f"prepare.peaks={json.dumps(peaks)}",
+                        "prepare.window=1000", f"data.path={os.path.join(args.tmp, 'windows.tsv')}",
+                        f"data.cache_dir={args.tmp}/cache"], cwd=here, capture_output=True, text=True)
+    seconds = time.time() - t
+    if p.returncode:
+        raise SystemExit(p.stderr)
+    windows = int(p.stdout.split("wrote ")[-1].split(" windows")[0].replace(",", ""))
+    return {"genome_bp": 10 * chrom_len, "peaks": 3 * (args.peaks // 3), "prepare_windows": windows,
+            "prepare_seconds": seconds, "prepare_windows_per_s": windows / seconds,
+            "prepare_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
@@ -190,11 +228,14 @@ def main():
     p.add_argument("--rounds", type=int, default=3, help="timed passes over those steps")
     p.add_argument("--eval-n", type=int, default=2000)
     p.add_argument("--metrics-rows", type=int, default=1_000_000)
+    p.add_argument("--prepare", action="store_true", help="time prepare.py instead, on a generated genome")
+    p.add_argument("--genome-mb", type=int, default=1000, help="--prepare: the genome's size in Mb")
+    p.add_argument("--peaks", type=int, default=1_000_000, help="--prepare: peaks in all")
     args = p.parse_args()
     args.tmp = tempfile.mkdtemp(prefix="bench-")
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     try:
-        result = bench(args)
+        result = bench_prepare(args) if args.prepare else bench(args)
     finally:
         shutil.rmtree(args.tmp, ignore_errors=True)
     for k, v in result.items():

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 import config
 import data
+import splits
 from data import DataError
 from outputs import log, progress_bar
 
@@ -272,34 +273,28 @@ def load_splits(data_cfg, tokenizer, names=None, reverse=False):
 
     if data_cfg["path"]:
         full, names = load(data_cfg["path"], names)
-        fractions = [data_cfg["train_size"], data_cfg["validation_size"], data_cfg["test_size"]]
-        if data_cfg["stratify"]:
-            which = data.stratified_split(np.asarray(full.labels) & np.asarray(full.mask), fractions, data_cfg["seed"])
-            parts = [np.flatnonzero(which == s) for s in range(3)]
-        else:
-            order = np.random.RandomState(data_cfg["seed"]).permutation(len(full))
-            n_train, n_val = (int(round(len(full) * f)) for f in fractions[:2])
-            parts = np.split(order, [n_train, n_train + n_val])
-        splits = {k: full.subset(np.sort(p)) if len(p) else None
-                  for k, p in zip(("train", "validation", "test"), parts)}
+        parts = splits.split_indices(full, data_cfg)
+        found = {k: full.subset(p) if len(p) else None for k, p in zip(splits.SPLITS, parts)}
     else:
         train, names = load(data_cfg["train"], names)
-        splits = {"train": train}
+        found = {"train": train}
         for k in ("validation", "test"):
-            splits[k] = load(data_cfg[k], names)[0] if data_cfg[k] else None
-    if splits["train"] is None:
-        raise DataError(f"{data_cfg['path']}: the training split is empty (expected a larger data.train_size)")
-    return splits, names
+            found[k] = load(data_cfg[k], names)[0] if data_cfg[k] else None
+    if found["train"] is None:
+        raise DataError(f"{data_cfg['path']}: the training split is empty (expected a larger data.train_size, or "
+                        f"fewer held-out chromosomes)")
+    splits.report_overlaps(found)
+    return found, names
 
 
-def select_labels(splits, names, subset):
+def select_labels(found, names, subset):
     """Keeps only the labels in subset (task.labels), in that order, in every split. Returns the kept names."""
     subset = [str(x) for x in ([subset] if isinstance(subset, str) else subset)]
     unknown = [x for x in subset if x not in names]
     if unknown or not subset:
         raise DataError(f"task.labels: unknown labels {unknown} (labels in the data: {', '.join(names)})")
     idx = [names.index(x) for x in subset]
-    for split in splits.values():
+    for split in found.values():
         if split is not None:
             split.labels, split.mask = split.labels.select(idx), split.mask.select(idx)
     return subset
@@ -312,12 +307,12 @@ def load_for_training(cfg, tokenizer, world):
     local_master = int(os.environ.get("LOCAL_RANK", 0)) == 0
     if world > 1 and not local_master:
         dist.barrier()
-    splits, all_names = load_splits(data_cfg, tokenizer, config.label_names_from_config(task_cfg),
-                                    reverse=data_cfg["rc_augment"] or model_cfg["rc_average"])
+    found, all_names = load_splits(data_cfg, tokenizer, config.label_names_from_config(task_cfg),
+                                   reverse=data_cfg["rc_augment"] or model_cfg["rc_average"])
     if world > 1 and local_master:
         dist.barrier()
-    names = select_labels(splits, all_names, task_cfg["labels"]) if task_cfg["labels"] else all_names
-    datasets = {name: split for name, split in splits.items() if split is not None}
+    names = select_labels(found, all_names, task_cfg["labels"]) if task_cfg["labels"] else all_names
+    datasets = {name: split for name, split in found.items() if split is not None}
     for name, split in datasets.items():
         if name != "train" and not model_cfg["rc_average"]:
             split.rc_tokens = None  # the reverse complements were only wanted for training

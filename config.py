@@ -42,6 +42,9 @@ DEFAULTS = {
         "test_size": 0.1,
         "seed": 42,  # of the split, kept apart from training.seed so the split stays put across training seeds
         "stratify": False,  # iterative stratification: every label, even a rare one, in every split in proportion
+        "split_by": None,  # chrom: hold whole chromosomes out (ids chr:start-end), instead of the fractions above
+        "validation_chroms": None,  # with split_by chrom: e.g. [Chr4]; every other chromosome trains
+        "test_chroms": None,  # e.g. [chr8, chr9]
         "oversample_rare": 0,  # ALPHA > 0 samples a sequence with weight (1/prevalence of its rarest label)^ALPHA
         "rc_augment": False,  # train on the reverse complement with probability 0.5
         "group_by_length": False,  # batches of similar lengths (sorted runs of 50 batches): far less padding
@@ -114,6 +117,21 @@ DEFAULTS = {
     "predict": {
         "batch_size": 64,
         "device": "auto",
+    },
+    "prepare": {  # python prepare.py: a genome and a peak file per label -> labelled windows, written to data.path
+        "genome": None,  # FASTA, plain or .gz; its .fai index is read (and checked), or built when absent
+        "peaks": None,  # {label: file}: BED (3 or more columns) or narrowPeak, one per tissue or condition
+        "windows": "peaks",  # peaks: a window centred on each peak's summit (narrowPeak) or centre | bins: the
+        #                      genome cut every stride bp, keeping the windows that carry a label
+        "window": 1000,  # bp
+        "stride": 200,  # bp between bins
+        "min_overlap": 0.5,  # a window has a label when this much of it lies in that label's peaks: a fraction of
+        #                      the window, or bp when >= 1; a peak that lies in the window whole always counts
+        "negative_ratio": 1.0,  # windows without a base in any peak, drawn from the genome, per labelled window
+        "gc_match": True,  # draw negatives with the GC content of the labelled windows, so GC alone tells nothing
+        "max_n": 0.1,  # windows with a larger share of N are left out
+        "exclude": None,  # a BED of regions no window may touch (a blacklist)
+        "seed": 0,
     },
 }
 
@@ -338,6 +356,11 @@ def validate(cfg):
     choose(cfg, "training", "optim", ("auto", "adamw_torch", "adamw_torch_fused"))
     if model["source"] != "scratch" and not model["name_or_path"]:
         raise ConfigError(f"config: model.source is '{model['source']}' but model.name_or_path is not set")
+    if data["split_by"] not in (None, "chrom"):
+        raise ConfigError(f"config: data.split_by is '{data['split_by']}' (expected null or chrom)")
+    if data["split_by"] and data["path"] is None:
+        raise ConfigError("config: data.split_by chrom splits one file, data.path (with data.train, validation and "
+                          "test, the files are the split)")
     if data["path"] is None and data["train"] is None:
         raise ConfigError("config: set data.path (one file to split) or data.train (and validation/test)")
     if data["path"] is not None and data["train"] is not None:

@@ -2,7 +2,7 @@
 Data: read TSV/CSV/FASTA (optionally .gz), validate sequences and labels, split, tokenise, batch.
 Also the generator of the shipped example data:
 
-    python data.py            # rewrites data/example/example.tsv with a fixed seed
+    python data.py            # rewrites data/example/example.tsv with a fixed seed, and writes data/genome/
 
 Every problem with the input is a DataError, one line: `path:line: what is wrong (what was expected)`.
 """
@@ -135,7 +135,11 @@ def iter_records(path, data_cfg, labels_optional=False):
     the id column (data.id_col, else a column named id or name), or else an int, the row number from 1."""
     if is_fasta(path):
         for line, rid, desc, seq in read_fasta(path):
-            yield line, rid, clean_sequence(seq, path, line), (None if labels_optional else desc)
+            if "::" in rid:  # DanQPlant's >label_1,label_2::Chr1:100-1100, and >::Chr1:100-1100 for none
+                desc, rid = rid.split("::", 1)
+            elif labels_optional:
+                desc = None  # a description is a label cell only where labels are expected
+            yield line, rid, clean_sequence(seq, path, line), desc
         return
     wide = data_cfg["label_cols"]
     label_cols = list(wide) if wide else [data_cfg["label_col"]]
@@ -234,39 +238,6 @@ def parse_labels(path, lines, cells, names, sep, form=None):
                 raise DataError(f"{path}:{line}: unknown label '{x}' (known labels: {shown})")
             y[r, index[x]] = 1.0
     return y, m
-
-
-def stratified_split(labels, fractions, seed):
-    """Iterative stratification for multi-label data (Sechidis et al., 2011): the examples of the rarest label
-    are placed first, each in the split that most lacks that label, so that even a rare label lands in every
-    split in proportion. Deterministic for a seed. Returns the split index of each example."""
-    rng = np.random.RandomState(seed)
-    y = labels > 0.5
-    n = len(y)
-    want = np.asarray(fractions, np.float64)[:, None] * y.sum(0)  # (splits, labels) still wanted
-    want_total = np.asarray(fractions, np.float64) * n
-    which = np.full(n, -1)
-
-    def place(i, candidates):
-        best = candidates[want_total[candidates] == want_total[candidates].max()]
-        s = best[rng.randint(len(best))]
-        which[i] = s
-        want[s] -= y[i]
-        want_total[s] -= 1
-
-    while True:
-        left = which < 0
-        counts = y[left].sum(0)
-        if not counts.any():
-            break
-        label = np.flatnonzero(counts == counts[counts > 0].min())[0]
-        for i in rng.permutation(np.flatnonzero(left & y[:, label])):
-            col = want[:, label]
-            place(i, np.flatnonzero(col == col.max()))
-    for i in rng.permutation(np.flatnonzero(which < 0)):  # examples without any label
-        place(i, np.arange(len(fractions)))
-    return which
-
 
 
 def label_chunks(labels, mask, chunk=1 << 16):
@@ -419,6 +390,7 @@ def make_example(path="data/example/example.tsv", n=10000, seed=0, motif_len=12,
     return path
 
 
-if __name__ == "__main__":
-    out = make_example(*sys.argv[1:2])
-    print(f"wrote {out}")
+if __name__ == "__main__":  # the shipped example, and the genome example of the README's genome section
+    import genome
+    print(f"wrote {make_example(*sys.argv[1:2])} and {genome.make_example()}/: genome.fa, leaf.narrowPeak, root.bed, "
+          f"flower.bed")

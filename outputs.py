@@ -38,7 +38,8 @@ RESUME_MAY_CHANGE = {f"training.{k}" for k in (
     "eval_steps", "save_strategy", "save_steps", "save_total_limit", "per_device_eval_batch_size", "num_workers",
     "device", "torch_compile", "gradient_checkpointing", "deterministic", "resume_from_checkpoint",
     "resume_with_changes", "max_steps", "num_train_epochs", "early_stopping_patience", "early_stopping_threshold",
-    "load_best_model_at_end")} | {"data.cache_dir"} | {f"predict.{k}" for k in config.DEFAULTS["predict"]}
+    "load_best_model_at_end")} | {"data.cache_dir"} | {f"{section}.{k}" for section in ("predict", "prepare")
+                                                           for k in config.DEFAULTS[section]}
 
 
 def checkpoint_contents(net, optimizer, scheduler, scaler, cfg, names, thresholds, **state):
