@@ -211,7 +211,7 @@ def build_cache(path, data_cfg, names, tokenizer, max_length, reverse, folder):
         bar.close()
         if ids:
             ids = np.concatenate(ids)
-            data.check_unique_ids(path, ids, np.concatenate(id_lines))
+            check_unique_ids(path, ids, np.concatenate(id_lines))
     except BaseException:  # a data error or a kill: no half-built cache is left behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -234,6 +234,18 @@ def build_cache(path, data_cfg, names, tokenizer, max_length, reverse, folder):
         os.rename(tmp, folder)
     except OSError:  # another process built the same cache meanwhile: keep theirs
         shutil.rmtree(tmp)
+
+
+def check_unique_ids(path, ids, lines):
+    """Ids name the rows of test_predictions.tsv, and a duplicate mostly means that a file was concatenated twice,
+    which would put the same sequence in two splits: an error, naming the first few."""
+    ids = np.asarray(ids)
+    _, first, inverse, counts = np.unique(ids, return_index=True, return_inverse=True, return_counts=True)
+    again = np.flatnonzero(np.arange(len(ids)) != first[inverse])  # rows whose id came before
+    if len(again):
+        shown = ", ".join(f"'{ids[i]}' (lines {lines[first[inverse[i]]]} and {lines[i]})" for i in again[:3])
+        raise DataError(f"{path}:{lines[again[0]]}: {int((counts > 1).sum())} ids appear more than once, in "
+                        f"{len(again)} extra rows: {shown} (expected one row per id)")
 
 
 def load_file(path, data_cfg, names, tokenizer, reverse=False):

@@ -156,18 +156,6 @@ def iter_records(path, data_cfg, labels_optional=False):
         yield line, rid, clean_sequence(row[data_cfg["seq_col"]], path, line), cell
 
 
-def check_unique_ids(path, ids, lines):
-    """Ids name the rows of test_predictions.tsv, and a duplicate mostly means that a file was concatenated twice,
-    which would put the same sequence in two splits: an error, naming the first few."""
-    ids = np.asarray(ids)
-    _, first, inverse, counts = np.unique(ids, return_index=True, return_inverse=True, return_counts=True)
-    again = np.flatnonzero(np.arange(len(ids)) != first[inverse])  # rows whose id came before
-    if len(again):
-        shown = ", ".join(f"'{ids[i]}' (lines {lines[first[inverse[i]]]} and {lines[i]})" for i in again[:3])
-        raise DataError(f"{path}:{lines[again[0]]}: {int((counts > 1).sum())} ids appear more than once, in "
-                        f"{len(again)} extra rows: {shown} (expected one row per id)")
-
-
 def reverse_complement(seq):
     return seq.translate(COMPLEMENT)[::-1]
 
@@ -352,7 +340,9 @@ EXAMPLE_LABELS = ["leaf", "root", "flower", "seed", "heat_stress", "cold_stress"
 def make_example(path="data/example/example.tsv", n=10000, seed=0, motif_len=12, conservation=0.95, noise=0.01):
     """Synthetic multi-label data. Each label has a motif (a position weight matrix); a sequence carries the
     label when an instance of that motif is planted in it. Labels co-occur (flower with leaf, cold with heat),
-    prevalences run from about 40% down to 3%, and a little label noise is added."""
+    prevalences run from about 40% down to 3%, and a little label noise is added. Where each motif was planted is
+    written beside it (example.motifs.tsv: row, label, 0-based start and end in the sequence), so that what
+    interpret.py finds can be checked against it."""
     rng = np.random.RandomState(seed)
     L = len(EXAMPLE_LABELS)
     # peaked PWMs: each position has a dominant base (its consensus), as in well-conserved binding sites
@@ -367,7 +357,7 @@ def make_example(path="data/example/example.tsv", n=10000, seed=0, motif_len=12,
     y[:, 4] = rng.rand(n) < 0.06
     y[:, 5] = rng.rand(n) < np.where(y[:, 4], 0.30, 0.013)  # cold mostly with heat: ~3%
     lengths = rng.randint(100, 301, size=n)
-    seqs = []
+    seqs, sites = [], []
     for i in range(n):
         s = rng.randint(0, 4, size=lengths[i])
         labels = np.flatnonzero(y[i])
@@ -376,6 +366,7 @@ def make_example(path="data/example/example.tsv", n=10000, seed=0, motif_len=12,
         for j, slot in zip(labels, slots):
             site = [rng.choice(4, p=p) for p in pwms[j]]
             s[slot * motif_len:(slot + 1) * motif_len] = site
+            sites.append((i + 1, EXAMPLE_LABELS[j], slot * motif_len, (slot + 1) * motif_len))
         seqs.append("".join("ACGT"[b] for b in s))
     # label noise: a few positives missed, and false positives at a rate that scales with prevalence,
     # so that even the rarest label keeps a clean majority of true positives
@@ -387,10 +378,12 @@ def make_example(path="data/example/example.tsv", n=10000, seed=0, motif_len=12,
         f.write("sequence\tlabels\n")
         for s, row in zip(seqs, y):
             f.write(s + "\t" + ",".join(EXAMPLE_LABELS[j] for j in np.flatnonzero(row)) + "\n")
+    with open(os.path.splitext(path)[0] + ".motifs.tsv", "w") as f:
+        f.write("row\tlabel\tstart\tend\n" + "".join("\t".join(map(str, site)) + "\n" for site in sites))
     return path
 
 
 if __name__ == "__main__":  # the shipped example, and the genome example of the README's genome section
     import genome
     print(f"wrote {make_example(*sys.argv[1:2])} and {genome.make_example()}/: genome.fa, leaf.narrowPeak, root.bed, "
-          f"flower.bed")
+          f"flower.bed, variants.vcf")

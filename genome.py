@@ -269,7 +269,7 @@ def make_example(folder="data/genome", seed=0, motif_len=12, conservation=0.95):
     the background, whose GC drifts between 0.30 and 0.42 in blocks of 20 kb, so that GC alone would tell peaks
     from negatives unless the negatives are GC-matched. Most flower peaks share a site with a leaf peak. Written as
     genome.fa (60 bases a line, 5 kb of N in Chr2), leaf.narrowPeak (with summits), root.bed (BED3 after a track
-    line, with a few peaks on ChrM, which the genome lacks) and flower.bed (BED6)."""
+    line, with a few peaks on ChrM, which the genome lacks), flower.bed (BED6) and variants.vcf."""
     rng = np.random.RandomState(seed)
     consensus = rng.randint(0, 4, size=(len(EXAMPLE_LABELS), motif_len))
     genome, peaks = {}, {label: [] for label in EXAMPLE_LABELS}
@@ -297,6 +297,7 @@ def make_example(folder="data/genome", seed=0, motif_len=12, conservation=0.95):
     # three peaks that test the builder: two at a chromosome end (their windows fall off it), one by the N run
     placed += [("Chr1", 20, 200, 110, ["leaf"]), ("Chr3", 299_800, 299_990, 299_900, ["root"]),
                ("Chr2", 99_900, 100_100, 100_000, ["root"])]
+    leaf_motifs = []  # (chrom, first base) of each planted leaf motif
     for chrom, start, end, summit, labels in placed:
         seq = genome[chrom]
         seq[start:end] = draw_bases(rng, np.full(end - start, 0.5))
@@ -305,10 +306,13 @@ def make_example(folder="data/genome", seed=0, motif_len=12, conservation=0.95):
             at = summit - motif_len + k * (motif_len + 4)
             site = np.where(rng.rand(motif_len) < conservation, consensus[j], rng.randint(0, 4, motif_len))
             seq[at:at + motif_len] = np.frombuffer(b"ACGT", np.uint8)[site]
+            if label == "leaf":
+                leaf_motifs.append((chrom, at))
         for label in labels:
             peaks[label].append((chrom, start, end, summit))
     genome["Chr2"][100_000:105_000] = ord("N")
     os.makedirs(folder, exist_ok=True)
+    write_example_variants(os.path.join(folder, "variants.vcf"), rng, genome, leaf_motifs, used)
     with open(os.path.join(folder, "genome.fa"), "w") as f:
         for name, seq in genome.items():
             text = seq.tobytes().decode()
@@ -324,6 +328,26 @@ def make_example(folder="data/genome", seed=0, motif_len=12, conservation=0.95):
     with open(os.path.join(folder, "flower.bed"), "w") as f:
         f.writelines(f"{c}\t{s}\t{e}\tflower_{i}\t0\t+\n" for i, (c, s, e, _) in enumerate(order["flower"]))
     return folder
+
+
+def write_example_variants(path, rng, genome, leaf_motifs, used):
+    """variants.vcf: 10 SNVs that change a base of a planted leaf motif, and 10 away from every peak."""
+    rows = []
+    for i in rng.choice(len(leaf_motifs), 10, replace=False):
+        chrom, at = leaf_motifs[i]
+        pos = at + rng.randint(2, 10)
+        rows.append((chrom, pos, f"leaf_motif_{len(rows) + 1}"))
+    while len(rows) < 20:
+        chrom = list(EXAMPLE_CHROMS)[rng.randint(len(EXAMPLE_CHROMS))]
+        pos = rng.randint(2_000, EXAMPLE_CHROMS[chrom] - 2_000)
+        if all(abs(pos - s) > 1_500 for s in used[chrom]) and not (chrom == "Chr2" and 98_000 < pos < 107_000):
+            rows.append((chrom, pos, f"background_{len(rows) - 9}"))
+    with open(path, "w") as f:
+        f.write("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n")
+        for chrom, pos, vid in sorted(rows, key=lambda r: (r[0], r[1])):
+            ref = chr(genome[chrom][pos])
+            alt = "ACGT"[("ACGT".index(ref) + 1 + rng.randint(3)) % 4]
+            f.write(f"{chrom}\t{pos + 1}\t{vid}\t{ref}\t{alt}\t.\tPASS\t.\n")
 
 
 def draw_bases(rng, gc):

@@ -26,6 +26,7 @@ import config
 import data
 import metrics
 from config import ConfigError
+from pictures import cooccurrence_figure
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BEST_KEYS = ("model", "step", "config", "label_names", "thresholds")
@@ -279,7 +280,7 @@ def open_tensorboard(train_cfg, train_set, names, step):
     # row i, column j: the share of label i's training sequences that also carry label j
     pairs = sum(y.T.astype(np.float64) @ y for _, y, _ in data.label_chunks(train_set.labels, train_set.mask))
     cooccurrence = pairs / np.maximum(np.diag(pairs), 1)[:, None]
-    writer.add_image("train/label_cooccurrence", np.kron(cooccurrence, np.ones((16, 16)))[None], 0)
+    writer.add_image("train/label_cooccurrence", cooccurrence_figure(cooccurrence, names), 0, dataformats="HWC")
     writer.add_text("train/label_order", ", ".join(names))
     return writer
 

@@ -9,6 +9,7 @@ import torch
 
 import config
 import data
+import pictures
 import predict
 import train
 from config import ConfigError
@@ -125,6 +126,8 @@ def test_every_switch_together(tmp_path):
     events = EventAccumulator(glob.glob(str(out / "tensorboard" / "*"))[0])
     events.Reload()
     assert "train/label_cooccurrence" in events.Tags()["images"]
+    image = events.Images("train/label_cooccurrence")[0]  # the label names drawn on its axes, not a bare matrix
+    assert (image.height, image.width) == pictures.cooccurrence_figure(np.eye(3), ["a", "b", "rare"]).shape[:2]
     assert "eval/f1/rare" in events.Tags()["scalars"] and "eval/auroc/rare" in events.Tags()["scalars"]
     # test split rows, scored again by predict.py (LoRA merged, both strands averaged)
     test_rows = list(csv.DictReader(open(out / "test_predictions.tsv"), delimiter="\t"))

@@ -1,0 +1,247 @@
+"""
+Which bases drive each label, and what a variant does to each: in-silico mutagenesis and variant effects, per
+label, with a trained run, scored in large batches as predict.py scores (on GPU or CPU, sharded under torchrun).
+
+    python interpret.py ism out/example seqs.fa -o ism                 # every position x base, every label
+    python interpret.py ism out/genome windows.fa --labels leaf,root --window 101:200
+    python interpret.py variants out/genome variants.vcf.gz --genome genome.fa -o effects.tsv
+
+ism writes into its folder: ism.npz, with for each sequence i logit_delta_i and prob_delta_i (positions x 4 bases
+A, C, G, T x labels; 0 at the reference base) and ref_logit_i, beside ids, sequences and first (the 1-based
+position of each window's first base); ism_top.tsv, the positions that matter most per sequence and label; and a
+picture per sequence (<id>.png). Positions are 1-based, as a genome browser shows them. Each mutant is tokenised
+anew, so k-mer and BPE tokenizers see what they would see in the sequence itself.
+
+variants reads a VCF (plain or .gz; SNVs and indels up to half the window), takes the window centred on each
+variant from the genome with the reference and with the alternative allele, and writes a TSV: chrom pos id ref
+alt, then per label ref_prob, alt_prob, delta (alt - ref) and logit_delta.
+"""
+import argparse
+import gzip
+import os
+import re
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+import config
+import data
+from genome import Genome
+from outputs import log, progress_bar
+from pictures import BASES, ism_figure
+from scoring import Scorer, end_process_group, load_trained, setup_device
+
+
+def ism(args, score, names, data_cfg, rank):
+    labels = pick_labels(args.labels, names)
+    os.makedirs(args.output, exist_ok=True)
+    arrays, top, seen, t0, positions = {"ids": [], "sequences": [], "first": []}, [], set(), time.time(), 0
+    records = data.iter_records(args.input, data_cfg, labels_optional=True)
+    for k, (line, rid, seq, _) in enumerate(progress_bar(records, desc="mutagenesis")):
+        a, b = span(args.window, len(seq), args.input, line)
+        sites = [(i, base) for i in range(a, b) for base in BASES if base != seq[i]]
+        logits, truncated = score([seq] + [seq[:i] + base + seq[i + 1:] for i, base in sites])
+        logits = logits[:, labels].double()
+        if truncated:
+            log(f"warning: {args.input}:{line}: {rid} is longer than the run's data.max_length tokens: changes past "
+                f"the cut cannot change its scores")
+        delta = np.zeros((b - a, 4, len(labels)))
+        change = torch.sigmoid(logits[1:]) - torch.sigmoid(logits[:1])
+        prob_delta = np.zeros_like(delta)
+        at = (np.array([i - a for i, _ in sites]), np.array([BASES.index(base) for _, base in sites]))
+        delta[at], prob_delta[at] = (logits[1:] - logits[:1]).numpy(), change.numpy()
+        positions += b - a
+        if rank != 0:
+            continue
+        arrays.update({f"logit_delta_{k}": delta.astype(np.float32), f"prob_delta_{k}": prob_delta.astype(np.float32),
+                       f"ref_logit_{k}": logits[0].numpy().astype(np.float32)})
+        arrays["ids"].append(str(rid)), arrays["sequences"].append(seq[a:b]), arrays["first"].append(a + 1)
+        top += top_rows(rid, seq[a:b], a + 1, delta, [names[j] for j in labels], args.top)
+        if k < args.pictures:
+            name = re.sub(r"[^\w.-]+", "_", str(rid)) + ("" if str(rid) not in seen else f"_{k + 1}")
+            seen.add(str(rid))
+            picture = ism_figure(f"{rid}: the change in logit when a base is changed", seq[a:b], a + 1, delta,
+                                 [names[j] for j in labels], torch.sigmoid(logits[0]).numpy())
+            Image.fromarray(picture).save(os.path.join(args.output, f"{name}.png"))
+    seconds = time.time() - t0
+    if rank == 0:
+        np.savez_compressed(os.path.join(args.output, "ism.npz"), labels=np.array([names[j] for j in labels]),
+                            **{k: np.array(v) if isinstance(v, list) else v for k, v in arrays.items()})
+        with open(os.path.join(args.output, "ism_top.tsv"), "w") as f:
+            f.write("id\tlabel\trank\tposition\tref\timportance\tstrongest_alt\tlogit_delta\n")
+            f.writelines("\t".join(map(str, row)) + "\n" for row in top)
+        log(f"ism: {len(arrays['ids'])} sequences, {positions:,} positions ({3 * positions:,} mutants) in "
+            f"{seconds:.1f} s, {positions / seconds:,.0f} positions/s; wrote {args.output}/ism.npz, ism_top.tsv and "
+            f"{min(len(arrays['ids']), args.pictures)} pictures")
+
+
+def pick_labels(spec, names):
+    if not spec:
+        return list(range(len(names)))
+    chosen = [x.strip() for x in spec.split(",") if x.strip()]
+    unknown = [x for x in chosen if x not in names]
+    if unknown:
+        raise config.ConfigError(f"--labels: unknown labels {unknown} (the run's labels: {', '.join(names)})")
+    return [names.index(x) for x in chosen]
+
+
+def span(window, length, path, line):
+    """--window START:END, 1-based and inclusive, as 0-based half-open bounds within a sequence of length."""
+    if not window:
+        return 0, length
+    try:
+        first, last = (int(x) for x in window.split(":"))
+    except ValueError:
+        raise config.ConfigError(f"--window '{window}' (expected START:END, 1-based positions)") from None
+    if not 1 <= first <= last <= length:
+        raise data.DataError(f"{path}:{line}: --window {window} does not fit a sequence of {length} bases")
+    return first - 1, last
+
+
+def top_rows(rid, seq, first, delta, labels, count):
+    """Per label, the positions whose reference base matters most: importance is the mean fall of the logit when
+    the base is changed; strongest_alt is the change that moves the logit most."""
+    importance = -delta.sum(1) / 3
+    rows = []
+    for j, label in enumerate(labels):
+        for r, i in enumerate(np.argsort(-importance[:, j], kind="stable")[:count], 1):
+            alt = int(np.argmax(np.abs(delta[i, :, j])))
+            rows.append((rid, label, r, first + i, seq[i], f"{importance[i, j]:.5f}", BASES[alt],
+                         f"{delta[i, alt, j]:.5f}"))
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# variant effects
+
+def read_vcf(path, genome, width):
+    """The variants that a window of width centred on them can score: (line, chrom, pos, id, ref, alt, chromosome
+    index, 0-based position), one per alternative allele; and what was left out, counted by reason. A REF that the
+    genome does not have is reported by line; when most do, it is an error: the wrong genome build."""
+    variants, skipped, mismatched, checked = [], {}, [], 0
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
+        for n, text in enumerate(f, 1):
+            if text.startswith("#") or not text.strip():
+                continue
+            fields = text.rstrip("\n").split("\t")
+            if len(fields) < 5 or not fields[1].isdigit() or int(fields[1]) < 1:
+                raise data.DataError(f"{path}:{n}: expected CHROM, POS (1-based), ID, REF and ALT, tab-separated")
+            chrom, pos, vid, ref = fields[0], int(fields[1]), fields[2], fields[3].upper()
+            if chrom not in genome.index:
+                skipped["on a chromosome the genome lacks"] = skipped.get("on a chromosome the genome lacks", 0) + 1
+                continue
+            c, p = genome.index[chrom], pos - 1
+            if p + len(ref) > genome.lengths[c] or not re.fullmatch("[ACGTN]+", ref):
+                raise data.DataError(f"{path}:{n}: REF '{fields[3]}' at {chrom}:{pos} (expected bases inside "
+                                     f"{chrom}, which has {genome.lengths[c]:,})")
+            checked += 1
+            if genome.fetch(c, p, p + len(ref)).decode() != ref:
+                mismatched.append(f"{path}:{n}: REF '{ref}' but the genome has "
+                                  f"'{genome.fetch(c, p, p + len(ref)).decode()}' at {chrom}:{pos}")
+                continue
+            for alt in fields[4].upper().split(","):
+                why = "symbolic or missing ALT" if not re.fullmatch("[ACGTN]+", alt) else \
+                    "longer than half the window" if max(len(ref), len(alt)) > width // 2 else \
+                    "too near a chromosome end" if p - width // 2 < 0 or p + len(ref) + width > genome.lengths[c] \
+                    else None
+                if why:
+                    skipped[why] = skipped.get(why, 0) + 1
+                else:
+                    variants.append((n, chrom, pos, vid, ref, alt, c, p))
+    for message in mismatched[:10]:
+        log(f"warning: {message}; left out")
+    if mismatched:
+        log(f"warning: {len(mismatched)} of {checked} variants have a REF the genome does not have")
+        if len(mismatched) > checked / 2:
+            raise data.DataError(f"{path}: {len(mismatched)} of {checked} REF alleles differ from the genome "
+                                 f"(expected the genome build the VCF was called on)")
+    return variants, skipped
+
+
+def allele_windows(genome, variant, width):
+    """The reference and alternative windows of width, centred on the variant; an indel's alternative window is
+    filled or cut on the right to the same width."""
+    *_, ref, alt, c, p = variant
+    start = p - width // 2
+    left = genome.fetch(c, start, p).decode()
+    right = genome.fetch(c, p + len(ref), p + len(ref) + width - len(left) - len(alt)).decode()
+    return genome.fetch(c, start, start + width).decode(), left + alt + right
+
+
+def variants(args, score, names, data_cfg, run_cfg, rank):
+    genome = Genome(args.genome, data_cfg["cache_dir"])
+    width = args.window_size or (run_cfg.get("prepare", {}).get("window") if run_cfg.get("prepare", {}).get("genome")
+                                 else None)
+    if not width:
+        raise config.ConfigError("--window-size: the window length in bp (the run was not built by prepare.py, "
+                                 "so its window is not known)")
+    found, skipped = read_vcf(args.input, genome, width)
+    log(f"variants: {len(found):,} to score in windows of {width} bp" +
+        "".join(f", {n:,} {why} left out" for why, n in skipped.items()))
+    columns = ["chrom", "pos", "id", "ref", "alt"] + [f"{n}_{k}" for n in names
+                                                      for k in ("ref_prob", "alt_prob", "delta", "logit_delta")]
+    rows = []
+    for i in range(0, len(found), 4096):
+        part = found[i:i + 4096]
+        pairs = [allele_windows(genome, v, width) for v in part]
+        logits = score([r for r, _ in pairs] + [a for _, a in pairs])[0].double()
+        ref, alt = logits[:len(part)], logits[len(part):]
+        p_ref, p_alt = torch.sigmoid(ref), torch.sigmoid(alt)
+        for v, pr, pa, lr, la in zip(part, p_ref.tolist(), p_alt.tolist(), ref.tolist(), alt.tolist()):
+            values = [f"{x:.6f}" for j in range(len(names)) for x in (pr[j], pa[j], pa[j] - pr[j], la[j] - lr[j])]
+            rows.append([v[1], str(v[2]), v[3], v[4], v[5]] + values)
+    if rank == 0:
+        with open(args.output + ".tmp", "w") as f:
+            f.write("\t".join(columns) + "\n")
+            f.writelines("\t".join(row) + "\n" for row in rows)
+        os.replace(args.output + ".tmp", args.output)
+        log(f"wrote the effects of {len(rows):,} variants to {args.output}")
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description="In-silico mutagenesis and variant effects, per label.")
+    p.add_argument("mode", choices=["ism", "variants"])
+    p.add_argument("run", help="a run folder (output_dir of train.py) or a checkpoint .pt")
+    p.add_argument("input", help="ism: sequences (FASTA, TSV/CSV, optionally .gz); variants: a VCF (or .vcf.gz)")
+    p.add_argument("-o", "--output", default=None, help="ism: a folder (default ism); variants: a TSV "
+                                                        "(default variant_effects.tsv)")
+    p.add_argument("--labels", default=None, help="ism: only these labels, e.g. leaf,root")
+    p.add_argument("--window", default=None, help="ism: only positions START:END of each sequence (1-based)")
+    p.add_argument("--top", type=int, default=10, help="ism: positions per sequence and label in ism_top.tsv")
+    p.add_argument("--pictures", type=int, default=50, help="ism: pictures for the first this many sequences")
+    p.add_argument("--genome", default=None, help="variants: the genome FASTA the VCF was called on")
+    p.add_argument("--window-size", type=int, default=None, help="variants: bp (default: the run's prepare.window)")
+    p.add_argument("--rc-average", action="store_true", help="average with the reverse complement's probabilities")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the run's predict.batch_size (64)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N; default: the run's predict.device")
+    args = p.parse_args(argv)
+    args.output = args.output or ("ism" if args.mode == "ism" else "variant_effects.tsv")
+    try:
+        if args.mode == "variants" and not args.genome:
+            raise config.ConfigError("--genome: variants needs the genome FASTA the VCF was called on")
+        net, tokenizer, ckpt = load_trained(args.run)
+        run_cfg = ckpt["config"]
+        defaults = {**config.DEFAULTS["predict"], **run_cfg.get("predict", {})}
+        rank, world, device = setup_device(args.device or defaults["device"])
+        score = Scorer(net.to(device), tokenizer, run_cfg["data"]["max_length"],
+                       args.batch_size or defaults["batch_size"], device,
+                       args.rc_average or run_cfg["model"]["rc_average"])
+        if args.mode == "ism":
+            ism(args, score, ckpt["label_names"], run_cfg["data"], rank)
+        else:
+            variants(args, score, ckpt["label_names"], run_cfg["data"], run_cfg, rank)
+        end_process_group()
+    except (config.ConfigError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stopped by Ctrl-C", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

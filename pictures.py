@@ -1,0 +1,120 @@
+"""
+Pictures drawn with Pillow (installed with TensorBoard): the in-silico mutagenesis figure of one sequence, and the
+label co-occurrence matrix with its label names. Both are RGB arrays, saved as PNG or logged to TensorBoard.
+"""
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+BASES = "ACGT"
+BASE_COLOURS = {"A": (16, 150, 72), "C": (36, 92, 196), "G": (245, 166, 35), "T": (214, 40, 40)}  # as in logos
+LEFT, RIGHT, TOP = 120, 30, 40  # margins, px
+LOGO, ROW, GAP, AXIS, SCALE = 70, 12, 26, 34, 48  # heights, px
+
+
+def font(size):
+    return ImageFont.load_default(size=size)
+
+
+def diverging(x):
+    """Values in [-1, 1] -> RGB: blue (negative), white (0), red (positive)."""
+    x = np.clip(np.asarray(x, np.float64), -1, 1)[..., None]
+    white, blue, red = np.array([255, 255, 255]), np.array([33, 102, 172]), np.array([178, 24, 43])
+    return np.where(x < 0, white + (blue - white) * -x, white + (red - white) * x).astype(np.uint8)
+
+
+def ism_size(length, n_labels):
+    """(width, height) of ism_figure's picture: a column per base, a panel per label."""
+    column = cell_width(length)
+    return LEFT + length * column + RIGHT, TOP + n_labels * (GAP + LOGO + 4 * ROW) + AXIS + SCALE
+
+
+def cell_width(length):
+    return int(np.clip(1400 // max(length, 1), 3, 16))
+
+
+def ism_figure(title, sequence, first, delta, labels, probs):
+    """delta (positions, 4 bases, labels): the change in logit when the base at a position becomes A, C, G or T
+    (0 for the reference base). Per label: the reference bases drawn as a logo, each as tall as its importance
+    (the mean fall of the logit when it is changed; below the line when changing it raises the logit), and the
+    heatmap of every change; letters and colours are on one scale for all labels. first is the 1-based position
+    of sequence[0]."""
+    length, n_labels = len(sequence), len(labels)
+    column, (width, height) = cell_width(length), ism_size(length, n_labels)
+    scale = float(np.abs(delta).max()) or 1.0
+    picture = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(picture)
+    draw.text((10, 10), title, fill="black", font=font(16))
+    importance = -delta.sum(1) / 3  # the reference base has a change of 0 in delta
+    tallest = float(np.abs(importance).max()) or 1.0  # one scale for every label, as for the heatmaps
+    glyphs = {b: letter(b) for b in BASES}
+    for j, label in enumerate(labels):
+        y = TOP + j * (GAP + LOGO + 4 * ROW)
+        draw.text((10, y + 6), f"{label}   p = {probs[j]:.3f}", fill="black", font=font(14))
+        top = y + GAP
+        base_line = top + LOGO * 3 // 4  # three quarters for letters that support the label, a quarter below
+        draw.line([(LEFT, base_line), (LEFT + length * column, base_line)], fill=(180, 180, 180))
+        for i, base in enumerate(sequence):
+            h = int(round(abs(importance[i, j]) / tallest * (LOGO * 3 // 4 if importance[i, j] > 0 else LOGO // 4)))
+            if h >= 1 and base in glyphs:
+                glyph = glyphs[base].resize((column, h))
+                if importance[i, j] < 0:
+                    glyph = glyph.transpose(Image.Transpose.FLIP_TOP_BOTTOM).convert("LA").convert("RGBA")
+                picture.paste(glyph, (LEFT + i * column, base_line - h if importance[i, j] > 0 else base_line),
+                              glyph)
+        heat = diverging(delta[:, :, j].T / scale)  # (4, positions, 3)
+        heat = np.repeat(np.repeat(heat, ROW, axis=0), column, axis=1)
+        picture.paste(Image.fromarray(heat), (LEFT, top + LOGO))
+        for k, base in enumerate(BASES):
+            draw.text((LEFT - 16, top + LOGO + k * ROW - 1), base, fill=BASE_COLOURS[base], font=font(11))
+        for i, base in enumerate(sequence):  # the reference base, where nothing changes
+            if base in BASES and column >= 4:
+                cx, cy = LEFT + i * column + column // 2, top + LOGO + BASES.index(base) * ROW + ROW // 2
+                draw.ellipse([cx - 1, cy - 1, cx + 1, cy + 1], fill=(90, 90, 90))
+    axis = TOP + n_labels * (GAP + LOGO + 4 * ROW) + 4
+    step = next(s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10**9) if s * column >= 40)
+    for pos in range((first + step - 1) // step * step, first + length, step):
+        x = LEFT + (pos - first) * column + column // 2
+        draw.line([(x, axis), (x, axis + 5)], fill="black")
+        draw.text((x - 12, axis + 7), str(pos), fill="black", font=font(11))
+    draw.text((10, axis + 7), "position", fill="black", font=font(11))
+    bar = diverging(np.linspace(-1, 1, 240))[None].repeat(12, axis=0)
+    y = axis + AXIS
+    picture.paste(Image.fromarray(bar), (LEFT, y))
+    draw.text((10, y - 1), "logit change", fill="black", font=font(11))
+    for x, text in ((LEFT - 4, f"-{scale:.2g}"), (LEFT + 114, "0"), (LEFT + 226, f"+{scale:.2g}")):
+        draw.text((x, y + 14), text, fill="black", font=font(11))
+    return np.asarray(picture)
+
+
+def letter(base):
+    """The letter alone, in its colour, on transparency: resized to any box, it draws a logo."""
+    f = font(64)
+    left, top, right, bottom = f.getbbox(base)
+    glyph = Image.new("RGBA", (right - left, bottom - top), (0, 0, 0, 0))
+    ImageDraw.Draw(glyph).text((-left, -top), base, fill=BASE_COLOURS[base], font=f)
+    return glyph
+
+
+def cooccurrence_figure(matrix, names):
+    """Row i, column j: the share of label i's sequences that also carry label j; names on both axes."""
+    n = len(names)
+    cell = 34 if n <= 20 else max(6, 680 // n)
+    side = max(font(12).getbbox(name)[2] for name in names) + 16
+    size = side + n * cell + 20
+    title = "share of row label's sequences with the column label"
+    picture = Image.new("RGB", (max(size, font(12).getbbox(title)[2] + 16), size + 24), "white")
+    draw = ImageDraw.Draw(picture)
+    draw.text((8, 4), title, fill="black", font=font(12))
+    colour = (255 - np.clip(matrix, 0, 1)[..., None] * np.array([222, 153, 83])).astype(np.uint8)
+    grid = np.repeat(np.repeat(colour, cell, axis=0), cell, axis=1)
+    picture.paste(Image.fromarray(grid), (side, side + 24))
+    for i, name in enumerate(names):
+        draw.text((6, side + 24 + i * cell + cell // 2 - 7), name, fill="black", font=font(12))
+        tag = Image.new("RGB", (side, cell), "white")
+        ImageDraw.Draw(tag).text((4, cell // 2 - 7), name, fill="black", font=font(12))
+        picture.paste(tag.rotate(90, expand=True), (side + i * cell, 24))
+        for j in range(n) if cell >= 30 else ():
+            value = matrix[i, j]
+            draw.text((side + j * cell + 4, side + 24 + i * cell + cell // 2 - 6), f"{value:.2f}",
+                      fill="white" if value > 0.6 else "black", font=font(10))
+    return np.asarray(picture)

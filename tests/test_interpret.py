@@ -1,0 +1,161 @@
+"""In-silico mutagenesis and variant effects (interpret.py), against predict.py's scores and the planted motifs."""
+import csv
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import data
+import interpret
+import pictures
+import predict
+import train
+from conftest import ROOT
+
+
+def read_tsv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The default experiment, shorter: 2000 example sequences, 3 epochs."""
+    tmp = tmp_path_factory.mktemp("interpret")
+    example = data.make_example(str(tmp / "ex.tsv"), n=2000, seed=3)
+    out = tmp / "out"
+    assert train.main([os.path.join(ROOT, "config.yaml"), f"data.path={example}", f"training.output_dir={out}",
+                       f"data.cache_dir={tmp / 'cache'}", "training.num_train_epochs=3",
+                       "training.per_device_train_batch_size=32", "training.logging_steps=50"]) == 0
+    return tmp, example, out
+
+
+def fasta(path, records):
+    with open(path, "w") as f:
+        f.writelines(f">{rid}\n{seq}\n" for rid, seq in records)
+    return str(path)
+
+
+def test_ism_deltas_agree_with_scoring_each_mutant_alone(run, tmp_path):
+    _, example, out = run
+    seq = open(example).read().splitlines()[1].split("\t")[0]
+    assert interpret.main(["ism", str(out), fasta(tmp_path / "one.fa", [("s1", seq)]), "-o", str(tmp_path / "ism"),
+                           "--pictures", "0"]) == 0
+    ism = np.load(tmp_path / "ism" / "ism.npz")
+    delta, prob_delta, ref = ism["logit_delta_0"], ism["prob_delta_0"], ism["ref_logit_0"]
+    assert delta.shape == (len(seq), 4, 6) and list(ism["labels"]) == data.EXAMPLE_LABELS
+    assert all(delta[i, "ACGT".index(b)].tolist() == [0.0] * 6 for i, b in enumerate(seq))  # the reference itself
+    picks = [(i, b) for i in (0, 7, len(seq) // 2, len(seq) - 1) for b in "ACGT" if b != seq[i]]
+    mutants = [(f"m{i}{b}", seq[:i] + b + seq[i + 1:]) for i, b in picks]
+    assert predict.main([str(out), fasta(tmp_path / "m.fa", [("ref", seq)] + mutants), "-o",
+                         str(tmp_path / "p.tsv")]) == 0
+    scored = {r["id"]: np.array([float(r[n]) for n in data.EXAMPLE_LABELS]) for r in read_tsv(tmp_path / "p.tsv")}
+    assert np.allclose(scored["ref"], 1 / (1 + np.exp(-ref)), atol=1e-5)
+    for i, b in picks:
+        assert np.allclose(scored[f"m{i}{b}"], scored["ref"] + prob_delta[i, "ACGT".index(b)], atol=1e-5)
+
+
+def test_the_top_positions_of_a_label_fall_in_its_planted_motif(run, tmp_path):
+    tmp, example, out = run
+    rows = open(example).read().splitlines()
+    sites = {}
+    for r in read_tsv(tmp / "ex.motifs.tsv"):
+        sites.setdefault((int(r["row"]), r["label"]), []).append((int(r["start"]), int(r["end"])))
+    test = [r for r in read_tsv(out / "test_predictions.tsv") if (int(r["id"]), "leaf") in sites]
+    records = [(f"row{r['id']}", rows[int(r["id"])].split("\t")[0]) for r in test[:20]]
+    assert len(records) == 20
+    assert interpret.main(["ism", str(out), fasta(tmp_path / "leaf.fa", records), "-o", str(tmp_path / "ism"),
+                           "--labels", "leaf", "--pictures", "0", "--top", "1"]) == 0
+    top = read_tsv(tmp_path / "ism" / "ism_top.tsv")
+    inside = [any(a < int(t["position"]) <= b for a, b in sites[(int(t["id"][3:]), "leaf")]) for t in top]
+    print(f"top position in the planted leaf motif: {np.mean(inside):.0%} of 20")
+    assert len(top) == 20 and np.mean(inside) >= 0.7, np.mean(inside)  # 1-based positions in 0-based sites
+
+
+def test_pictures_have_their_size_and_a_panel_per_label(run, tmp_path, capsys):
+    _, example, out = run
+    seq = open(example).read().splitlines()[2].split("\t")[0]
+    for labels, folder in (("leaf,root", "two"), ("leaf,root,flower", "three")):
+        assert interpret.main(["ism", str(out), fasta(tmp_path / "s.fa", [("chr1:5-900", seq)]), "-o",
+                               str(tmp_path / folder), "--labels", labels, "--window", "11:60"]) == 0
+    two, three = (Image.open(tmp_path / f / "chr1_5-900.png") for f in ("two", "three"))
+    assert two.size == pictures.ism_size(50, 2) and three.size == pictures.ism_size(50, 3)
+    assert three.size[1] - two.size[1] == pictures.ism_size(50, 3)[1] - pictures.ism_size(50, 2)[1] > 100
+    ism = np.load(tmp_path / "three" / "ism.npz")
+    assert ism["logit_delta_0"].shape == (50, 4, 3) and ism["first"].tolist() == [11]
+    positions = {int(r["position"]) for r in read_tsv(tmp_path / "three" / "ism_top.tsv")}
+    assert positions <= set(range(11, 61))
+    assert "positions/s" in capsys.readouterr().out
+    assert interpret.main(["ism", str(out), str(tmp_path / "s.fa"), "--window", "50:9000"]) == 2
+    assert interpret.main(["ism", str(out), str(tmp_path / "s.fa"), "--labels", "stem"]) == 2
+
+
+@pytest.fixture
+def chromosomes(tmp_path):
+    rng = np.random.RandomState(1)
+    seqs = {"c1": "".join(rng.choice(list("ACGT"), 3000)), "c2": "".join(rng.choice(list("ACGT"), 1500))}
+    with open(tmp_path / "g.fa", "w") as f:
+        for name, s in seqs.items():
+            f.write(f">{name}\n" + "\n".join(s[i:i + 70] for i in range(0, len(s), 70)) + "\n")
+    return seqs, str(tmp_path / "g.fa")
+
+
+def test_variant_effects_round_trip_on_a_synthetic_genome(run, tmp_path, chromosomes, capsys):
+    _, _, out = run
+    seqs, genome = chromosomes
+    c1, c2 = seqs["c1"], seqs["c2"]
+    alts = [b for b in "ACGT" if b != c1[1000]][:2]  # a multi-allelic site: one row per allele
+    lines = ["##fileformat=VCFv4.2", "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO",
+             f"c1\t1001\tsnv1\t{c1[1000]}\t{alts[0]},{alts[1]}\t.\t.\t.",
+             f"c1\t2001\tins1\t{c1[2000]}\t{c1[2000]}TTG\t.\t.\t.",
+             f"c2\t701\tdel1\t{c2[700:704]}\t{c2[700]}\t.\t.\t.",
+             f"c2\t801\tsv1\t{c2[800]}\t<DEL>\t.\t.\t.",
+             f"c1\t20\tedge\t{c1[19]}\tA\t.\t.\t.",
+             "chrX\t100\tgone\tA\tC\t.\t.\t.",
+             f"c2\t901\twrong\t{'A' if c2[900] != 'A' else 'C'}\tG\t.\t.\t."]
+    vcf = tmp_path / "v.vcf"
+    vcf.write_text("\n".join(lines) + "\n")
+    effects = tmp_path / "effects.tsv"
+    assert interpret.main(["variants", str(out), str(vcf), "--genome", genome, "--window-size", "200", "-o",
+                           str(effects)]) == 0
+    log = capsys.readouterr().out
+    assert f"warning: {vcf}:9: REF" in log and "at c2:901; left out" in log
+    assert "symbolic or missing ALT left out" in log and "too near a chromosome end left out" in log
+    assert "on a chromosome the genome lacks left out" in log
+    rows = read_tsv(effects)
+    assert [(r["id"], r["alt"]) for r in rows] == [("snv1", alts[0]), ("snv1", alts[1]), ("ins1", c1[2000] + "TTG"),
+                                                   ("del1", c2[700])]
+    # the windows by hand: 100 bases before the variant, the allele, then the genome to 200 bases
+    windows = []
+    for r in rows:
+        s, p, ref, alt = seqs[r["chrom"]], int(r["pos"]) - 1, r["ref"], r["alt"]
+        windows += [(f"{r['id']}{r['alt']}_ref", s[p - 100:p + 100]),
+                    (f"{r['id']}{r['alt']}_alt", (s[p - 100:p] + alt + s[p + len(ref):])[:200])]
+    assert predict.main([str(out), fasta(tmp_path / "w.fa", windows), "-o", str(tmp_path / "p.tsv")]) == 0
+    scored = {r["id"]: r for r in read_tsv(tmp_path / "p.tsv")}
+    for r in rows:
+        for label in data.EXAMPLE_LABELS:
+            ref_p, alt_p = (float(scored[f"{r['id']}{r['alt']}_{k}"][label]) for k in ("ref", "alt"))
+            assert abs(float(r[f"{label}_ref_prob"]) - ref_p) <= 1e-5 and abs(float(r[f"{label}_alt_prob"]) -
+                                                                                alt_p) <= 1e-5
+            assert abs(float(r[f"{label}_delta"]) - (alt_p - ref_p)) <= 2e-5
+
+
+def test_a_vcf_of_another_genome_build_is_an_error(run, tmp_path, chromosomes):
+    _, _, out = run
+    seqs, genome = chromosomes
+    wrong = [f"c1\t{p + 1}\tv{p}\t{'A' if seqs['c1'][p] != 'A' else 'C'}\tG" for p in range(500, 600, 10)]
+    vcf = tmp_path / "w.vcf.gz"
+    import gzip
+    with gzip.open(vcf, "wt") as f:
+        f.write("#CHROM\tPOS\tID\tREF\tALT\n" + "\n".join(wrong) + "\n")
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "interpret.py", "variants", str(out), str(vcf), "--genome", genome,
+                        "--window-size", "200", "-o", str(tmp_path / "e.tsv")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"error: {vcf}: 10 of 10 REF alleles differ from the genome (expected the genome " \
+                               f"build the VCF was called on)"
+    assert not (tmp_path / "e.tsv").exists()
