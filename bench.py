@@ -9,6 +9,7 @@ collate, scoring, and the metrics. Each figure is printed next to the ratio it i
                                                    # a GPT-2-small-sized decoder with an 8000-token vocabulary
 
     python bench.py --prepare         # prepare.py on a generated 1 Gb genome with 1M peaks: windows/s, peak RSS
+    python bench.py --pooling         # test AUROC of last, mean and max pooling, decoders and an encoder
 
 The data are random sequences of 200-2000 bp with random labels: speed does not depend on what is learned.
 """
@@ -208,6 +209,68 @@ def bench_prepare(args):
             "prepare_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
+def bench_pooling(args):
+    """Which pooling learns: a small encoder (BERT) and decoders (GPT-2, Llama) trained from scratch by train.py on
+    the first args.n example sequences (3 epochs, overlapping 6-mers between [CLS] and [SEP]), each with last,
+    mean and max pooling, and cls for the encoder; and a GPT-2 pretrained first as a causal language model on the
+    other example sequences (non-overlapping 6-mers, [SEP] appended), as a pretrained DNA decoder is, with
+    pooling: auto too. Test macro AUROC. (Mamba's reference scan, without its CUDA kernels, is too slow to train
+    on a CPU.)"""
+    import model
+    from transformers import BertConfig, LlamaConfig
+    path = os.path.join(args.tmp, "example.tsv")
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "example", "example.tsv")) as f:
+        lines = f.readlines()  # the header, args.n sequences to fine-tune on, and the rest to pretrain on
+    with open(path, "w") as f:
+        f.writelines(lines[:args.n + 1])
+    size = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
+    configs = {"bert": BertConfig(vocab_size=4101, max_position_embeddings=512, **size),
+               "gpt2": GPT2Config(vocab_size=4101, n_positions=512, n_embd=64, n_layer=2, n_head=2),
+               "llama": LlamaConfig(vocab_size=4101, max_position_embeddings=512, num_key_value_heads=1, **size)}
+    out = {}
+    for family, backbone_config in [*configs.items(), ("gpt2_pretrained", configs["gpt2"])]:
+        folder = os.path.join(args.tmp, family)
+        torch.manual_seed(0)
+        if family == "gpt2_pretrained":
+            pretrain_decoder(folder, lines[args.n + 1:], backbone_config, model.KmerTokenizer(6, stride=6),
+                             args.pretrain_steps)
+        else:
+            AutoModel.from_config(backbone_config).save_pretrained(folder)
+            model.KmerTokenizer(6).save_pretrained(folder)
+        extra = {"bert": ("cls",), "gpt2_pretrained": ("auto",)}.get(family, ())
+        for pooling in ("last", "mean", "max") + extra:
+            cfg = config.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.yaml"), [
+                f"data.path={path}", f"data.cache_dir={args.tmp}/cache", "model.source=local",
+                f"model.name_or_path={folder}", f"model.pooling={pooling}",
+                f"training.output_dir={args.tmp}/{family}_{pooling}", "training.num_train_epochs=3",
+                "training.logging_steps=1000", "training.save_strategy=no"])
+            assert train.train(cfg) == 0
+            with open(os.path.join(args.tmp, f"{family}_{pooling}", "test_metrics.json")) as f:
+                out[f"{family}_{pooling}_auroc"] = json.load(f)["test_auroc_macro"]
+            if pooling == "auto":  # what reading the training data chose
+                out[f"{family}_auto_chose"] = config.load(os.path.join(args.tmp, f"{family}_auto", "config.yaml"))[
+                    "model"]["pooling"]
+    return out
+
+
+def pretrain_decoder(folder, lines, backbone_config, tokenizer, steps=600, batch=32):
+    """A GPT-2 trained to predict each next token of the sequences in lines (TSV rows), saved as a backbone."""
+    from transformers import GPT2LMHeadModel
+    lm = GPT2LMHeadModel(backbone_config)
+    ids = [torch.tensor(x) for x in tokenizer([line.split("\t")[0] for line in lines])["input_ids"]]
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        chosen = [ids[i] for i in rng.integers(0, len(ids), batch)]
+        x = torch.nn.utils.rnn.pad_sequence(chosen, batch_first=True, padding_value=tokenizer.pad_token_id)
+        mask = (x != tokenizer.pad_token_id).long()
+        lm(input_ids=x, attention_mask=mask, labels=x.masked_fill(mask == 0, -100)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    lm.transformer.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
@@ -229,13 +292,15 @@ def main():
     p.add_argument("--eval-n", type=int, default=2000)
     p.add_argument("--metrics-rows", type=int, default=1_000_000)
     p.add_argument("--prepare", action="store_true", help="time prepare.py instead, on a generated genome")
+    p.add_argument("--pooling", action="store_true", help="compare poolings instead (--n example sequences)")
+    p.add_argument("--pretrain-steps", type=int, default=600, help="--pooling: causal LM steps of the GPT-2")
     p.add_argument("--genome-mb", type=int, default=1000, help="--prepare: the genome's size in Mb")
     p.add_argument("--peaks", type=int, default=1_000_000, help="--prepare: peaks in all")
     args = p.parse_args()
     args.tmp = tempfile.mkdtemp(prefix="bench-")
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     try:
-        result = bench_prepare(args) if args.prepare else bench(args)
+        result = bench_prepare(args) if args.prepare else bench_pooling(args) if args.pooling else bench(args)
     finally:
         shutil.rmtree(args.tmp, ignore_errors=True)
     for k, v in result.items():

@@ -26,6 +26,7 @@ class KmerTokenizer:
     a run of specific tokens whatever its offset, which is what lets a small model learn it quickly."""
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     pad_token_id, unk_token_id, cls_token_id, sep_token_id = 0, 1, 2, 3
+    all_special_ids = [0, 1, 2, 3, 4]
     padding_side = "right"
 
     def __init__(self, k=6, stride=1):
@@ -198,16 +199,32 @@ def is_decoder(config):
 
 
 def auto_pooling(source, config, tokenizer):
-    """model.pooling auto, with the reason: max for the scratch model (short motifs), last for decoders (only the
-    last token has seen the whole sequence), cls for models trained with a CLS token, mean otherwise."""
+    """The rule of model.pooling auto, with the reason, where the training data cannot decide (scoring's
+    choose_pooling reads them for a pretrained backbone): max for the scratch model (short motifs), mean for
+    pretrained decoders (their last token, often an appended SEP or EOS, carries less of the sequence than the
+    mean of all its tokens), cls for encoders trained with a CLS token, mean otherwise."""
     if source == "scratch":
         return "max", "the scratch model finds short motifs fastest with it"
     if is_decoder(config):
-        return "last", "a decoder: its last token has seen the whole sequence"
+        return "mean", "a decoder: the mean of its tokens beat its last token on pretrained DNA decoders"
     cls = getattr(tokenizer, "cls_token_id", None)
     if cls is not None and tokenizer(["ACGT"], add_special_tokens=True)["input_ids"][0][0] == cls:
         return "cls", "the tokenizer starts every sequence with a CLS token"
     return "mean", "an encoder without a CLS token"
+
+
+def added_tokens(tokenizer):
+    """The ids of the special tokens a tokenizer adds around a sequence (CLS, SEP, BOS, EOS, ...), not UNK, which
+    stands for bases (N) of the sequence. No tokenizer (None) adds none."""
+    return set(getattr(tokenizer, "all_special_ids", [])) - {getattr(tokenizer, "unk_token_id", None)}
+
+
+def own_tokens(input_ids, attention_mask, marks):
+    """The attention mask without the added tokens (marks); a sequence of added tokens alone keeps them all."""
+    if not len(marks):
+        return attention_mask
+    own = attention_mask.bool() & ~torch.isin(input_ids, marks)
+    return torch.where(own.any(1, keepdim=True), own, attention_mask.bool()).to(attention_mask.dtype)
 
 
 def pool(h, mask, how):
@@ -229,7 +246,7 @@ class MultiLabelModel(nn.Module):
     """Backbone -> pooling -> dropout -> head(s). With groups (lists of label indices), each group of labels gets
     its own small MLP head on the shared backbone, for tasks that are better kept apart."""
 
-    def __init__(self, backbone, num_labels, pooling, dropout=0.1, groups=None, padding_side="right"):
+    def __init__(self, backbone, num_labels, pooling, dropout=0.1, groups=None, padding_side="right", marks=()):
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"config: model.pooling is '{pooling}' (expected one of {', '.join(POOLINGS)}; train.py "
@@ -237,6 +254,9 @@ class MultiLabelModel(nn.Module):
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # we pool ourselves; an unused pooler would also stall DDP's gradient sync
         self.backbone, self.pooling, self.n_labels = backbone, pooling, num_labels
+        # mean and max pool over the sequence's own tokens, not the CLS, SEP, BOS or EOS the tokenizer adds, nor
+        # padding; last is the last token, an appended SEP or EOS included (trained from scratch, it summarises best)
+        self.register_buffer("marks", torch.tensor(sorted(marks), dtype=torch.long), persistent=False)
         self.dropout = nn.Dropout(dropout)
         takes = inspect.signature(backbone.forward).parameters
         self.takes_mask = "attention_mask" in takes  # HyenaDNA's forward takes none
@@ -289,7 +309,8 @@ class MultiLabelModel(nn.Module):
 
     def forward(self, input_ids, attention_mask):
         h = self.token_states(input_ids, attention_mask)
-        x = self.dropout(pool(h, attention_mask, self.pooling))
+        mask = own_tokens(input_ids, attention_mask, self.marks) if self.pooling in ("mean", "max") else attention_mask
+        x = self.dropout(pool(h, mask, self.pooling))
         if hasattr(self, "heads"):  # heads give their groups' logits; put them back in label order
             return torch.cat([head(x) for head in self.heads], dim=1)[:, self.label_order]
         return self.head(x)
@@ -319,7 +340,8 @@ def build_model(backbone, names, model_cfg, tokenizer):
     """The full model as the config says: pooling (resolved, not auto), heads, then which parameters train
     (model.finetune)."""
     net = MultiLabelModel(backbone, len(names), model_cfg["pooling"], model_cfg["dropout"],
-                          head_groups(model_cfg["head_groups"], names), getattr(tokenizer, "padding_side", "right"))
+                          head_groups(model_cfg["head_groups"], names), getattr(tokenizer, "padding_side", "right"),
+                          added_tokens(tokenizer))
     mode = model_cfg["finetune"]
     if mode in ("head", "lora"):
         for p in net.backbone.parameters():

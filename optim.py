@@ -59,25 +59,38 @@ def lr_lambda(train_cfg, total_steps):
 class Selection:
     """The best evaluation so far by metric_for_best_model, and Hugging Face's EarlyStoppingCallback: the run stops
     after early_stopping_patience evaluations in a row that did not improve on the best by more than
-    early_stopping_threshold."""
+    early_stopping_threshold. Where the metric cannot tell two evaluations apart, tied (an F1 of 0 while no label
+    reaches its threshold yet) or undefined (nan), the eval loss decides, and the log says so once."""
 
     def __init__(self, metric, train_cfg):
         self.metric, self.patience = metric, train_cfg["early_stopping_patience"]
         self.threshold = train_cfg["early_stopping_threshold"]
         given = train_cfg["greater_is_better"]
         self.greater = given if given is not None else not metric.endswith("loss")
-        self.best = self.best_step = None
-        self.bad_evals = 0
+        self.best = self.best_loss = self.best_step = None
+        self.bad_evals, self.said = 0, False
 
     def update(self, result, step):
         """Takes an evaluation's metrics; returns whether it is the best so far."""
-        value = result[self.metric]
-        better = self.best is None or (value > self.best if self.greater else value < self.best)
+        value, loss = result[self.metric], result["loss"]
+        tied = self.best is not None and (value == self.best or math.isnan(value) and math.isnan(self.best))
+        if self.best is None:
+            better = True
+        elif tied:
+            better = loss < self.best_loss
+            if not self.said:
+                log(f"selection: {self.metric} is {'undefined' if math.isnan(value) else f'tied at {value:.4f}'} "
+                    f"at step {step}, as at step {self.best_step}: the eval loss decides between such evaluations")
+                self.said = True
+        else:  # nan never beats a number, a number always beats nan
+            better = not math.isnan(value) and (math.isnan(self.best) or (value > self.best if self.greater
+                                                                          else value < self.best))
         if self.patience:
-            enough = better and abs(value - (self.best or 0)) > self.threshold
-            self.bad_evals = 0 if self.best is None or enough else self.bad_evals + 1
+            enough = self.best is None or better and (tied or math.isnan(self.best) or
+                                                      abs(value - self.best) > self.threshold)
+            self.bad_evals = 0 if enough else self.bad_evals + 1
         if better:
-            self.best, self.best_step = value, step
+            self.best, self.best_loss, self.best_step = value, loss, step
             log(f"new best {self.metric} {value:.4f} at step {step}")
         return better
 
@@ -90,7 +103,9 @@ class Selection:
                 f"(best {self.best:.4f} at step {self.best_step})")
 
     def state(self):
-        return {"best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals}
+        return {"best": self.best, "best_loss": self.best_loss, "best_step": self.best_step,
+                "bad_evals": self.bad_evals}
 
     def load(self, ckpt):
         self.best, self.best_step, self.bad_evals = ckpt["best"], ckpt.get("best_step"), ckpt.get("bad_evals", 0)
+        self.best_loss = ckpt.get("best_loss", float("inf"))

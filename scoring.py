@@ -1,7 +1,8 @@
 """
 What every entry point needs to run a model: the device and process group, seeds, mixed precision, the model of
 a finished run rebuilt from its folder, and batched scoring across ranks (predict_logits for any set of token ids,
-evaluate for a labelled split, score_sequences for plain sequences).
+evaluate for a labelled split, Scorer for plain sequences). Also pooling: auto, which reads the frozen backbone's
+pooled states of training sequences with a logistic regression (fit_logistic) and keeps the pooling it reads best.
 """
 import os
 import random
@@ -21,7 +22,8 @@ import outputs
 from outputs import progress_bar
 from config import ConfigError
 from lora import merge_lora
-from model import bce_with_logits, build_model, load_tokenizer
+from model import (MultiLabelModel, added_tokens, auto_pooling, bce_with_logits, build_model, load_tokenizer,
+                   own_tokens, pool)
 
 
 def setup_device(device_cfg):
@@ -161,3 +163,69 @@ def load_trained(path):
     net.load_state_dict(ckpt["model"])
     merge_lora(net)  # LoRA updates folded into plain weights: same outputs, faster
     return net.eval(), tokenizer, ckpt
+
+
+# -----------------------------------------------------------------------------
+# pooling: auto
+
+def fit_logistic(x, y, mask, penalty, steps=100):
+    """A logistic regression per label (one weight matrix), fitted by L-BFGS on the measured entries; returns the
+    function from features to probabilities."""
+    x, y, mask = (torch.from_numpy(np.asarray(a, np.float32)) for a in (x, y, mask))
+    w = torch.zeros(x.shape[1], y.shape[1], requires_grad=True)
+    b = torch.zeros(y.shape[1], requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def loss():
+        opt.zero_grad()
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none")
+        value = (bce * mask).sum() / mask.sum().clamp(min=1) + penalty * (w ** 2).sum()
+        value.backward()
+        return value
+    opt.step(loss)
+    return lambda z: torch.sigmoid(torch.from_numpy(np.asarray(z, np.float32)) @ w + b).detach().numpy()
+
+
+@torch.no_grad()
+def choose_pooling(model_cfg, backbone, tokenizer, split, names, device, autocast, seed, n=1000):
+    """pooling: auto. The scratch model: max (its random weights say nothing yet; see the README). A pretrained
+    backbone: its frozen token states of up to n training sequences are pooled every way, a logistic regression
+    per pooling is fitted on half of them and scored (macro AUROC) on the other half, and the best pooling is kept.
+    Under DDP, rank 0's choice holds. Returns (pooling, why)."""
+    if model_cfg["source"] == "scratch":
+        return auto_pooling("scratch", backbone.config, tokenizer)
+    with torch.random.fork_rng(devices=[]):  # its unused head must not move the seeded start of the real model
+        net = MultiLabelModel(backbone, len(names), "mean", 0.0, None, getattr(tokenizer, "padding_side", "right"),
+                              added_tokens(tokenizer)).to(device).eval()
+    rows = np.random.RandomState(seed).permutation(len(split))[:n]  # its halves: fit and score
+    collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"))
+    ways = ["mean", "max", "last"] + (["cls"] if auto_pooling(model_cfg["source"], backbone.config,
+                                                              tokenizer)[0] == "cls" else [])
+    states = {how: [] for how in ways}
+    for i in range(0, len(rows), 32):
+        batch = collate([split[j] for j in rows[i:i + 32]])
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        with autocast:
+            h = net.token_states(ids, mask).float()
+        own = own_tokens(ids, mask, net.marks)
+        for how in ways:
+            states[how].append(pool(h, own if how in ("mean", "max") else mask, how).cpu())
+    y, m, half = np.asarray(split.labels[rows], np.float32), np.asarray(split.mask[rows], bool), len(rows) // 2
+    scores = {}
+    for how, parts in states.items():
+        x = torch.cat(parts).numpy()
+        x = (x - x[:half].mean(0)) / (x[:half].std(0) + 1e-6)
+        read = fit_logistic(x[:half], y[:half], m[:half], 1e-3)
+        scores[how] = metrics.compute_metrics(y[half:], read(x[half:]), names, mask=m[half:])["auroc_macro"]
+    found = [how for how in ways if not np.isnan(scores[how])]
+    choice = max(found, key=scores.get) if found else auto_pooling(model_cfg["source"], backbone.config, tokenizer)[0]
+    if dist.is_initialized():
+        shared = [choice]
+        dist.broadcast_object_list(shared, src=0)
+        choice = shared[0]
+    measured = ", ".join(f"{how} {scores[how]:.3f}" for how in ways)
+    if not found:
+        return choice, f"the {len(rows)} training sequences cannot tell the poolings apart ({measured}); " \
+                       f"{auto_pooling(model_cfg['source'], backbone.config, tokenizer)[1]}"
+    return choice, (f"a logistic regression on the frozen backbone's pooled states of {len(rows)} training "
+                    f"sequences reads {choice} best (macro AUROC on the half it was not fitted on: {measured})")

@@ -30,11 +30,11 @@ import config
 import data
 import metrics
 import outputs
-from model import (auto_pooling, bce_with_logits, build_model, enable_gradient_checkpointing, load_backbone,
-                   position_limit, resolve_pos_weight)
+from model import (bce_with_logits, build_model, enable_gradient_checkpointing, load_backbone, position_limit,
+                   resolve_pos_weight)
 from outputs import log, log_eval, log_train
 from optim import Selection, count_steps_per_epoch, count_total_steps, lr_lambda, make_optimizer
-from scoring import amp_dtype, autocast, end_process_group, evaluate, seed_everything, setup_device
+from scoring import amp_dtype, autocast, choose_pooling, end_process_group, evaluate, seed_everything, setup_device
 
 class NonFiniteError(RuntimeError):
     pass
@@ -60,7 +60,7 @@ def train(cfg):
     amp = autocast(dtype, device)
 
     # data and model
-    backbone, tokenizer, source_dir, datasets, names = load_backbone_and_data(cfg, world)
+    backbone, tokenizer, source_dir, datasets, names = load_backbone_and_data(cfg, world, device, amp)
     train_cfg["run_name"] = train_cfg["run_name"] or ckpt and ckpt["config"]["training"].get("run_name") or \
         time.strftime("%Y-%m-%d_%H-%M-%S")  # a resumed run continues its TensorBoard folder
     metric = config.check_metric(train_cfg["metric_for_best_model"], names)
@@ -284,10 +284,10 @@ class StopSignal:
 # -----------------------------------------------------------------------------
 # setup
 
-def load_backbone_and_data(cfg, world):
+def load_backbone_and_data(cfg, world, device, amp):
     """The backbone, its tokenizer and folder, the splits and the label names trained on. What loading finds goes
     into the config that the run folder saves, so that predict.py reads the same: the position limit of the
-    backbone, the pooling auto chose, and the labels of the data."""
+    backbone, the labels of the data, and the pooling auto chose by reading the training data."""
     task_cfg, data_cfg, model_cfg = cfg["task"], cfg["data"], cfg["model"]
     backbone, tokenizer, source_dir = load_backbone(model_cfg, data_cfg["max_length"])
     limit = position_limit(backbone.config)
@@ -295,11 +295,12 @@ def load_backbone_and_data(cfg, world):
         log(f"note: data.max_length {data_cfg['max_length']} is more than the backbone's {limit} positions; "
             f"sequences are cut to {limit} tokens")
         data_cfg["max_length"] = limit
-    if model_cfg["pooling"] == "auto":
-        model_cfg["pooling"], why = auto_pooling(model_cfg["source"], backbone.config, tokenizer)
-        log(f"pooling: auto chose {model_cfg['pooling']}: {why}")
     datasets, all_names, names = cache.load_for_training(cfg, tokenizer, world)
     task_cfg.update(label_map=dict(enumerate(all_names)), num_labels=len(all_names), label_names=None)
+    if model_cfg["pooling"] == "auto":
+        model_cfg["pooling"], why = choose_pooling(model_cfg, backbone, tokenizer, datasets["train"], names, device,
+                                                   amp, cfg["training"]["seed"])
+        log(f"pooling: auto chose {model_cfg['pooling']}: {why}")
     return backbone, tokenizer, source_dir, datasets, names
 
 

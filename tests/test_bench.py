@@ -24,3 +24,15 @@ def test_bench_json_has_every_figure(backbone):
     assert result["padding_fraction_grouped"] < result["padding_fraction_random"]
     assert 0 < result["loop_vs_bare"] and 0 <= result["data_wait_fraction"] < 1
     assert result["metrics_s_5k_x_919"] > 0
+
+
+def test_bench_pooling_reports_every_pooling_and_what_auto_chose():
+    p = subprocess.run([sys.executable, "bench.py", "--pooling", "--json", "--n", "200", "--pretrain-steps", "5"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    runs = [f"{family}_{how}_auroc" for family in ("bert", "gpt2", "llama", "gpt2_pretrained")
+            for how in ("last", "mean", "max")] + ["bert_cls_auroc", "gpt2_pretrained_auto_auroc"]
+    assert sorted(k for k in result if k.endswith("_auroc")) == sorted(runs)
+    assert all(0 <= result[k] <= 1 for k in runs)
+    assert result["gpt2_pretrained_auto_chose"] in ("mean", "max", "last")
