@@ -54,8 +54,9 @@ DEFAULTS = {
     "model": {
         "source": "scratch",  # scratch | local | huggingface | modelscope
         "name_or_path": None,
-        "pooling": "auto",  # auto | mean | cls | last | max; auto: last for decoders, cls after a CLS token, else
-        #                     mean (max for the scratch model); the run logs its choice
+        "pooling": "auto",  # auto | mean | cls | last | max; auto: max for the scratch model, else the pooling the
+        #                     frozen backbone's states of training sequences read best; the run logs its choice
+        "pool_added_tokens": False,  # mean and max also over the CLS, SEP, BOS or EOS added (as runs before it did)
         "dropout": 0.1,  # the head's
         "backbone_dropout": None,  # a number overrides every dropout of the backbone; null keeps pretrained values
         "trust_remote_code": False,

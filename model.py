@@ -338,10 +338,10 @@ def head_groups(spec, names):
 
 def build_model(backbone, names, model_cfg, tokenizer):
     """The full model as the config says: pooling (resolved, not auto), heads, then which parameters train
-    (model.finetune)."""
+    (model.finetune). A run saved without model.pool_added_tokens pooled over them: it is rebuilt as it learned."""
     net = MultiLabelModel(backbone, len(names), model_cfg["pooling"], model_cfg["dropout"],
                           head_groups(model_cfg["head_groups"], names), getattr(tokenizer, "padding_side", "right"),
-                          added_tokens(tokenizer))
+                          () if model_cfg.get("pool_added_tokens", True) else added_tokens(tokenizer))
     mode = model_cfg["finetune"]
     if mode in ("head", "lora"):
         for p in net.backbone.parameters():

@@ -22,8 +22,7 @@ import outputs
 from outputs import progress_bar
 from config import ConfigError
 from lora import merge_lora
-from model import (MultiLabelModel, added_tokens, auto_pooling, bce_with_logits, build_model, load_tokenizer,
-                   own_tokens, pool)
+from model import auto_pooling, bce_with_logits, build_model, load_tokenizer, own_tokens, pool
 
 
 def setup_device(device_cfg):
@@ -195,8 +194,8 @@ def choose_pooling(model_cfg, backbone, tokenizer, split, names, device, autocas
     if model_cfg["source"] == "scratch":
         return auto_pooling("scratch", backbone.config, tokenizer)
     with torch.random.fork_rng(devices=[]):  # its unused head must not move the seeded start of the real model
-        net = MultiLabelModel(backbone, len(names), "mean", 0.0, None, getattr(tokenizer, "padding_side", "right"),
-                              added_tokens(tokenizer)).to(device).eval()
+        probe = dict(model_cfg, pooling="mean", dropout=0.0, head_groups=None, finetune="full")
+        net = build_model(backbone, names, probe, tokenizer).to(device).eval()
     rows = np.random.RandomState(seed).permutation(len(split))[:n]  # its halves: fit and score
     collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"))
     ways = ["mean", "max", "last"] + (["cls"] if auto_pooling(model_cfg["source"], backbone.config,

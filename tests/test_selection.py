@@ -76,6 +76,9 @@ def test_mean_pools_a_sep_appending_decoder_over_its_own_tokens(tmp_path):
         assert torch.allclose(net(ids, torch.ones_like(ids)), net.head(states[:, :-1].mean(1)), atol=1e-6)
         net.pooling = "last"  # the last token, the SEP included: trained from scratch, it summarises best
         assert torch.allclose(net(ids, torch.ones_like(ids)), net.head(states[:, -1]), atol=1e-6)
+        old = {k: v for k, v in model_cfg.items() if k != "pool_added_tokens"}  # a run saved before the key
+        net = build_model(backbone, ["a"], dict(old, pooling="mean", dropout=0.0), tok).eval()
+        assert torch.allclose(net(ids, torch.ones_like(ids)), net.head(states.mean(1)), atol=1e-6)
 
 
 class OneHot(torch.nn.Module):
