@@ -32,7 +32,7 @@ import data
 from genome import Genome
 from outputs import log, progress_bar
 from pictures import BASES, ism_figure
-from scoring import Scorer, end_process_group, load_trained, setup_device
+from scoring import end_process_group, load_scorer
 
 
 def ism(args, score, names, data_cfg, rank):
@@ -138,9 +138,9 @@ def read_vcf(path, genome, width):
                 raise data.DataError(f"{path}:{n}: REF '{fields[3]}' at {chrom}:{pos} (expected bases inside "
                                      f"{chrom}, which has {genome.lengths[c]:,})")
             checked += 1
-            if genome.fetch(c, p, p + len(ref)).decode() != ref:
-                mismatched.append(f"{path}:{n}: REF '{ref}' but the genome has "
-                                  f"'{genome.fetch(c, p, p + len(ref)).decode()}' at {chrom}:{pos}")
+            has = genome.fetch(c, p, p + len(ref)).decode()
+            if has != ref:
+                mismatched.append(f"{path}:{n}: REF '{ref}' but the genome has '{has}' at {chrom}:{pos}")
                 continue
             for alt in fields[4].upper().split(","):
                 why = "symbolic or missing ALT" if not re.fullmatch("[ACGTN]+", alt) else \
@@ -222,13 +222,8 @@ def main(argv):
     try:
         if args.mode == "variants" and not args.genome:
             raise config.ConfigError("--genome: variants needs the genome FASTA the VCF was called on")
-        net, tokenizer, ckpt = load_trained(args.run)
+        score, ckpt, rank = load_scorer(args.run, args.device, args.batch_size, args.rc_average)
         run_cfg = ckpt["config"]
-        defaults = {**config.DEFAULTS["predict"], **run_cfg.get("predict", {})}
-        rank, world, device = setup_device(args.device or defaults["device"])
-        score = Scorer(net.to(device), tokenizer, run_cfg["data"]["max_length"],
-                       args.batch_size or defaults["batch_size"], device,
-                       args.rc_average or run_cfg["model"]["rc_average"])
         if args.mode == "ism":
             ism(args, score, ckpt["label_names"], run_cfg["data"], rank)
         else:

@@ -23,7 +23,7 @@ import data
 import metrics
 import outputs
 from outputs import log, prediction_row, progress_bar
-from scoring import Scorer, end_process_group, load_trained, setup_device
+from scoring import end_process_group, load_scorer
 
 CHUNK = 8192  # sequences read, scored and written at a time: memory stays bounded on any input size
 
@@ -42,14 +42,9 @@ def parse_threshold(text):
 
 
 def predict(args):
-    net, tokenizer, ckpt = load_trained(args.run)
+    score, ckpt, rank = load_scorer(args.run, args.device, args.batch_size, args.rc_average)
     run_cfg, names = ckpt["config"], ckpt["label_names"]
-    data_cfg, defaults = run_cfg["data"], {**config.DEFAULTS["predict"], **run_cfg.get("predict", {})}
-    if args.id_col:
-        data_cfg = {**data_cfg, "id_col": args.id_col}
-    rank, world, device = setup_device(args.device or defaults["device"])
-    score = Scorer(net.to(device), tokenizer, data_cfg["max_length"], args.batch_size or defaults["batch_size"],
-                   device, args.rc_average or run_cfg["model"]["rc_average"])
+    data_cfg = {**run_cfg["data"], "id_col": args.id_col} if args.id_col else run_cfg["data"]
     data_names = config.label_names_from_config(run_cfg["task"]) or names
     given = args.threshold is not None
     thresholds = config.thresholds(args.threshold if given else ckpt["thresholds"], names, "--threshold")

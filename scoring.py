@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModel
 
 import cache
+import config
 import data
 import metrics
 import outputs
@@ -140,6 +141,18 @@ class Scorer:
 
 # -----------------------------------------------------------------------------
 # a finished run
+
+def load_scorer(run, device=None, batch_size=None, rc_average=False):
+    """(Scorer, checkpoint, rank) for a run folder or checkpoint, on the device and with the batch size given,
+    else the run's predict settings; rc_average, or the run's model.rc_average, averages both strands."""
+    net, tokenizer, ckpt = load_trained(run)
+    run_cfg = ckpt["config"]
+    defaults = {**config.DEFAULTS["predict"], **run_cfg.get("predict", {})}
+    rank, _, device = setup_device(device or defaults["device"])
+    score = Scorer(net.to(device), tokenizer, run_cfg["data"]["max_length"], batch_size or defaults["batch_size"],
+                   device, rc_average or run_cfg["model"]["rc_average"])
+    return score, ckpt, rank
+
 
 def load_trained(path):
     """(model on the CPU, in eval mode, LoRA merged; tokenizer; checkpoint) from a run folder (its best.pt, else
