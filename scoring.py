@@ -204,15 +204,15 @@ def choose_pooling(model_cfg, backbone, tokenizer, split, names, device, autocas
     backbone: its frozen token states of up to n training sequences are pooled every way, a logistic regression
     per pooling is fitted on half of them and scored (macro AUROC) on the other half, and the best pooling is kept.
     Under DDP, rank 0's choice holds. Returns (pooling, why)."""
+    rule, reason = auto_pooling(model_cfg["source"], backbone.config, tokenizer)  # where the data cannot decide
     if model_cfg["source"] == "scratch":
-        return auto_pooling("scratch", backbone.config, tokenizer)
+        return rule, reason
     with torch.random.fork_rng(devices=[]):  # its unused head must not move the seeded start of the real model
         probe = dict(model_cfg, pooling="mean", dropout=0.0, head_groups=None, finetune="full")
         net = build_model(backbone, names, probe, tokenizer).to(device).eval()
     rows = np.random.RandomState(seed).permutation(len(split))[:n]  # its halves: fit and score
     collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"))
-    ways = ["mean", "max", "last"] + (["cls"] if auto_pooling(model_cfg["source"], backbone.config,
-                                                              tokenizer)[0] == "cls" else [])
+    ways = ["mean", "max", "last"] + (["cls"] if rule == "cls" else [])
     states = {how: [] for how in ways}
     for i in range(0, len(rows), 32):
         batch = collate([split[j] for j in rows[i:i + 32]])
@@ -230,14 +230,13 @@ def choose_pooling(model_cfg, backbone, tokenizer, split, names, device, autocas
         read = fit_logistic(x[:half], y[:half], m[:half], 1e-3)
         scores[how] = metrics.compute_metrics(y[half:], read(x[half:]), names, mask=m[half:])["auroc_macro"]
     found = [how for how in ways if not np.isnan(scores[how])]
-    choice = max(found, key=scores.get) if found else auto_pooling(model_cfg["source"], backbone.config, tokenizer)[0]
+    choice = max(found, key=scores.get) if found else rule
     if dist.is_initialized():
         shared = [choice]
         dist.broadcast_object_list(shared, src=0)
         choice = shared[0]
     measured = ", ".join(f"{how} {scores[how]:.3f}" for how in ways)
     if not found:
-        return choice, f"the {len(rows)} training sequences cannot tell the poolings apart ({measured}); " \
-                       f"{auto_pooling(model_cfg['source'], backbone.config, tokenizer)[1]}"
+        return choice, f"the {len(rows)} training sequences cannot tell the poolings apart ({measured}); {reason}"
     return choice, (f"a logistic regression on the frozen backbone's pooled states of {len(rows)} training "
                     f"sequences reads {choice} best (macro AUROC on the half it was not fitted on: {measured})")
