@@ -27,7 +27,7 @@ import config
 import data
 import splits
 from data import DataError
-from outputs import log, progress_bar
+from console import log, progress_bar
 
 CACHE_VERSION = 3
 CHUNK = 4096  # records read and tokenised at a time

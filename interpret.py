@@ -30,7 +30,7 @@ from PIL import Image
 import config
 import data
 from genome import Genome
-from outputs import log, progress_bar
+from console import log, progress_bar
 from pictures import BASES, ism_figure
 from scoring import end_process_group, load_scorer
 

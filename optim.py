@@ -9,7 +9,7 @@ import torch
 
 from config import ConfigError
 from data import batch_starts
-from outputs import log
+from console import log
 
 
 def make_optimizer(net, train_cfg, device):

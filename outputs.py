@@ -20,12 +20,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from tqdm import tqdm
 
 import config
 import data
 import metrics
 from config import ConfigError
+from console import log
 from pictures import cooccurrence_figure
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -218,13 +218,6 @@ def run_info(device):
 # -----------------------------------------------------------------------------
 # logs and the test report
 
-def log(*args):
-    """A console line, from rank 0 only. tqdm.write keeps a progress bar on the terminal below the line."""
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        tqdm.write(" ".join(map(str, args)), file=sys.stdout)
-        sys.stdout.flush()
-
-
 def log_model(net, model_cfg, names, device, world):
     n_params = sum(p.numel() for p in net.parameters())
     n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
@@ -232,43 +225,6 @@ def log_model(net, model_cfg, names, device, world):
     log(f"model: {model_cfg['source']} {model_cfg['name_or_path'] or ''} | {n_params / 1e6:.2f}M parameters, "
         f"{n_train / 1e6:.3f}M trained ({model_cfg['finetune']}) | pooling {model_cfg['pooling']} | "
         f"{len(names)} labels | device {device} x {world}{threads}")
-
-
-def progress_bar(iterable=None, total=None, initial=0, desc=None, unit="seq"):
-    """A progress bar on a terminal, on rank 0; nothing in a log file or CI, where the log lines say as much."""
-    show = sys.stderr.isatty() and (not dist.is_initialized() or dist.get_rank() == 0)
-    return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, disable=not show, leave=False,
-                dynamic_ncols=True)
-
-
-def clock(seconds):
-    minutes, s = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}" if minutes >= 60 else f"{minutes}:{s:02d}"
-
-
-class Progress:
-    """Time in the step loop: the rate and the wait for data since the last log line, the elapsed time and the
-    ETA to the end of training (from the pace so far, evaluations included), and a progress bar on a terminal."""
-
-    def __init__(self, step, total_steps):
-        self.first, self.total, self.start = step, total_steps, time.time()
-        self.bar = progress_bar(total=total_steps, initial=step, desc="training", unit="step")
-        self.reset()
-
-    def reset(self):
-        self.t0, self.seen, self.steps, self.waited = time.time(), 0, 0, 0.0
-
-    def update(self, n, waited):
-        self.seen, self.steps, self.waited = self.seen + n, self.steps + 1, self.waited + waited
-        self.bar.update()
-
-    def timing(self, step):
-        elapsed = time.time() - self.start
-        left = elapsed / max(step - self.first, 1) * (self.total - step)
-        return f"{clock(elapsed)} elapsed, ETA {clock(left)}"
-
-    def close(self):
-        self.bar.close()
 
 
 def open_tensorboard(train_cfg, train_set, names, step):

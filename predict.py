@@ -22,7 +22,8 @@ import config
 import data
 import metrics
 import outputs
-from outputs import log, prediction_row, progress_bar
+from console import log, progress_bar
+from outputs import prediction_row
 from scoring import end_process_group, load_scorer
 
 CHUNK = 8192  # sequences read, scored and written at a time: memory stays bounded on any input size

@@ -24,7 +24,7 @@ import numpy as np
 import config
 import data
 from genome import COMPOSITION, Genome, Intervals, read_intervals
-from outputs import log, progress_bar
+from console import log, progress_bar
 
 CHUNK = 8192  # windows fetched at a time
 GC_BINS = np.linspace(0, 1, 51)  # GC matching keeps the labelled windows' share in each bin of 0.02

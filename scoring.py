@@ -20,7 +20,7 @@ import config
 import data
 import metrics
 import outputs
-from outputs import progress_bar
+from console import progress_bar
 from config import ConfigError
 from lora import merge_lora
 from model import auto_pooling, bce_with_logits, build_model, load_tokenizer, own_tokens, pool

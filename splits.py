@@ -10,7 +10,7 @@ import numpy as np
 from config import ConfigError
 from data import DataError
 from genome import Intervals, parse_coordinates
-from outputs import log
+from console import log
 
 SPLITS = ("train", "validation", "test")
 

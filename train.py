@@ -32,7 +32,8 @@ import metrics
 import outputs
 from model import (bce_with_logits, build_model, enable_gradient_checkpointing, load_backbone, position_limit,
                    resolve_pos_weight)
-from outputs import log, log_eval, log_train
+from console import Progress, log
+from outputs import log_eval, log_train
 from optim import Selection, count_steps_per_epoch, count_total_steps, lr_lambda, make_optimizer
 from scoring import amp_dtype, autocast, choose_pooling, end_process_group, evaluate, seed_everything, setup_device
 
@@ -138,7 +139,7 @@ def train(cfg):
     stopping = 0
     log(f"training: {total_steps} steps of {global_size} sequences ({steps_per_epoch} steps per epoch), "
         f"{accum} micro-steps per step")
-    progress = outputs.Progress(step, total_steps)
+    progress = Progress(step, total_steps)
     try:
         with StopSignal(world, device) as stop:
             model.train()

@@ -223,10 +223,10 @@ def test_a_label_without_positives_is_marked_and_warned_about(run_dir, tmp_path,
 
 
 def test_progress_bars_only_on_a_terminal(monkeypatch):
-    import outputs
-    assert outputs.progress_bar(total=3).disable  # a log file, CI, pytest
+    import console
+    assert console.progress_bar(total=3).disable  # a log file, CI, pytest
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    bar = outputs.progress_bar(total=3)
+    bar = console.progress_bar(total=3)
     assert not bar.disable
     bar.close()
-    assert outputs.clock(5) == "0:05" and outputs.clock(3725) == "1:02:05"
+    assert console.clock(5) == "0:05" and console.clock(3725) == "1:02:05"
