@@ -229,7 +229,7 @@ def locate(message, path=None, overrides=()):
     else the line of the YAML file, else the file."""
     if not message.startswith("config:"):
         return message
-    found = re.search(r"\b(task|data|model|training|predict)\.(\w+)", message)
+    found = re.search(rf"\b({'|'.join(DEFAULTS)})\.(\w+)", message)
     where = path or "config"
     if found:
         section, key = found.groups()
