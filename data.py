@@ -2,7 +2,7 @@
 Data: read TSV/CSV/FASTA (optionally .gz), validate sequences and labels, split, tokenise, batch.
 Also the generator of the shipped example data:
 
-    python data.py            # rewrites data/example/example.tsv with a fixed seed, and writes data/genome/
+    python data.py            # rewrites data/example/example.tsv with a fixed seed
 
 Every problem with the input is a DataError, one line: `path:line: what is wrong (what was expected)`.
 """
@@ -383,7 +383,5 @@ def make_example(path="data/example/example.tsv", n=10000, seed=0, motif_len=12,
     return path
 
 
-if __name__ == "__main__":  # the shipped example, and the genome example of the README's genome section
-    import genome
-    print(f"wrote {make_example(*sys.argv[1:2])} and {genome.make_example()}/: genome.fa, leaf.narrowPeak, root.bed, "
-          f"flower.bed, variants.vcf")
+if __name__ == "__main__":  # the shipped example (python prepare.py --example writes the genome example)
+    print(f"wrote {make_example(*sys.argv[1:2])} and its planted motifs")

@@ -16,8 +16,6 @@ variants reads a VCF (plain or .gz; SNVs and indels up to half the window), take
 variant from the genome with the reference and with the alternative allele, and writes a TSV: chrom pos id ref
 alt, then per label ref_prob, alt_prob, delta (alt - ref) and logit_delta.
 """
-import argparse
-import gzip
 import os
 import re
 import sys
@@ -27,9 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+import cli
 import config
 import data
-from genome import Genome
+from genomics.genome import Genome
+from genomics.variants import allele_windows, read_vcf
 from console import log, progress_bar
 from pictures import BASES, ism_figure
 from scoring import end_process_group, load_scorer
@@ -117,60 +117,6 @@ def top_rows(rid, seq, first, delta, labels, count):
 # -----------------------------------------------------------------------------
 # variant effects
 
-def read_vcf(path, genome, width):
-    """The variants that a window of width centred on them can score: (line, chrom, pos, id, ref, alt, chromosome
-    index, 0-based position), one per alternative allele; and what was left out, counted by reason. A REF that the
-    genome does not have is reported by line; when most do, it is an error: the wrong genome build."""
-    variants, skipped, mismatched, checked = [], {}, [], 0
-    with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
-        for n, text in enumerate(f, 1):
-            if text.startswith("#") or not text.strip():
-                continue
-            fields = text.rstrip("\n").split("\t")
-            if len(fields) < 5 or not fields[1].isdigit() or int(fields[1]) < 1:
-                raise data.DataError(f"{path}:{n}: expected CHROM, POS (1-based), ID, REF and ALT, tab-separated")
-            chrom, pos, vid, ref = fields[0], int(fields[1]), fields[2], fields[3].upper()
-            if chrom not in genome.index:
-                skipped["on a chromosome the genome lacks"] = skipped.get("on a chromosome the genome lacks", 0) + 1
-                continue
-            c, p = genome.index[chrom], pos - 1
-            if p + len(ref) > genome.lengths[c] or not re.fullmatch("[ACGTN]+", ref):
-                raise data.DataError(f"{path}:{n}: REF '{fields[3]}' at {chrom}:{pos} (expected bases inside "
-                                     f"{chrom}, which has {genome.lengths[c]:,})")
-            checked += 1
-            has = genome.fetch(c, p, p + len(ref)).decode()
-            if has != ref:
-                mismatched.append(f"{path}:{n}: REF '{ref}' but the genome has '{has}' at {chrom}:{pos}")
-                continue
-            for alt in fields[4].upper().split(","):
-                why = "symbolic or missing ALT" if not re.fullmatch("[ACGTN]+", alt) else \
-                    "longer than half the window" if max(len(ref), len(alt)) > width // 2 else \
-                    "too near a chromosome end" if p - width // 2 < 0 or p + len(ref) + width > genome.lengths[c] \
-                    else None
-                if why:
-                    skipped[why] = skipped.get(why, 0) + 1
-                else:
-                    variants.append((n, chrom, pos, vid, ref, alt, c, p))
-    for message in mismatched[:10]:
-        log(f"warning: {message}; left out")
-    if mismatched:
-        log(f"warning: {len(mismatched)} of {checked} variants have a REF the genome does not have")
-        if len(mismatched) > checked / 2:
-            raise data.DataError(f"{path}: {len(mismatched)} of {checked} REF alleles differ from the genome "
-                                 f"(expected the genome build the VCF was called on)")
-    return variants, skipped
-
-
-def allele_windows(genome, variant, width):
-    """The reference and alternative windows of width, centred on the variant; an indel's alternative window is
-    filled or cut on the right to the same width."""
-    *_, ref, alt, c, p = variant
-    start = p - width // 2
-    left = genome.fetch(c, start, p).decode()
-    right = genome.fetch(c, p + len(ref), p + len(ref) + width - len(left) - len(alt)).decode()
-    return genome.fetch(c, start, start + width).decode(), left + alt + right
-
-
 def variants(args, score, names, data_cfg, run_cfg, rank):
     genome = Genome(args.genome, data_cfg["cache_dir"])
     width = args.window_size or (run_cfg.get("prepare", {}).get("window") if run_cfg.get("prepare", {}).get("genome")
@@ -201,8 +147,20 @@ def variants(args, score, names, data_cfg, run_cfg, rank):
         log(f"wrote the effects of {len(rows):,} variants to {args.output}")
 
 
-def main(argv):
-    p = argparse.ArgumentParser(description="In-silico mutagenesis and variant effects, per label.")
+def interpret(args):
+    args.output = args.output or ("ism" if args.mode == "ism" else "variant_effects.tsv")
+    if args.mode == "variants" and not args.genome:
+        raise config.ConfigError("--genome: variants needs the genome FASTA the VCF was called on")
+    score, ckpt, rank = load_scorer(args.run, args.device, args.batch_size, args.rc_average)
+    run_cfg = ckpt["config"]
+    if args.mode == "ism":
+        ism(args, score, ckpt["label_names"], run_cfg["data"], rank)
+    else:
+        variants(args, score, ckpt["label_names"], run_cfg["data"], run_cfg, rank)
+    end_process_group()
+
+
+def options(p):
     p.add_argument("mode", choices=["ism", "variants"])
     p.add_argument("run", help="a run folder (output_dir of train.py) or a checkpoint .pt")
     p.add_argument("input", help="ism: sequences (FASTA, TSV/CSV, optionally .gz); variants: a VCF (or .vcf.gz)")
@@ -217,25 +175,11 @@ def main(argv):
     p.add_argument("--rc-average", action="store_true", help="average with the reverse complement's probabilities")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's predict.batch_size (64)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N; default: the run's predict.device")
-    args = p.parse_args(argv)
-    args.output = args.output or ("ism" if args.mode == "ism" else "variant_effects.tsv")
-    try:
-        if args.mode == "variants" and not args.genome:
-            raise config.ConfigError("--genome: variants needs the genome FASTA the VCF was called on")
-        score, ckpt, rank = load_scorer(args.run, args.device, args.batch_size, args.rc_average)
-        run_cfg = ckpt["config"]
-        if args.mode == "ism":
-            ism(args, score, ckpt["label_names"], run_cfg["data"], rank)
-        else:
-            variants(args, score, ckpt["label_names"], run_cfg["data"], run_cfg, rank)
-        end_process_group()
-    except (config.ConfigError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("stopped by Ctrl-C", file=sys.stderr)
-        return 130
-    return 0
+
+
+def main(argv):
+    return cli.run(interpret, __doc__, argv, options=options, interrupted="stopped by Ctrl-C",
+                   out_of_memory="lower --batch-size")
 
 
 if __name__ == "__main__":

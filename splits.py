@@ -9,7 +9,7 @@ import numpy as np
 
 from config import ConfigError
 from data import DataError
-from genome import Intervals, parse_coordinates
+from genomics.intervals import Intervals, parse_coordinates
 from console import log
 
 SPLITS = ("train", "validation", "test")

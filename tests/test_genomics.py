@@ -1,4 +1,5 @@
-"""From a genome and peaks to labelled windows (prepare.py), chromosome hold-out splits, and the bad inputs of both."""
+"""The genomics wing and prepare.py: from a genome and peaks to labelled windows, chromosome hold-out splits, and
+the bad inputs of both."""
 import csv
 import gzip
 import os
@@ -10,12 +11,12 @@ import pytest
 
 import cache
 import config
-import genome
 import prepare
-from conftest import ROOT
+from genomics.example import make_example
+from genomics.genome import Genome
 from data import DataError
 from model import KmerTokenizer
-from test_data import data_cfg
+from helpers import ROOT, data_cfg, read_tsv
 
 TOK = KmerTokenizer(1)
 
@@ -37,11 +38,6 @@ def cfg_for(tmp_path, genome_path, peaks, out="w.tsv", **prep):
     cfg = config.load(None, [f"data.path={tmp_path / out}", f"data.cache_dir={tmp_path / 'cache'}"])
     cfg["prepare"].update(genome=str(genome_path), peaks=peaks, **prep)
     return cfg
-
-
-def read_tsv(path):
-    with (gzip.open(path, "rt") if str(path).endswith(".gz") else open(path)) as f:
-        return list(csv.DictReader(f, delimiter="\t"))
 
 
 @pytest.fixture
@@ -121,7 +117,7 @@ def test_bins_and_min_overlap_in_bp(planted):
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory):
-    folder = genome.make_example(str(tmp_path_factory.mktemp("genome")))
+    folder = make_example(str(tmp_path_factory.mktemp("genome")))
     peaks = {n: os.path.join(folder, f) for n, f in (("leaf", "leaf.narrowPeak"), ("root", "root.bed"),
                                                        ("flower", "flower.bed"))}
     return folder, peaks
@@ -187,7 +183,7 @@ def test_a_gzipped_genome_and_its_index(planted, tmp_path):
     _, seqs, fa, paths, _ = planted
     with open(fa, "rb") as src, gzip.open(tmp_path / "g2.fa.gz", "wb") as dst:
         dst.write(src.read())
-    g = genome.Genome(str(tmp_path / "g2.fa.gz"), str(tmp_path / "cache"))
+    g = Genome(str(tmp_path / "g2.fa.gz"), str(tmp_path / "cache"))
     assert g.fai.startswith(str(tmp_path / "cache"))
     assert g.fetch(0, 45, 155).decode() == seqs["c1"][45:155].upper()
     assert g.windows(np.array([1, 0]), np.array([0, 7]), 60).tobytes().decode() == \
@@ -237,10 +233,10 @@ def test_bad_genomes_and_indexes_are_one_line(tmp_path, fasta, fai, message):
 
 
 def test_the_readme_genome_path_trains_with_a_chromosome_split(tmp_path):
-    """python data.py's genome, prepare.py genome.yaml, then train.py genome.yaml, as the README runs them
+    """python prepare.py --example, prepare.py genome.yaml, then train.py genome.yaml, as the README runs them
     (shorter: two epochs)."""
     import train
-    folder = genome.make_example(str(tmp_path / "genome"))
+    folder = make_example(str(tmp_path / "genome"))
     args = [f"data.path={tmp_path / 'w.tsv.gz'}", f"training.output_dir={tmp_path / 'out'}",
             f"data.cache_dir={tmp_path / 'cache'}", "training.num_train_epochs=2"]
     cfg = config.load(os.path.join(ROOT, "genome.yaml"), args)
