@@ -13,7 +13,6 @@ collate, scoring, and the metrics. Each figure is printed next to the ratio it i
 
 The data are random sequences of 200-2000 bp with random labels: speed does not depend on what is learned.
 """
-import argparse
 import json
 import os
 import resource
@@ -30,14 +29,15 @@ from torch.utils.data import DataLoader
 from transformers import AutoModel, GPT2Config
 
 import cache
+import cli
 import config
 import data
 import metrics
 import optim
-import train
 from model import build_model, load_backbone
 from scoring import autocast, predict_logits
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # dense bf16/fp16
 
 
@@ -97,7 +97,7 @@ def bench(args):
     collate = data.Collate(tokenizer.pad_token_id, tokenizer.padding_side, 8 if device.type == "cuda" else 1,
                            args.max_length)
     batches = grouped[:args.steps]
-    out.update(time_training(args, net, cfg, split, batches, collate, dtype, amp, device))
+    out.update(time_training(args, net, cfg, split, batches, collate=collate, dtype=dtype, amp=amp, device=device))
     if device.type == "cuda" and dtype and any(k in out["device"] for k in PEAK_FLOPS):
         # per token: 6 flops per weight (forward and backward) plus attention (as in the PaLM paper's appendix)
         embeddings = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Embedding))
@@ -128,7 +128,7 @@ def bench(args):
     return out
 
 
-def time_training(args, net, cfg, split, batches, collate, dtype, amp, device):
+def time_training(args, net, cfg, split, batches, *, collate, dtype, amp, device):
     """train.py's step function, fed by its DataLoader and collate, against a bare step on the same batches."""
     model = torch.compile(net) if args.compile else net  # as train.py compiles it
     optimizer = optim.make_optimizer(net, cfg["training"], device)  # fused on CUDA
@@ -157,8 +157,8 @@ def time_training(args, net, cfg, split, batches, collate, dtype, amp, device):
                 t = time.time()
                 batch = next(loader)
                 waited += time.time() - t
-                train.train_step(model, optimizer, scaler, [batch], int(split.mask[b[:, 0]].sum()), device, amp,
-                                 None, 1.0)
+                optim.train_step(model, optimizer, scaler, [batch], measured=int(split.mask[b[:, 0]].sum()),
+                                 device=device, autocast=amp, max_grad_norm=1.0)
                 sync(device)
                 t2 = time.time()
                 bare_step(ready_batch)
@@ -196,13 +196,12 @@ def bench_prepare(args):
         with open(peaks[name], "w") as f:
             f.write("".join(f"chr{c}\t{s}\t{e}\n" for c, s, e in zip(chrom.tolist(), start.tolist(), end.tolist())))
     t = time.time()
-    here = os.path.dirname(os.path.abspath(__file__))
     p = subprocess.run([sys.executable, "prepare.py", f"prepare.genome={fasta}", f"prepare.peaks={json.dumps(peaks)}",
                         "prepare.window=1000", f"data.path={os.path.join(args.tmp, 'windows.tsv')}",
-                        f"data.cache_dir={args.tmp}/cache"], cwd=here, capture_output=True, text=True)
+                        f"data.cache_dir={args.tmp}/cache"], cwd=HERE, capture_output=True, text=True)
     seconds = time.time() - t
     if p.returncode:
-        raise SystemExit(p.stderr)
+        raise cli.Failed(f"prepare.py failed: {p.stderr.strip()[-500:]}")
     windows = int(p.stdout.split("wrote ")[-1].split(" windows")[0].replace(",", ""))
     return {"genome_bp": 10 * chrom_len, "peaks": 3 * (args.peaks // 3), "prepare_windows": windows,
             "prepare_seconds": seconds, "prepare_windows_per_s": windows / seconds,
@@ -219,7 +218,7 @@ def bench_pooling(args):
     import model
     from transformers import BertConfig, LlamaConfig
     path = os.path.join(args.tmp, "example.tsv")
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "example", "example.tsv")) as f:
+    with open(os.path.join(HERE, "data", "example", "example.tsv")) as f:
         lines = f.readlines()  # the header, args.n sequences to fine-tune on, and the rest to pretrain on
     with open(path, "w") as f:
         f.writelines(lines[:args.n + 1])
@@ -238,18 +237,20 @@ def bench_pooling(args):
             AutoModel.from_config(backbone_config).save_pretrained(folder)
             model.KmerTokenizer(6).save_pretrained(folder)
         extra = {"bert": ("cls",), "gpt2_pretrained": ("auto",)}.get(family, ())
-        for pooling in ("last", "mean", "max") + extra:
-            cfg = config.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.yaml"), [
-                f"data.path={path}", f"data.cache_dir={args.tmp}/cache", "model.source=local",
-                f"model.name_or_path={folder}", f"model.pooling={pooling}",
-                f"training.output_dir={args.tmp}/{family}_{pooling}", "training.num_train_epochs=3",
-                "training.logging_steps=1000", "training.save_strategy=no"])
-            assert train.train(cfg) == 0
-            with open(os.path.join(args.tmp, f"{family}_{pooling}", "test_metrics.json")) as f:
+        for pooling in ("last", "mean", "max") + extra:  # train.py as a user runs it, in its own process
+            out_dir = os.path.join(args.tmp, f"{family}_{pooling}")
+            p = subprocess.run([sys.executable, "train.py", "config.yaml", f"data.path={path}",
+                                f"data.cache_dir={args.tmp}/cache", "model.source=local",
+                                f"model.name_or_path={folder}", f"model.pooling={pooling}",
+                                f"training.output_dir={out_dir}",
+                                "training.num_train_epochs=3", "training.logging_steps=1000",
+                                "training.save_strategy=no"], cwd=HERE, capture_output=True, text=True)
+            if p.returncode:
+                raise cli.Failed(f"train.py with {family} and {pooling} pooling failed: {p.stderr.strip()[-500:]}")
+            with open(os.path.join(out_dir, "test_metrics.json")) as f:
                 out[f"{family}_{pooling}_auroc"] = json.load(f)["test_auroc_macro"]
             if pooling == "auto":  # what reading the training data chose
-                out[f"{family}_auto_chose"] = config.load(os.path.join(args.tmp, f"{family}_auto", "config.yaml"))[
-                    "model"]["pooling"]
+                out[f"{family}_auto_chose"] = config.load(os.path.join(out_dir, "config.yaml"))["model"]["pooling"]
     return out
 
 
@@ -271,8 +272,20 @@ def pretrain_decoder(folder, lines, backbone_config, tokenizer, steps=600, batch
     tokenizer.save_pretrained(folder)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+def run(args):
+    args.tmp = tempfile.mkdtemp(prefix="bench-")
+    args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    try:
+        result = bench_prepare(args) if args.prepare else bench_pooling(args) if args.pooling else bench(args)
+    finally:
+        shutil.rmtree(args.tmp, ignore_errors=True)
+    for k, v in result.items():
+        print(f"{k:28s} {v:.4g}" if isinstance(v, float) else f"{k:28s} {v}")
+    if args.json:
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+
+
+def options(p):
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="default: bf16 on CUDA, else fp32")
@@ -296,18 +309,11 @@ def main():
     p.add_argument("--pretrain-steps", type=int, default=600, help="--pooling: causal LM steps of the GPT-2")
     p.add_argument("--genome-mb", type=int, default=1000, help="--prepare: the genome's size in Mb")
     p.add_argument("--peaks", type=int, default=1_000_000, help="--prepare: peaks in all")
-    args = p.parse_args()
-    args.tmp = tempfile.mkdtemp(prefix="bench-")
-    args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
-    try:
-        result = bench_prepare(args) if args.prepare else bench_pooling(args) if args.pooling else bench(args)
-    finally:
-        shutil.rmtree(args.tmp, ignore_errors=True)
-    for k, v in result.items():
-        print(f"{k:28s} {v:.4g}" if isinstance(v, float) else f"{k:28s} {v}")
-    if args.json:
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+
+
+def main(argv):
+    return cli.run(run, __doc__, argv, options=options, interrupted="stopped by Ctrl-C")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

@@ -114,7 +114,7 @@ class Split(torch.utils.data.Dataset):
     column's values or the row numbers from 1. rc_tokens, when set, are the reverse complements' tokens. Items are
     (index, tokens, labels, mask); a training sampler asks for (index, reverse complement?) pairs."""
 
-    def __init__(self, tokens, labels, mask, ids=None, path=None, rc_tokens=None, truncated=None, key=None):
+    def __init__(self, tokens, labels, mask, ids=None, path=None, *, rc_tokens=None, truncated=None, key=None):
         self.tokens, self.labels, self.mask, self.path, self.rc_tokens = tokens, labels, mask, path, rc_tokens
         self.key = key  # the name of the token cache it came from, which changes with the file's content
         self.ids = np.arange(1, len(tokens) + 1) if ids is None else ids
@@ -129,7 +129,8 @@ class Split(torch.utils.data.Dataset):
 
     def subset(self, idx):
         return Split(self.tokens.subset(idx), self.labels.subset(idx), self.mask.subset(idx), self.ids[idx], self.path,
-                     None if self.rc_tokens is None else self.rc_tokens.subset(idx), self.truncated[idx], self.key)
+                     rc_tokens=None if self.rc_tokens is None else self.rc_tokens.subset(idx),
+                     truncated=self.truncated[idx], key=self.key)
 
 
 def digest(*parts, files=()):
@@ -157,7 +158,7 @@ def encode_chunk(tokenizer, seqs, max_length, dtype):
     return np.concatenate(ids).astype(dtype), np.array([len(x) for x in ids]), truncated
 
 
-def build_cache(path, data_cfg, names, tokenizer, max_length, reverse, folder):
+def build_cache(path, data_cfg, names, tokenizer, *, max_length, reverse, folder):
     """Streams the file in chunks: this process reads, validates and parses labels while worker processes
     tokenise (a fast Hugging Face tokenizer has threads of its own), and the tokens go straight to disk; with
     reverse, the reverse complements' tokens too, in the same pass. The folder appears complete or not at all."""
@@ -259,7 +260,7 @@ def load_file(path, data_cfg, names, tokenizer, reverse=False):
     folder = os.path.join(data_cfg["cache_dir"], f"{os.path.basename(path)}.{key[:16]}")
     if not os.path.isdir(folder):
         t0 = time.time()
-        build_cache(path, data_cfg, names, tokenizer, data_cfg["max_length"], reverse, folder)
+        build_cache(path, data_cfg, names, tokenizer, max_length=data_cfg["max_length"], reverse=reverse, folder=folder)
         print(f"data: tokenised {path}{' and its reverse complements' if reverse else ''} into {folder} in "
               f"{time.time() - t0:.1f} s; later runs map it", flush=True)
     with open(os.path.join(folder, "meta.json")) as f:
@@ -271,8 +272,8 @@ def load_file(path, data_cfg, names, tokenizer, reverse=False):
     labels = Bits(np.load(where("labels.npy"), mmap_mode="r").view(np.ndarray), L)
     mask = Bits(np.load(where("mask.npy"), mmap_mode="r").view(np.ndarray), L)
     ids = np.load(where("ids.npy")) if os.path.exists(where("ids.npy")) else None
-    return Split(tokens, labels, mask, ids, path, rc_tokens, np.load(where("truncated.npy")),
-                 os.path.basename(folder)), meta["names"]
+    return Split(tokens, labels, mask, ids, path, rc_tokens=rc_tokens, truncated=np.load(where("truncated.npy")),
+                 key=os.path.basename(folder)), meta["names"]
 
 
 

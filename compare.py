@@ -18,9 +18,11 @@ import sys
 import numpy as np
 
 import cache
+import cli
 import config
 import data
 import metrics
+from config import ConfigError
 from model import load_tokenizer
 from scoring import fit_logistic
 
@@ -30,7 +32,7 @@ METRICS = ("f1", "auroc", "auprc")
 def read_per_label(run):
     path = os.path.join(run, "per_label.tsv")
     if not os.path.isfile(path):
-        raise SystemExit(f"error: {path}: no such file (expected a finished train.py run folder)")
+        raise ConfigError(f"{path}: no such file (expected a finished train.py run folder)")
     with open(path) as f:
         return {row["label"]: row for row in csv.DictReader(f, delimiter="\t")}
 
@@ -41,7 +43,8 @@ def compare(multi_run, single_runs):
     for run in single_runs:
         for label, single in read_per_label(run).items():
             if label not in multi:
-                raise SystemExit(f"error: {run}: label '{label}' is not in {multi_run}")
+                raise ConfigError(f"{run}: label '{label}' is not in {multi_run} (expected single-task runs of its "
+                                  f"labels)")
             row = [label]
             for m in METRICS:
                 a, b = float(multi[label][m]), float(single[m])
@@ -95,7 +98,7 @@ def baseline(run, max_train=50_000):
     if cfg["task"]["labels"]:
         names = cache.select_labels(found, names, cfg["task"]["labels"])
     if found["test"] is None:
-        raise SystemExit(f"error: {run}: the run has no test split to compare on")
+        raise ConfigError(f"{run}: the run has no test split to compare on")
     (x, y, m), (tx, ty, tm) = ((kmer_frequencies(s), y, m) for s, y, m in (
         sequences_of(found["train"], data_cfg, max_train), sequences_of(found["test"], data_cfg)))
     mean, std = x.mean(0), x.std(0) + 1e-6
@@ -113,24 +116,33 @@ def baseline(run, max_train=50_000):
             for n in names}, penalty
 
 
-def main(argv):
-    if argv[:1] == ["--baseline"] and len(argv) == 2:
-        rows, penalty = baseline(argv[1])
+def report(args):
+    if args.baseline:
+        rows, penalty = baseline(args.baseline)
         print(f"{'label':<20} {'auroc model':>12} {'auroc 6-mer':>12} {'diff':>7} {'auprc model':>12} "
               f"{'auprc 6-mer':>12} {'diff':>7}")
         for label, (a, p, b, q) in list(rows.items()) + [("macro", tuple(np.nanmean(list(rows.values()), 0)))]:
             print(f"{label:<20} {a:>12.4f} {b:>12.4f} {a - b:>+7.4f} {p:>12.4f} {q:>12.4f} {p - q:>+7.4f}")
         print(f"(6-mer baseline: logistic regression on canonical 6-mer frequencies, L2 penalty {penalty:g})")
         return
-    if len(argv) < 2:
-        raise SystemExit("usage: python compare.py MULTI_TASK_RUN SINGLE_TASK_RUN [SINGLE_TASK_RUN ...]\n"
-                         "       python compare.py --baseline RUN")
-    head = f"{'label':<20}" + "".join(f" {m + ' multi':>12} {m + ' single':>12} {'diff':>7}" for m in METRICS)
-    print(head)
-    for label, *values in compare(argv[0], argv[1:]):
+    if len(args.runs) < 2:
+        raise ConfigError("command line: a multi-task run and at least one single-task run to compare it with "
+                          "(or --baseline RUN)")
+    rows = compare(args.runs[0], args.runs[1:])  # read whole before anything is printed
+    print(f"{'label':<20}" + "".join(f" {m + ' multi':>12} {m + ' single':>12} {'diff':>7}" for m in METRICS))
+    for label, *values in rows:
         cells = [f" {values[i]:>12.4f} {values[i + 1]:>12.4f} {values[i + 2]:>+7.4f}" for i in range(0, 9, 3)]
         print(f"{label:<20}" + "".join(cells))
 
 
+def options(p):
+    p.add_argument("runs", nargs="*", help="the multi-task run folder, then single-task run folders")
+    p.add_argument("--baseline", metavar="RUN", help="compare RUN with a 6-mer logistic regression instead")
+
+
+def main(argv):
+    return cli.run(report, __doc__, argv, options=options)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

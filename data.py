@@ -283,7 +283,7 @@ def batch_starts(n, size, min_size=1):
     return range(0, n - min_size + 1, size)
 
 
-def global_batches(n, size, seed, epoch, weights=None, flip=False, min_size=1, lengths=None):
+def global_batches(n, size, seed, epoch, *, weights=None, flip=False, min_size=1, lengths=None):
     """The training order of one epoch as global batches of (index, reverse-complement?) pairs. It depends on the
     seed and the epoch only, never on the world size, so every scale sees the same batches and resume just skips
     the first few. With weights, n draws with replacement (oversampling); with flip, a fair coin per draw.

@@ -246,7 +246,7 @@ class MultiLabelModel(nn.Module):
     """Backbone -> pooling -> dropout -> head(s). With groups (lists of label indices), each group of labels gets
     its own small MLP head on the shared backbone, for tasks that are better kept apart."""
 
-    def __init__(self, backbone, num_labels, pooling, dropout=0.1, groups=None, padding_side="right", marks=()):
+    def __init__(self, backbone, num_labels, pooling, *, dropout=0.1, groups=None, padding_side="right", marks=()):
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"config: model.pooling is '{pooling}' (expected one of {', '.join(POOLINGS)}; train.py "
@@ -339,9 +339,10 @@ def head_groups(spec, names):
 def build_model(backbone, names, model_cfg, tokenizer):
     """The full model as the config says: pooling (resolved, not auto), heads, then which parameters train
     (model.finetune). A run saved without model.pool_added_tokens pooled over them: it is rebuilt as it learned."""
-    net = MultiLabelModel(backbone, len(names), model_cfg["pooling"], model_cfg["dropout"],
-                          head_groups(model_cfg["head_groups"], names), getattr(tokenizer, "padding_side", "right"),
-                          () if model_cfg.get("pool_added_tokens", True) else added_tokens(tokenizer))
+    net = MultiLabelModel(backbone, len(names), model_cfg["pooling"], dropout=model_cfg["dropout"],
+                          groups=head_groups(model_cfg["head_groups"], names),
+                          padding_side=getattr(tokenizer, "padding_side", "right"),
+                          marks=() if model_cfg.get("pool_added_tokens", True) else added_tokens(tokenizer))
     mode = model_cfg["finetune"]
     if mode in ("head", "lora"):
         for p in net.backbone.parameters():

@@ -1,15 +1,19 @@
 """
-The optimizer and its schedule: AdamW with weight decay on matrices only (fused on CUDA), the number of steps in an
-epoch and in the run, and the learning rate at each step (warmup, then linear, cosine or constant). And the choice
-of the best evaluation, with early stopping.
+The optimizer, its step and its schedule: AdamW with weight decay on matrices only (fused on CUDA), one optimizer
+step over a rank's micro-batches (AMP, accumulation without all-reduce, clipping, the skip of a non-finite step),
+the number of steps in an epoch and in the run, and the learning rate at each step (warmup, then linear, cosine or
+constant). And the choice of the best evaluation, with early stopping.
 """
 import math
+from contextlib import nullcontext
 
 import torch
+import torch.distributed as dist
 
 from config import ConfigError
 from data import batch_starts
 from console import log
+from model import bce_with_logits
 
 
 def make_optimizer(net, train_cfg, device):
@@ -21,6 +25,42 @@ def make_optimizer(net, train_cfg, device):
     fused = {"auto": device.type == "cuda", "adamw_torch": False, "adamw_torch_fused": True}[train_cfg["optim"]]
     return torch.optim.AdamW(groups, lr=train_cfg["learning_rate"], betas=(train_cfg["adam_beta1"],
                              train_cfg["adam_beta2"]), eps=train_cfg["adam_epsilon"], fused=fused or None)
+
+
+def train_step(model, optimizer, scaler, micro_batches, *, measured, device, autocast, pos_weight=None,
+               max_grad_norm=None):
+    """One optimizer step over this rank's micro-batches of a global batch with `measured` label entries in all.
+    The all-reduce runs on the last micro-batch only. Returns the loss on this rank, the grad norm, and 1 where a
+    non-finite gradient skipped the update: all tensors, so that nothing waits for the device."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    total = torch.zeros((), device=device)
+    for k, batch in enumerate(micro_batches):
+        sync = k == len(micro_batches) - 1 or world == 1
+        with (nullcontext() if sync else model.no_sync()):
+            with autocast:
+                logits = model(batch["input_ids"].to(device, non_blocking=True),
+                               batch["attention_mask"].to(device, non_blocking=True))
+            # DDP averages gradients over ranks, hence the * world: the sum over the global batch / measured
+            loss = bce_with_logits(logits, batch["labels"].to(device, non_blocking=True),
+                                   batch["mask"].to(device, non_blocking=True), pos_weight,
+                                   reduction="sum") * world / measured
+            scaler.scale(loss).backward()
+        total += loss.detach() / world
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
+    bad = (~torch.isfinite(grad_norm)).float()  # the same on every rank: gradients are already all-reduced
+    if scaler.is_enabled():  # fp16: the scaler skips a non-finite step on the device and lowers its scale
+        scaler.step(optimizer)
+        scaler.update()
+        bad = torch.zeros_like(bad)  # overflows while the scale settles are expected, not an error
+    elif optimizer.defaults.get("fused"):
+        optimizer.found_inf = bad  # the fused kernel skips the update itself, as it does for a GradScaler
+        optimizer.step()
+        del optimizer.found_inf
+    elif not bad:  # waits for the device; the fused optimizer, the default on CUDA, does not
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total, grad_norm, bad
 
 
 def count_steps_per_epoch(n, global_size, parts_per_step):
@@ -53,7 +93,6 @@ def lr_lambda(train_cfg, total_steps):
         progress = (step - warmup) / max(1, total_steps - warmup)
         return max(0.0, 1 - progress) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return factor
-
 
 
 class Selection:

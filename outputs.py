@@ -43,7 +43,7 @@ RESUME_MAY_CHANGE = {f"training.{k}" for k in (
                                                            for k in config.DEFAULTS[section]}
 
 
-def checkpoint_contents(net, optimizer, scheduler, scaler, cfg, names, thresholds, **state):
+def checkpoint_contents(net, optimizer, scheduler, scaler, *, cfg, names, thresholds, **state):
     """last.pt's dict; best.pt takes its BEST_KEYS. state: step, epoch, best, best_step, bad_evals (early
     stopping), world_size and data (the token caches' names, which change with the data's content)."""
     return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -135,7 +135,7 @@ def resume_changes(ckpt, path, cfg, world, data_keys):
     return lines
 
 
-def resume(ckpt, path, cfg, world, data_keys, net, optimizer, scheduler, scaler):
+def resume(ckpt, path, *, cfg, world, data_keys, net, optimizer, scheduler, scaler):
     """Checks the settings against the checkpoint's (resume_changes), then loads its state into the objects. The
     optimizer's hyperparameters and the learning-rate schedule are the current config's: the same as the
     checkpoint's unless a change was allowed."""
@@ -241,7 +241,7 @@ def open_tensorboard(train_cfg, train_set, names, step):
     return writer
 
 
-def log_train(writer, step, steps_per_epoch, loss, grad_norm, lr, progress):
+def log_train(writer, step, steps_per_epoch, loss, grad_norm, *, lr, progress):
     """The console line and TensorBoard scalars of a logging step; the loss is averaged over ranks."""
     loss = loss.reshape(1) / progress.steps
     if dist.is_initialized():
@@ -278,7 +278,7 @@ def write_thresholds(out_dir, thresholds):
             save_atomic(ckpt, path)
 
 
-def report_test(result, probs, split, names, thresholds, out_dir, sep):
+def report_test(result, probs, split, names, *, thresholds, out_dir, sep):
     """The test phase's report: printed, and on rank 0 (out_dir set) test_metrics.json, test_predictions.tsv (the
     columns of predict.py's output and the true labels) and per_label.tsv."""
     labels, mask = np.asarray(split.labels), np.asarray(split.mask)
@@ -301,7 +301,7 @@ def report_test(result, probs, split, names, thresholds, out_dir, sep):
         log(f"Test Metrics at threshold 0.5: {at_half}")
 
 
-def log_test(writer, result, probs, split, names, step, cfg):
+def log_test(writer, result, probs, split, names, *, step, cfg):
     """The test metrics, per label too, at the step of the weights that were scored; a precision-recall curve per
     label; and the run's settings with its test metrics in the HPARAMS tab, where runs compare side by side."""
     labels, mask = np.asarray(split.labels), np.asarray(split.mask)

@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import torch
 
+import cli
 import config
 import data
 import metrics
@@ -51,14 +52,13 @@ def predict(args):
     thresholds = config.thresholds(args.threshold if given else ckpt["thresholds"], names, "--threshold")
     log("thresholds " + ("from --threshold" if given else f"from {args.run}") + ": " +
         " ".join(f"{n}={t:g}" for n, t in zip(names, thresholds)))
-    sep = data_cfg["multi_label_sep"]
     tmp = args.output + ".tmp"
     try:
         out = open(tmp, "w") if rank == 0 else None
     except OSError as e:
         raise config.ConfigError(f"{args.output}: cannot write the output there ({e.strerror})") from None
     try:
-        scored = score_file(args.input, data_cfg, data_names, names, score, thresholds, sep, out)
+        scored = score_file(args.input, data_cfg, data_names, names, score=score, thresholds=thresholds, out=out)
     except BaseException:  # a failed or interrupted run leaves nothing behind
         if out:
             out.close()
@@ -85,10 +85,11 @@ def predict(args):
     end_process_group()
 
 
-def score_file(path, data_cfg, data_names, names, score, thresholds, sep, out):
+def score_file(path, data_cfg, data_names, names, *, score, thresholds, out):
     """Reads, scores and writes (out, on rank 0) one chunk at a time. Returns the number of sequences, how many
     were truncated, the labels, mask and probabilities when the input has labels (else None), and the ids that
     appear more than once."""
+    sep = data_cfg["multi_label_sep"]
     records, form = data.iter_records(path, data_cfg, labels_optional=True), {}
     all_labels, all_mask, all_probs, seen, duplicates, total, truncated = [], [], [], set(), [], 0, 0
     bar = progress_bar(desc="scoring")
@@ -118,8 +119,7 @@ def score_file(path, data_cfg, data_names, names, score, thresholds, sep, out):
     return total, truncated, *(np.concatenate(x) for x in (all_labels, all_mask, all_probs)), duplicates
 
 
-def main(argv):
-    p = argparse.ArgumentParser(description="Score sequences with a model trained by train.py.")
+def options(p):
     p.add_argument("run", help="a run folder (output_dir of train.py) or a checkpoint .pt")
     p.add_argument("input", help="TSV/CSV with the training seq_col, or FASTA; optionally .gz")
     p.add_argument("-o", "--output", default="predictions.tsv")
@@ -131,16 +131,10 @@ def main(argv):
     p.add_argument("--rc-average", action="store_true", help="average with the reverse complement's probabilities")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's predict.batch_size (64)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N; default: the run's predict.device")
-    args = p.parse_args(argv)
-    try:
-        predict(args)
-    except (config.ConfigError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("stopped by Ctrl-C; no output was written", file=sys.stderr)
-        return 130
-    return 0
+
+
+def main(argv):
+    return cli.run(predict, __doc__, argv, options=options, out_of_memory="lower --batch-size")
 
 
 if __name__ == "__main__":

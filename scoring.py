@@ -96,7 +96,7 @@ def predict_logits(net, dataset, collate, batch_size, device, autocast):
     return logits
 
 
-def evaluate(net, dataset, names, thresholds, collate, batch_size, device, autocast, pos_weight):
+def evaluate(net, dataset, names, thresholds, collate, *, batch_size, device, autocast, pos_weight=None):
     """(metrics with the loss, probabilities) of a labelled split, scored across ranks."""
     logits = predict_logits(net, dataset, collate, batch_size, device, autocast)
     if dataset.rc_tokens is not None:  # model.rc_average: average both strands' probabilities
@@ -199,7 +199,7 @@ def fit_logistic(x, y, mask, penalty, steps=100):
 
 
 @torch.no_grad()
-def choose_pooling(model_cfg, backbone, tokenizer, split, names, device, autocast, seed, n=1000):
+def choose_pooling(model_cfg, backbone, tokenizer, split, names, *, device, autocast, seed, n=1000):
     """pooling: auto. The scratch model: max (its random weights say nothing yet; see the README). A pretrained
     backbone: its frozen token states of up to n training sequences are pooled every way, a logistic regression
     per pooling is fitted on half of them and scored (macro AUROC) on the other half, and the best pooling is kept.

@@ -7,17 +7,16 @@ Fine-tune a DNA language model to predict many binary labels per sequence.
 
 Values are YAML (task.threshold=[0.5,0.3]). Every key, with its default and what it does: python config.py
 
-train() reads top to bottom as the phases of a run: setup -> data -> model -> optimizer -> resume -> outputs ->
-the step loop (AMP, accumulation, clipping, schedule, eval, early stopping, checkpoints) -> test. Below it: the
-stop signal, the setup helpers and one optimizer step. The pieces a first reading can skip live elsewhere: the
-checkpoints, logs and test report in outputs.py, the scoring of a split in scoring.py, the token cache and splits
-in cache.py.
+train() is the run: setup() makes what the loop needs (a Run: the data, the model, the optimizer, the state
+resumed), then the step loop (AMP, accumulation, clipping, schedule, eval, early stopping, checkpoints), then the
+test. The pieces a first reading can skip live below it and elsewhere: one optimizer step in optim.py, the
+checkpoints, logs and test report in outputs.py, the scoring of a split in scoring.py, the token cache in cache.py.
 """
 import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,28 +25,193 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 import cache
+import cli
 import config
 import data
 import metrics
 import outputs
-from model import (bce_with_logits, build_model, enable_gradient_checkpointing, load_backbone, position_limit,
-                   resolve_pos_weight)
 from console import Progress, log
+from model import build_model, enable_gradient_checkpointing, load_backbone, position_limit, resolve_pos_weight
+from optim import Selection, count_steps_per_epoch, count_total_steps, lr_lambda, make_optimizer, train_step
 from outputs import log_eval, log_train
-from optim import Selection, count_steps_per_epoch, count_total_steps, lr_lambda, make_optimizer
 from scoring import amp_dtype, autocast, choose_pooling, end_process_group, evaluate, seed_everything, setup_device
 
-class NonFiniteError(RuntimeError):
-    pass
+
+@dataclass
+class Run:
+    """What the step loop needs, made by setup(). net is the model whose weights are saved and scored; model is
+    net as it trains (in DDP, compiled). step moves on as the loop does."""
+    cfg: dict
+    rank: int
+    world: int
+    device: torch.device
+    amp: object  # the autocast context of the mixed-precision mode
+    datasets: dict  # train, and validation and test where there are such splits
+    names: list  # the labels trained on
+    collate: data.Collate
+    pos_weight: object  # a tensor on the device, or None
+    thresholds: np.ndarray
+    net: torch.nn.Module
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    selection: Selection
+    steps_per_epoch: int
+    total_steps: int
+    step: int
+    writer: object  # TensorBoard's, on rank 0; None elsewhere
+    sample_weights: object = None  # data.oversample_rare: each training sequence's weight in the draw
+    best_state: dict = None  # the best weights, kept in memory when no checkpoint is saved
+    saved_step: int = None  # the step of the last last.pt
+
+    def evaluate(self, split):
+        return evaluate(self.net, self.datasets[split], self.names, self.thresholds, self.collate,
+                        batch_size=self.cfg["training"]["per_device_eval_batch_size"], device=self.device,
+                        autocast=self.amp, pos_weight=self.pos_weight)
+
+    def save(self, last, best=False, snapshot=False):
+        """last.pt and/or best.pt from rank 0; snapshot: also a step-<n>.pt copy (save_total_limit)."""
+        train_cfg = self.cfg["training"]
+        if last:
+            self.saved_step = self.step
+        if self.rank != 0:
+            return
+        state = outputs.checkpoint_contents(self.net, self.optimizer, self.scheduler, self.scaler, cfg=self.cfg,
+                                            names=self.names, thresholds=self.thresholds, step=self.step,
+                                            epoch=self.step / self.steps_per_epoch, world_size=self.world,
+                                            data=data_keys(self.datasets), **self.selection.state())
+        seconds = outputs.save_checkpoints(train_cfg["output_dir"], state, last, best)
+        log(f"saved {' and '.join(n for n, w in (('last.pt', last), ('best.pt', best)) if w)} in {seconds:.2f} s")
+        if snapshot and train_cfg["save_total_limit"]:
+            outputs.keep_snapshots(train_cfg["output_dir"], self.step, train_cfg["save_total_limit"])
 
 
 # -----------------------------------------------------------------------------
 # the run
 
 def train(cfg):
+    """A run from its config to its test report. Returns the exit status: 0, or 128 + the signal that stopped it."""
+    run = setup(cfg)
+    train_cfg, train_set = cfg["training"], run.datasets["train"]
+    accum = train_cfg["gradient_accumulation_steps"]
+    strategy, save_strategy = train_cfg["evaluation_strategy"], train_cfg["save_strategy"]
+    eval_every = (train_cfg["eval_steps"] or train_cfg["logging_steps"]) if strategy == "steps" else None
+    has_val = "validation" in run.datasets and strategy != "no"
+    stopping = 0
+    log(f"training: {run.total_steps} steps of {train_cfg['per_device_train_batch_size'] * run.world * accum} "
+        f"sequences ({run.steps_per_epoch} steps per epoch), {accum} micro-steps per step")
+    progress = Progress(run.step, run.total_steps)
+    # the step loop. Nothing in it waits for the device except at logging, evaluation and saving steps.
+    try:
+        with StopSignal(run.world, run.device) as stop:
+            run.model.train()
+            loss_sum, skipped, in_a_row = (torch.zeros((), device=run.device) for _ in range(3))  # on the device
+            while run.step < run.total_steps and not stopping and not run.selection.stop:
+                batches, loader = epoch_batches(run)
+                for b in batches:
+                    t_wait = time.time()
+                    micro = [next(loader) for _ in range(accum)]
+                    waited = time.time() - t_wait
+                    # normalise by the measured entries of the whole global batch, so the loss (and gradient) is
+                    # the same whatever the world size and accumulation
+                    measured = max(int(train_set.mask[b[:, 0]].sum()), 1)
+                    loss, grad_norm, bad = train_step(run.model, run.optimizer, run.scaler, micro, measured=measured,
+                                                      device=run.device, autocast=run.amp, pos_weight=run.pos_weight,
+                                                      max_grad_norm=train_cfg["max_grad_norm"])
+                    loss_sum += loss
+                    skipped += bad
+                    in_a_row = (in_a_row + bad) * bad
+                    run.scheduler.step()
+                    run.step += 1
+                    step = run.step
+                    progress.update(len(b), waited)
+                    if step % train_cfg["logging_steps"] == 0 or step == run.total_steps:
+                        log_train(run.writer, step, run.steps_per_epoch, loss_sum, grad_norm,
+                                  lr=run.scheduler.get_last_lr()[0], progress=progress)
+                        check_finite(skipped, in_a_row, step)
+                        loss_sum.zero_()
+                        skipped.zero_()
+                    end_of_epoch = step % run.steps_per_epoch == 0 or step == run.total_steps
+                    new_best = False
+                    if has_val and (eval_every and step % eval_every == 0 or strategy == "epoch" and end_of_epoch):
+                        t_eval = time.time()
+                        result = run.evaluate("validation")[0]
+                        log_eval(run.writer, step, result, time.time() - t_eval, progress)
+                        new_best = run.selection.update(result, step)
+                        if new_best and save_strategy == "no":
+                            run.best_state = {k: v.detach().clone() for k, v in run.net.state_dict().items()}
+                    save_last = (save_strategy == "steps" and step % train_cfg["save_steps"] == 0 or
+                                 save_strategy == "epoch" and end_of_epoch)
+                    if save_last or new_best and save_strategy != "no":
+                        run.save(save_last, new_best, snapshot=save_last)
+                    stopping = stop()
+                    if stopping or run.selection.stop:
+                        break
+        progress.close()
+        if stopping:
+            run.save(last=True)
+            log(f"stopped by signal {stopping} at step {run.step}; resume with training.resume_from_checkpoint="
+                f"{os.path.join(train_cfg['output_dir'], 'last.pt')}")
+            return 128 + stopping
+        if run.selection.stop:
+            log(f"early stopping at step {run.step}: {run.selection.why()}")
+        if save_strategy != "no" and run.saved_step != run.step:
+            run.save(last=True)
+        test(run)
+        return 0
+    finally:
+        progress.close()
+        if run.writer:
+            run.writer.close()
+        if dist.is_initialized():
+            if sys.exc_info()[0] is None:  # a normal end on every rank
+                end_process_group()
+            else:
+                dist.destroy_process_group()
+
+
+def test(run):
+    """The test split, scored with the best weights when asked for, and thresholds tuned on the validation split
+    when asked for."""
+    cfg, out_dir, selection = run.cfg, run.cfg["training"]["output_dir"], run.selection
+    scored_step = run.step
+    if cfg["training"]["load_best_model_at_end"] and selection.best_step not in (None, run.step):
+        if run.best_state is None and os.path.exists(os.path.join(out_dir, "best.pt")):
+            if dist.is_initialized():
+                dist.barrier()  # rank 0 wrote it
+            run.best_state = outputs.load_checkpoint(os.path.join(out_dir, "best.pt"))["model"]
+        if run.best_state is not None:
+            run.net.load_state_dict(run.best_state)
+            scored_step = selection.best_step
+            log(f"loaded the best model ({selection.metric} {selection.best:.4f}, step {scored_step})")
+    if cfg["task"]["threshold"] == "tuned":
+        val = run.datasets["validation"]
+        run.thresholds[:] = metrics.tune_thresholds(np.asarray(val.labels), run.evaluate("validation")[1],
+                                                    np.asarray(val.mask))
+        log("thresholds tuned for F1 on the validation split: " +
+            " ".join(f"{n}={t:.3f}" for n, t in zip(run.names, run.thresholds)))
+        if run.rank == 0:
+            outputs.write_thresholds(out_dir, run.thresholds)
+    if "test" not in run.datasets:
+        log("no test split: skipping the test evaluation")
+        return
+    result, probs = run.evaluate("test")
+    outputs.report_test(result, probs, run.datasets["test"], run.names, thresholds=run.thresholds,
+                        out_dir=out_dir if run.rank == 0 else None, sep=cfg["data"]["multi_label_sep"])
+    if run.writer:
+        outputs.log_test(run.writer, result, probs, run.datasets["test"], run.names, step=scored_step, cfg=cfg)
+
+
+# -----------------------------------------------------------------------------
+# setup
+
+def setup(cfg):
+    """Everything the step loop needs, in the order that keeps a run reproducible: device and seeds, the output
+    folder, the data and the model, the optimizer and schedule, the state of a resumed run, then the run folder and
+    TensorBoard."""
     task_cfg, data_cfg, model_cfg, train_cfg = cfg["task"], cfg["data"], cfg["model"], cfg["training"]
     rank, world, device = setup_device(train_cfg["device"])
-    master = rank == 0
     seed_everything(train_cfg["seed"])
     if train_cfg["deterministic"]:
         torch.use_deterministic_algorithms(True)
@@ -55,7 +219,7 @@ def train(cfg):
     resume = train_cfg["resume_from_checkpoint"]
     if resume == "auto":
         resume = os.path.join(out_dir, "last.pt") if os.path.exists(os.path.join(out_dir, "last.pt")) else None
-    outputs.claim_output_dir(train_cfg, resume, master)  # before the slow part, and before anything is written
+    outputs.claim_output_dir(train_cfg, resume, rank == 0)  # before the slow part, and before anything is written
     ckpt = outputs.load_checkpoint(resume, outputs.LAST_KEYS) if resume else None
     dtype = amp_dtype(train_cfg["mixed_precision"], device)
     amp = autocast(dtype, device)
@@ -82,7 +246,6 @@ def train(cfg):
         log("pos_weight: " + " ".join(f"{n}={w:.2f}" for n, w in zip(names, pos_weight.tolist())))
         pos_weight = pos_weight.to(device)
     outputs.log_model(net, model_cfg, names, device, world)
-    lengths = train_set.tokens.lengths() if data_cfg["group_by_length"] else None
     sample_weights = oversampling(train_set, data_cfg["oversample_rare"], names)
     model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
     if train_cfg["torch_compile"]:  # for training only: evaluation runs net, which shares the weights, uncompiled
@@ -90,22 +253,19 @@ def train(cfg):
 
     # optimizer and schedule
     optimizer = make_optimizer(net, train_cfg, device)
-    accum = train_cfg["gradient_accumulation_steps"]
-    parts_per_step = world * accum  # every global batch is cut into this many parts, one per rank and micro-step
-    global_size = train_cfg["per_device_train_batch_size"] * parts_per_step
-    steps_per_epoch = count_steps_per_epoch(len(train_set), global_size, parts_per_step)
+    parts_per_step = world * train_cfg["gradient_accumulation_steps"]  # every global batch is cut into this many
+    steps_per_epoch = count_steps_per_epoch(len(train_set), train_cfg["per_device_train_batch_size"] * parts_per_step,
+                                            parts_per_step)
     total_steps = count_total_steps(train_cfg, steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train_cfg, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     selection = Selection(metric, train_cfg)
-    strategy = train_cfg["evaluation_strategy"]
-    eval_every = (train_cfg["eval_steps"] or train_cfg["logging_steps"]) if strategy == "steps" else None
-    step, best_state, saved_step = 0, None, None
-    data_keys = {name: split.key for name, split in datasets.items()}
+    step = 0
 
     # resume: the same run, or a change that the config allows, said in a line each
     if ckpt:
-        outputs.resume(ckpt, resume, cfg, world, data_keys, net, optimizer, scheduler, scaler)
+        outputs.resume(ckpt, resume, cfg=cfg, world=world, data_keys=data_keys(datasets), net=net,
+                       optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         step = ckpt["step"]
         selection.load(ckpt)
         old_total = count_total_steps(ckpt["config"]["training"], steps_per_epoch)
@@ -116,134 +276,41 @@ def train(cfg):
 
     # outputs: the run folder, and TensorBoard on rank 0
     writer = None
-    if master:
+    if rank == 0:
         outputs.write_run_folder(cfg, device, tokenizer, backbone, source_dir)
         writer = outputs.open_tensorboard(train_cfg, train_set, names, step)
+    return Run(cfg=cfg, rank=rank, world=world, device=device, amp=amp, datasets=datasets, names=names,
+               collate=collate, pos_weight=pos_weight, thresholds=thresholds, net=net, model=model,
+               optimizer=optimizer, scheduler=scheduler, scaler=scaler, selection=selection,
+               steps_per_epoch=steps_per_epoch, total_steps=total_steps, step=step, writer=writer,
+               sample_weights=sample_weights)
 
-    def save(last, new_best=False):
-        if master:
-            state = outputs.checkpoint_contents(net, optimizer, scheduler, scaler, cfg, names, thresholds, step=step,
-                                                epoch=step / steps_per_epoch, world_size=world, data=data_keys,
-                                                **selection.state())
-            seconds = outputs.save_checkpoints(out_dir, state, last, new_best)
-            log(f"saved {' and '.join(n for n, w in (('last.pt', last), ('best.pt', new_best)) if w)} "
-                f"in {seconds:.2f} s")
 
-    def run_eval(split):
-        return evaluate(net, datasets[split], names, thresholds, collate, train_cfg["per_device_eval_batch_size"],
-                        device, amp, pos_weight)
+def epoch_batches(run):
+    """The global batches left in the current epoch, up to the end of training, and a loader of this rank's parts
+    of them, one per micro-step, in order."""
+    train_cfg, data_cfg, train_set = run.cfg["training"], run.cfg["data"], run.datasets["train"]
+    accum = train_cfg["gradient_accumulation_steps"]
+    parts_per_step = run.world * accum
+    epoch, position = divmod(run.step, run.steps_per_epoch)
+    lengths = train_set.tokens.lengths() if data_cfg["group_by_length"] else None
+    batches = data.global_batches(len(train_set), train_cfg["per_device_train_batch_size"] * parts_per_step,
+                                  train_cfg["seed"], epoch, weights=run.sample_weights, flip=data_cfg["rc_augment"],
+                                  min_size=parts_per_step, lengths=lengths)[position:]
+    batches = batches[:run.total_steps - run.step]
+    parts = [np.array_split(b, parts_per_step) for b in batches]
+    mine = [p[k * run.world + run.rank] for p in parts for k in range(accum)]
+    # a private generator: a DataLoader draws a seed from the global RNG, which would shift dropout on resume. One
+    # loader per epoch: its workers live as long as the epoch, so persistent workers would gain nothing
+    loader = DataLoader(train_set, batch_sampler=mine, collate_fn=run.collate,
+                        num_workers=loader_workers(train_cfg, run.device), pin_memory=run.device.type == "cuda",
+                        generator=torch.Generator())
+    return batches, iter(loader)
 
-    # the step loop. Nothing in it waits for the device except at logging, evaluation and saving steps.
-    workers = loader_workers(train_cfg, device)
-    has_val = "validation" in datasets and strategy != "no"
-    stopping = 0
-    log(f"training: {total_steps} steps of {global_size} sequences ({steps_per_epoch} steps per epoch), "
-        f"{accum} micro-steps per step")
-    progress = Progress(step, total_steps)
-    try:
-        with StopSignal(world, device) as stop:
-            model.train()
-            loss_sum, skipped, in_a_row = (torch.zeros((), device=device) for _ in range(3))  # stay on the device
-            while step < total_steps and not stopping and not selection.stop:
-                epoch, position = divmod(step, steps_per_epoch)
-                batches = data.global_batches(len(train_set), global_size, train_cfg["seed"], epoch, sample_weights,
-                                              data_cfg["rc_augment"], parts_per_step, lengths)[position:]
-                batches = batches[:total_steps - step]
-                parts = [np.array_split(b, parts_per_step) for b in batches]
-                mine = [p[k * world + rank] for p in parts for k in range(accum)]
-                # a private generator: a DataLoader draws a seed from the global RNG, which would shift dropout on
-                # resume. One loader per epoch: its workers live as long as the epoch, so persistent workers would
-                # gain nothing
-                loader = iter(DataLoader(train_set, batch_sampler=mine, collate_fn=collate, num_workers=workers,
-                                         pin_memory=device.type == "cuda", generator=torch.Generator()))
-                for b in batches:
-                    t_wait = time.time()
-                    micro = [next(loader) for _ in range(accum)]
-                    waited = time.time() - t_wait
-                    # normalise by the measured entries of the whole global batch, so the loss (and gradient) is
-                    # the same whatever the world size and accumulation
-                    measured = max(int(train_set.mask[b[:, 0]].sum()), 1)
-                    loss, grad_norm, bad = train_step(model, optimizer, scaler, micro, measured, device, amp,
-                                                      pos_weight, train_cfg["max_grad_norm"])
-                    loss_sum += loss
-                    skipped += bad
-                    in_a_row = (in_a_row + bad) * bad
-                    scheduler.step()
-                    step += 1
-                    progress.update(len(b), waited)
-                    if step % train_cfg["logging_steps"] == 0 or step == total_steps:
-                        log_train(writer, step, steps_per_epoch, loss_sum, grad_norm, scheduler.get_last_lr()[0],
-                                  progress)
-                        check_finite(skipped, in_a_row, step)
-                        loss_sum.zero_()
-                        skipped.zero_()
-                    end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-                    new_best = False
-                    if has_val and (eval_every and step % eval_every == 0 or strategy == "epoch" and end_of_epoch):
-                        t_eval = time.time()
-                        result = run_eval("validation")[0]
-                        log_eval(writer, step, result, time.time() - t_eval, progress)
-                        new_best = selection.update(result, step)
-                        if new_best and train_cfg["save_strategy"] == "no":
-                            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                    save_last = (train_cfg["save_strategy"] == "steps" and step % train_cfg["save_steps"] == 0 or
-                                 train_cfg["save_strategy"] == "epoch" and end_of_epoch)
-                    if save_last or new_best and train_cfg["save_strategy"] != "no":
-                        save(save_last, new_best)
-                        saved_step = step if save_last else saved_step
-                        if master and save_last and train_cfg["save_total_limit"]:
-                            outputs.keep_snapshots(out_dir, step, train_cfg["save_total_limit"])
-                    stopping = stop()
-                    if stopping or selection.stop:
-                        break
-        progress.close()
-        if stopping:
-            save(last=True)
-            log(f"stopped by signal {stopping} at step {step}; resume with "
-                f"training.resume_from_checkpoint={os.path.join(out_dir, 'last.pt')}")
-            return 128 + stopping
-        if selection.stop:
-            log(f"early stopping at step {step}: {selection.why()}")
-        if train_cfg["save_strategy"] != "no" and saved_step != step:
-            save(last=True)
 
-        # test, with the best weights when asked for, and thresholds tuned on the validation split when asked for
-        scored_step = step
-        if train_cfg["load_best_model_at_end"] and selection.best_step not in (None, step):
-            if best_state is None and os.path.exists(os.path.join(out_dir, "best.pt")):
-                if dist.is_initialized():
-                    dist.barrier()  # rank 0 wrote it
-                best_state = outputs.load_checkpoint(os.path.join(out_dir, "best.pt"))["model"]
-            if best_state is not None:
-                net.load_state_dict(best_state)
-                scored_step = selection.best_step
-                log(f"loaded the best model ({metric} {selection.best:.4f}, step {scored_step})")
-        if tune:
-            val = datasets["validation"]
-            thresholds[:] = metrics.tune_thresholds(np.asarray(val.labels), run_eval("validation")[1],
-                                                    np.asarray(val.mask))
-            log("thresholds tuned for F1 on the validation split: " +
-                " ".join(f"{n}={t:.3f}" for n, t in zip(names, thresholds)))
-            if master:
-                outputs.write_thresholds(out_dir, thresholds)
-        if "test" in datasets:
-            result, probs = run_eval("test")
-            outputs.report_test(result, probs, datasets["test"], names, thresholds, out_dir if master else None,
-                                data_cfg["multi_label_sep"])
-            if writer:
-                outputs.log_test(writer, result, probs, datasets["test"], names, scored_step, cfg)
-        else:
-            log("no test split: skipping the test evaluation")
-        return 0
-    finally:
-        progress.close()
-        if writer:
-            writer.close()
-        if dist.is_initialized():
-            if sys.exc_info()[0] is None:  # a normal end on every rank
-                end_process_group()
-            else:
-                dist.destroy_process_group()
+def data_keys(datasets):
+    """The token caches' names, which change with the data's content: a resume checks them."""
+    return {name: split.key for name, split in datasets.items()}
 
 
 class StopSignal:
@@ -299,8 +366,8 @@ def load_backbone_and_data(cfg, world, device, amp):
     datasets, all_names, names = cache.load_for_training(cfg, tokenizer, world)
     task_cfg.update(label_map=dict(enumerate(all_names)), num_labels=len(all_names), label_names=None)
     if model_cfg["pooling"] == "auto":
-        model_cfg["pooling"], why = choose_pooling(model_cfg, backbone, tokenizer, datasets["train"], names, device,
-                                                   amp, cfg["training"]["seed"])
+        model_cfg["pooling"], why = choose_pooling(model_cfg, backbone, tokenizer, datasets["train"], names,
+                                                   device=device, autocast=amp, seed=cfg["training"]["seed"])
         log(f"pooling: auto chose {model_cfg['pooling']}: {why}")
     return backbone, tokenizer, source_dir, datasets, names
 
@@ -322,76 +389,22 @@ def loader_workers(train_cfg, device):
     return min(4, cores) if device.type == "cuda" else 0
 
 
-# -----------------------------------------------------------------------------
-# one optimizer step
-
-def train_step(model, optimizer, scaler, micro_batches, measured, device, autocast, pos_weight, max_grad_norm):
-    """One optimizer step over this rank's micro-batches of a global batch with `measured` label entries in all.
-    The all-reduce runs on the last micro-batch only. Returns the loss on this rank, the grad norm, and 1 where a
-    non-finite gradient skipped the update: all tensors, so that nothing waits for the device."""
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    total = torch.zeros((), device=device)
-    for k, batch in enumerate(micro_batches):
-        sync = k == len(micro_batches) - 1 or world == 1
-        with (nullcontext() if sync else model.no_sync()):
-            with autocast:
-                logits = model(batch["input_ids"].to(device, non_blocking=True),
-                               batch["attention_mask"].to(device, non_blocking=True))
-            # DDP averages gradients over ranks, hence the * world: the sum over the global batch / measured
-            loss = bce_with_logits(logits, batch["labels"].to(device, non_blocking=True),
-                                   batch["mask"].to(device, non_blocking=True), pos_weight,
-                                   reduction="sum") * world / measured
-            scaler.scale(loss).backward()
-        total += loss.detach() / world
-    scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
-    bad = (~torch.isfinite(grad_norm)).float()  # the same on every rank: gradients are already all-reduced
-    if scaler.is_enabled():  # fp16: the scaler skips a non-finite step on the device and lowers its scale
-        scaler.step(optimizer)
-        scaler.update()
-        bad = torch.zeros_like(bad)  # overflows while the scale settles are expected, not an error
-    elif optimizer.defaults.get("fused"):
-        optimizer.found_inf = bad  # the fused kernel skips the update itself, as it does for a GradScaler
-        optimizer.step()
-        del optimizer.found_inf
-    elif not bad:  # waits for the device; the fused optimizer, the default on CUDA, does not
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total, grad_norm, bad
-
-
 def check_finite(skipped, in_a_row, step):
     """Read at logging steps: steps skipped for a non-finite loss or gradient since the last log."""
     skipped, in_a_row = int(skipped.item()), int(in_a_row.item())
     if in_a_row >= 3:
-        raise NonFiniteError(f"non-finite loss or gradient at {in_a_row} steps in a row (up to step {step}); "
+        raise cli.Failed(f"non-finite loss or gradient at {in_a_row} steps in a row (up to step {step}); "
                              f"lower training.learning_rate or check the data")
     if skipped:
         log(f"warning: {skipped} updates skipped for a non-finite loss or gradient since the last log")
 
 
 def main(argv):
-    if argv and argv[0] in ("-h", "--help"):
-        print("usage:\n" + "\n\n".join(__doc__.split("\n\n")[1:3]))
-        return 0
-    path = "config.yaml" if not argv or "=" in argv[0] else argv[0]
-    overrides = argv if not argv or "=" in argv[0] else argv[1:]
-    try:
-        return train(config.load(path, overrides))
-    except (config.ConfigError, data.DataError) as e:
-        print(f"error: {config.locate(str(e), path, overrides)}", file=sys.stderr)
-        return 2
-    except NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except torch.cuda.OutOfMemoryError:
-        print("error: CUDA out of memory. Lower training.per_device_train_batch_size (and raise "
-              "training.gradient_accumulation_steps to keep the same global batch), or data.max_length.",
-              file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # during setup; in the step loop, Ctrl-C finishes the step and writes last.pt
-        print("stopped by Ctrl-C before training started; nothing to resume from", file=sys.stderr)
-        return 130
+    return cli.run(lambda args: train(args.cfg), __doc__, argv,
+                   interrupted="stopped by Ctrl-C before training started; nothing to resume from",
+                   out_of_memory="lower training.per_device_train_batch_size (and raise "
+                                 "training.gradient_accumulation_steps to keep the same global batch), or "
+                                 "data.max_length")
 
 
 if __name__ == "__main__":
