@@ -5,7 +5,8 @@ TensorBoard logs, and the test report.
 
     last.pt   model, optimizer, scheduler, scaler, step, epoch, RNG states, config, label names, thresholds, best
     best.pt   what prediction and load_best_model_at_end need: model, step, config, label names, thresholds;
-              when it is of the same step as last.pt, it is a hard link to it, so the weights are written once
+              when it is of the same step as last.pt, it is a hard link to it, so the weights are written once;
+              when last.pt moves on, best.pt is rewritten without the optimizer state
 """
 import json
 import os
@@ -52,10 +53,15 @@ def checkpoint_contents(net, optimizer, scheduler, scaler, *, cfg, names, thresh
 
 
 def save_checkpoints(out_dir, state, last, best):
-    """Writes last.pt (the whole state) and/or best.pt (BEST_KEYS). When both are wanted, best.pt becomes a hard
-    link to the new last.pt, so the weights of one step are written once. Returns the seconds it took."""
+    """Writes last.pt (the whole state) and/or best.pt (BEST_KEYS). When both are of one step, best.pt is a hard
+    link to last.pt, so the weights are written once. When last.pt moves on from that step, best.pt is rewritten
+    first with its BEST_KEYS only: it never keeps the optimizer state of a step it no longer shares. Returns the
+    seconds it took."""
     t = time.time()
     last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
+    if last and not best and same_file(best_path, last_path):
+        old = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)  # reads the weights only
+        save_atomic({k: old[k] for k in BEST_KEYS}, best_path)
     if last:
         save_atomic(state, last_path)
     if best and last:
@@ -70,6 +76,10 @@ def save_checkpoints(out_dir, state, last, best):
     if best:
         save_atomic({k: state[k] for k in BEST_KEYS}, best_path)
     return time.time() - t
+
+
+def same_file(a, b):
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
 
 
 def save_atomic(obj, path):
@@ -269,13 +279,17 @@ def log_eval(writer, step, result, seconds, progress):
 
 
 def write_thresholds(out_dir, thresholds):
-    """Tuned thresholds go into the checkpoints, where predict.py reads them."""
-    for name in ("last.pt", "best.pt"):
-        path = os.path.join(out_dir, name)
+    """Tuned thresholds go into the checkpoints, where predict.py reads them; a best.pt that is last.pt stays so."""
+    last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
+    linked = same_file(best_path, last_path)
+    for path in [last_path] + ([] if linked else [best_path]):
         if os.path.exists(path):
             ckpt = load_checkpoint(path)
             ckpt["thresholds"] = thresholds.tolist()
-            save_atomic(ckpt, path)
+            if path == last_path:
+                save_checkpoints(out_dir, ckpt, last=True, best=linked)
+            else:
+                save_atomic({k: ckpt[k] for k in BEST_KEYS}, path)
 
 
 def report_test(result, probs, split, names, *, thresholds, out_dir, sep):
