@@ -1,38 +1,16 @@
-"""Shared fixtures: tiny pretrained-style model folders, built and saved locally (nothing is downloaded)."""
-import os
-import sys
-
+"""Fixtures: token caches in each test's folder, and tiny pretrained-style model folders. Plain helpers are in
+helpers.py."""
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from helpers import random_tsv, save_tiny
 
-import config  # noqa: E402
+import config
 
 
 @pytest.fixture(autouse=True)
 def token_cache_in_tmp(tmp_path, monkeypatch):
     """In-process runs put their token caches in the test's folder, not in the checkout."""
     monkeypatch.setitem(config.DEFAULTS["data"], "cache_dir", str(tmp_path / "cache"))
-
-
-def char_tokenizer(padding_side="right"):
-    """One token per base, [CLS] ... [SEP]."""
-    import zoo
-    return zoo.char_tokenizer(side=padding_side, **zoo.BERT_TOKENS)
-
-
-def save_tiny(path, kind="bert", padding_side="right"):
-    """Saves a tiny randomly initialised model and a base-level tokenizer, as from_pretrained expects them."""
-    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
-    path = str(path)
-    if kind == "bert":
-        BertModel(BertConfig(vocab_size=9, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=32, max_position_embeddings=512)).save_pretrained(path)
-    else:
-        GPT2Model(GPT2Config(vocab_size=9, n_embd=16, n_layer=1, n_head=2, n_positions=512)).save_pretrained(path)
-    char_tokenizer(padding_side).save_pretrained(path)
-    return path
 
 
 @pytest.fixture
@@ -47,3 +25,9 @@ def tiny_remote(tmp_path):
     path = str(tmp_path / "remote")
     zoo.build("hyenadna", path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tsv(tmp_path_factory):
+    """150 random sequences of 20-60 bp with labels a, b and c."""
+    return random_tsv(str(tmp_path_factory.mktemp("data") / "d.tsv"), ["a", "b", "c"], n=150)

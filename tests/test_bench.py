@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 KEYS = ["tokenize_seqs_per_s", "train_samples_per_s", "train_tokens_per_s", "bare_samples_per_s", "loop_vs_bare",
         "data_wait_fraction", "padding_fraction_random", "padding_fraction_grouped", "eval_seqs_per_s",

@@ -1,38 +1,10 @@
-import textwrap
 
 import pytest
 
 import config
 from config import ConfigError
+from helpers import SEED_YAML, write_config
 
-SEED_YAML = """
-# task configuration
-task:
-  task_type: "sequence_classification"
-  problem_type: "multi_label_classification" # Specify multi-label problem
-  num_labels: 4 # Total number of unique labels
-  label_map:
-    0: "label1"
-    1: "label2"
-    2: "label3"
-    3: "label4"
-
-# training configuration
-training:
-  output_dir: "./outputs_multi_task"
-  num_train_epochs: 5
-  per_device_train_batch_size: 16
-  per_device_eval_batch_size: 16
-  warmup_steps: 100
-  weight_decay: 0.01
-  logging_dir: "./logs_multi_task"
-  logging_steps: 20
-  evaluation_strategy: "epoch"
-  save_strategy: "epoch"
-  load_best_model_at_end: True
-  metric_for_best_model: "f1_macro"
-  greater_is_better: True
-"""
 
 DNALLM_YAML = """
 task:
@@ -81,14 +53,8 @@ inference:
 """
 
 
-def write(tmp_path, text, data="data:\n  path: x.tsv\n"):
-    p = tmp_path / "c.yaml"
-    p.write_text(textwrap.dedent(text) + data)
-    return str(p)
-
-
 def test_seed_yaml_loads_unchanged(tmp_path):
-    cfg = config.load(write(tmp_path, SEED_YAML))
+    cfg = config.load(write_config(tmp_path, SEED_YAML))
     assert config.label_names_from_config(cfg["task"]) == ["label1", "label2", "label3", "label4"]
     assert cfg["training"]["num_train_epochs"] == 5
     assert cfg["training"]["logging_dir"] == "./logs_multi_task"
@@ -96,7 +62,7 @@ def test_seed_yaml_loads_unchanged(tmp_path):
 
 def test_dnallm_yaml_loads_with_one_warning_naming_ignored_keys(tmp_path):
     warnings = []
-    cfg = config.load(write(tmp_path, DNALLM_YAML), warn=warnings.append)
+    cfg = config.load(write_config(tmp_path, DNALLM_YAML), warn=warnings.append)
     assert config.label_names_from_config(cfg["task"]) == ["ear", "leaf", "root"]
     t = cfg["training"]
     assert t["evaluation_strategy"] == "steps" and t["eval_steps"] == 500
@@ -109,7 +75,7 @@ def test_dnallm_yaml_loads_with_one_warning_naming_ignored_keys(tmp_path):
 
 
 def test_overrides_are_parsed_as_yaml(tmp_path):
-    cfg = config.load(write(tmp_path, SEED_YAML), ["training.learning_rate=3e-5", "model.pooling=mean",
+    cfg = config.load(write_config(tmp_path, SEED_YAML), ["training.learning_rate=3e-5", "model.pooling=mean",
                                                    "finetune.seed=7", "task.threshold=[0.1, 0.2, 0.3, 0.4]",
                                                    "training.save_strategy=no"])
     assert cfg["training"]["learning_rate"] == 3e-5
@@ -128,12 +94,12 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
 ])
 def test_bad_overrides_name_the_problem(tmp_path, override, message):
     with pytest.raises(ConfigError) as e:
-        config.load(write(tmp_path, SEED_YAML), [override])
+        config.load(write_config(tmp_path, SEED_YAML), [override])
     assert message in str(e.value)
 
 
 def test_unknown_key_in_file_names_file_and_closest_key(tmp_path):
-    path = write(tmp_path, SEED_YAML.replace("weight_decay", "weight_decy"))
+    path = write_config(tmp_path, SEED_YAML.replace("weight_decay", "weight_decy"))
     with pytest.raises(ConfigError, match=r"c.yaml:20: unknown key 'training.weight_decy' \(did you mean "
                                           r"'weight_decay'"):
         config.load(path)
@@ -141,7 +107,7 @@ def test_unknown_key_in_file_names_file_and_closest_key(tmp_path):
 
 def test_label_map_and_num_labels_must_agree(tmp_path):
     with pytest.raises(ConfigError, match=r"c.yaml:6: task.num_labels is 5 but task.label_map has 4 labels"):
-        config.load(write(tmp_path, SEED_YAML.replace("num_labels: 4", "num_labels: 5")))
+        config.load(write_config(tmp_path, SEED_YAML.replace("num_labels: 4", "num_labels: 5")))
 
 
 def test_missing_config_and_invalid_yaml(tmp_path):

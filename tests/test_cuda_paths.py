@@ -12,11 +12,8 @@ import data
 import optim
 import outputs
 import train
-from conftest import ROOT, char_tokenizer
 from model import enable_gradient_checkpointing, load_backbone, position_limit
-from test_config import write
-from test_distributed import NO_DROPOUT, assert_same_weights
-from test_train import TINY
+from helpers import NO_DROPOUT, ROOT, TINY, assert_same_weights, char_tokenizer, write_config
 
 FAST = ["task.label_map=null", "task.num_labels=null", *TINY]
 
@@ -92,8 +89,8 @@ def one_step(model, optimizer, scaler, x, bad=False):
     labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     batch = {"input_ids": x * (float("nan") if bad else 1.0), "attention_mask": torch.ones(2, 4), "labels": labels,
              "mask": torch.ones(2, 2, dtype=torch.bool)}
-    return train.train_step(model, optimizer, scaler, [batch], 4, torch.device("cpu"), torch.autocast("cpu",
-                            enabled=False), None, 1.0)
+    return optim.train_step(model, optimizer, scaler, [batch], measured=4, device=torch.device("cpu"),
+                            autocast=torch.autocast("cpu", enabled=False), max_grad_norm=1.0)
 
 
 @pytest.mark.parametrize("fused, scale", [(False, False), (True, False), (True, True)])
@@ -176,23 +173,9 @@ def test_best_checkpoint_holds_what_prediction_needs_and_shares_last_at_the_same
     assert log.count("saved last.pt") == 1  # not written again after the loop
 
 
-def test_a_best_checkpoint_alone_has_no_optimizer(tmp_path):
-    net, _, optimizer, scaler = tiny_step_setup(False)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    state = outputs.checkpoint_contents(net, optimizer, scheduler, scaler, {}, ["a", "b"], np.full(2, 0.5), step=4,
-                                        epoch=2.0, best=0.3, best_step=4)
-    outputs.save_checkpoints(str(tmp_path), state, last=False, best=True)
-    assert set(torch.load(tmp_path / "best.pt", weights_only=True)) == set(outputs.BEST_KEYS)
-    outputs.save_checkpoints(str(tmp_path), state, last=True, best=True)
-    assert os.path.samefile(tmp_path / "best.pt", tmp_path / "last.pt")
-    state["step"] = 5
-    outputs.save_checkpoints(str(tmp_path), state, last=True, best=False)  # a later last.pt leaves best.pt be
-    assert torch.load(tmp_path / "best.pt", weights_only=True)["step"] == 4
-
-
 def test_hf_gpu_keys_are_read_not_ignored(tmp_path):
     warnings = []
-    cfg = config.load(write(tmp_path, """
+    cfg = config.load(write_config(tmp_path, """
         training:
           dataloader_num_workers: 2
           torch_compile: true

@@ -5,40 +5,10 @@ import pytest
 import torch
 
 import cache
-import config
 import data
 from data import DataError
+from helpers import TOK, data_cfg, load, seqs, write_file
 from model import KmerTokenizer
-
-
-def data_cfg(**kw):
-    d = dict(config.DEFAULTS["data"])
-    d.update(kw)
-    return d
-
-
-def write(tmp_path, name, text, mode="w"):
-    p = tmp_path / name
-    if name.endswith(".gz"):
-        with gzip.open(p, "wt", newline="") as f:
-            f.write(text)
-    else:
-        with open(p, mode, newline="") as f:
-            f.write(text)
-    return str(p)
-
-
-TOK = KmerTokenizer(1)  # one token per base, so a split's tokens spell its sequences
-
-
-def load(path, names=None, **kw):
-    split, names = cache.load_file(path, data_cfg(**kw), names, TOK)
-    return split, names
-
-
-def seqs(split):
-    """The sequences back from their tokens, without the [CLS] and [SEP] ends."""
-    return ["".join("ACGT"[t - 5] if t >= 5 else "N" for t in split.tokens[i][1:-1]) for i in range(len(split))]
 
 
 def ids(split):
@@ -46,7 +16,7 @@ def ids(split):
 
 
 def test_names_form_with_empty_cell_and_inferred_sorted_names(tmp_path):
-    p = write(tmp_path, "a.tsv", "sequence\tlabels\nacgt\tb,a\nAAAA\t\nCCCC\tc\n")
+    p = write_file(tmp_path, "a.tsv", "sequence\tlabels\nacgt\tb,a\nAAAA\t\nCCCC\tc\n")
     split, names = load(p)
     assert names == ["a", "b", "c"]
     assert seqs(split) == ["ACGT", "AAAA", "CCCC"]  # uppercased
@@ -56,21 +26,21 @@ def test_names_form_with_empty_cell_and_inferred_sorted_names(tmp_path):
 
 
 def test_multi_hot_form_with_missing_values(tmp_path):
-    p = write(tmp_path, "b.csv", "sequence,label\nACGT,0;1;NA\nGGGG,1;-1;0\nTTTT,;0;1\n")
+    p = write_file(tmp_path, "b.csv", "sequence,label\nACGT,0;1;NA\nGGGG,1;-1;0\nTTTT,;0;1\n")
     split, names = load(p, ["x", "y", "z"], label_col="label", multi_label_sep=";")
     assert np.asarray(split.labels).tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
     assert np.asarray(split.mask).tolist() == [[True, True, False], [True, False, True], [False, True, True]]
 
 
 def test_multi_hot_with_comma_separator_and_inferred_names(tmp_path):
-    p = write(tmp_path, "c.tsv", "sequence\tlabels\nACGT\t0,1,1\nGGGG\t1,0,0\n")
+    p = write_file(tmp_path, "c.tsv", "sequence\tlabels\nACGT\t0,1,1\nGGGG\t1,0,0\n")
     split, names = load(p)
     assert names == ["label_0", "label_1", "label_2"]
     assert np.asarray(split.labels).tolist() == [[0, 1, 1], [1, 0, 0]]
 
 
 def test_wide_form(tmp_path):
-    p = write(tmp_path, "d.tsv", "id\tsequence\tleaf\troot\nr1\tACGT\t1\t0\nr2\tGGGG\tNA\t1\n")
+    p = write_file(tmp_path, "d.tsv", "id\tsequence\tleaf\troot\nr1\tACGT\t1\t0\nr2\tGGGG\tNA\t1\n")
     split, names = load(p, label_cols=["leaf", "root"])
     assert names == ["leaf", "root"]
     assert np.asarray(split.labels).tolist() == [[1, 0], [0, 1]]
@@ -80,12 +50,12 @@ def test_wide_form(tmp_path):
 def test_crlf_bom_trailing_blank_lines_and_gzip(tmp_path):
     text = "\ufeffsequence\tlabels\r\nACGT\ta\r\nGGGG\tb\r\n\r\n\r\n"
     for name in ("e.tsv", "e.tsv.gz"):
-        split, names = load(write(tmp_path, name, text))
+        split, names = load(write_file(tmp_path, name, text))
         assert names == ["a", "b"] and seqs(split) == ["ACGT", "GGGG"]
 
 
 def test_fasta_with_labels_and_wrapped_lines(tmp_path):
-    p = write(tmp_path, "f.fa", ">s1 a,b\nACGT\nacgt\n>s2\nGG\n")
+    p = write_file(tmp_path, "f.fa", ">s1 a,b\nACGT\nacgt\n>s2\nGG\n")
     split, names = load(p)
     assert ids(split) == ["s1", "s2"] and seqs(split) == ["ACGTACGT", "GG"]
     assert names == ["a", "b"] and np.asarray(split.labels).tolist() == [[1, 1], [0, 0]]
@@ -110,7 +80,7 @@ def test_fasta_with_labels_and_wrapped_lines(tmp_path):
     ("bad.fa", ">s1\nACGU\n", {}, "bad.fa:1: invalid character 'U'"),
 ])
 def test_bad_input_is_one_line_with_path_and_line(tmp_path, name, text, kw, message):
-    path = str(tmp_path / name) if text is None else write(tmp_path, name, text)
+    path = str(tmp_path / name) if text is None else write_file(tmp_path, name, text)
     names = kw.pop("names", None)
     with pytest.raises(DataError) as e:
         load(path, names, **kw)
@@ -120,7 +90,7 @@ def test_bad_input_is_one_line_with_path_and_line(tmp_path, name, text, kw, mess
 
 def test_split_by_fractions_is_deterministic_and_complete(tmp_path):
     rows = "".join(f"{'ACGT' * (i % 5 + 1)}\t{'a' if i % 3 else 'b'}\n" for i in range(100))
-    p = write(tmp_path, "s.tsv", "sequence\tlabels\n" + rows)
+    p = write_file(tmp_path, "s.tsv", "sequence\tlabels\n" + rows)
     d = data_cfg(path=p, train_size=0.7, validation_size=0.2, test_size=0.1)
     s1, names = cache.load_splits(d, TOK)
     s2, _ = cache.load_splits(d, TOK)
@@ -133,8 +103,8 @@ def test_split_by_fractions_is_deterministic_and_complete(tmp_path):
 
 
 def test_separate_files_use_training_labels(tmp_path):
-    tr = write(tmp_path, "tr.tsv", "sequence\tlabels\nACGT\ta\nGGGG\tb\n")
-    va = write(tmp_path, "va.tsv", "sequence\tlabels\nACGT\tc\n")
+    tr = write_file(tmp_path, "tr.tsv", "sequence\tlabels\nACGT\ta\nGGGG\tb\n")
+    va = write_file(tmp_path, "va.tsv", "sequence\tlabels\nACGT\tc\n")
     with pytest.raises(DataError, match="va.tsv:2: unknown label 'c'"):
         cache.load_splits(data_cfg(train=tr, validation=va), TOK)
     splits, names = cache.load_splits(data_cfg(train=tr, validation=tr), TOK)
@@ -143,7 +113,7 @@ def test_separate_files_use_training_labels(tmp_path):
 
 @pytest.mark.parametrize("hf", [False, True])
 def test_tokenize_counts_truncation_and_keeps_special_tokens(hf):
-    from conftest import char_tokenizer
+    from helpers import char_tokenizer
     tok = char_tokenizer() if hf else KmerTokenizer(3)
     ids, truncated = data.tokenize(tok, ["ACGTACGTAC", "ACG"], max_length=5)
     assert truncated.tolist() == [True, False]
@@ -190,7 +160,7 @@ def test_example_generator_is_deterministic_with_the_promised_prevalences(tmp_pa
 
 
 def test_wide_columns_must_match_the_label_count(tmp_path):
-    p = write(tmp_path, "w.tsv", "sequence\tleaf\troot\nACGT\t1\t0\n")
+    p = write_file(tmp_path, "w.tsv", "sequence\tleaf\troot\nACGT\t1\t0\n")
     with pytest.raises(DataError, match="data.label_cols names 2 columns for 3 labels"):
         load(p, ["leaf", "root", "stem"], label_cols=["leaf", "root"])
 
@@ -201,7 +171,7 @@ def test_stratified_split_puts_a_rare_label_in_every_split_in_proportion(tmp_pat
     for _ in range(1000):
         labels = [n for n, p in (("common", 0.4), ("mid", 0.1), ("rare", 0.02)) if rng.rand() < p]
         rows.append(f"ACGT\t{','.join(labels)}\n")
-    p = write(tmp_path, "r.tsv", "sequence\tlabels\n" + "".join(rows))
+    p = write_file(tmp_path, "r.tsv", "sequence\tlabels\n" + "".join(rows))
     d = data_cfg(path=p, stratify=True)
     splits, names = cache.load_splits(d, TOK)
     again, _ = cache.load_splits(d, TOK)
@@ -216,7 +186,7 @@ def test_stratified_split_puts_a_rare_label_in_every_split_in_proportion(tmp_pat
 
 
 def test_select_labels_keeps_a_subset_in_order(tmp_path):
-    p = write(tmp_path, "s.tsv", "sequence\tlabels\nACGT\ta,c\nGGGG\tb\n")
+    p = write_file(tmp_path, "s.tsv", "sequence\tlabels\nACGT\ta,c\nGGGG\tb\n")
     splits, names = cache.load_splits(data_cfg(path=p, train_size=1.0, validation_size=0.0, test_size=0.0), TOK)
     assert cache.select_labels(splits, names, ["c", "a"]) == ["c", "a"]
     assert np.asarray(splits["train"].labels).tolist() == [[1, 1], [0, 0]]
@@ -261,3 +231,15 @@ def test_truncated_or_corrupt_gzip_and_non_utf8_bytes_are_one_line_errors(tmp_pa
     latin.write_bytes(b"sequence\tlabels\nACGT\ta\nACGT\t\xe9t\xe9\n")
     with pytest.raises(DataError, match=r"latin.tsv:3: cannot read this line: bytes that are not UTF-8 text"):
         load(str(latin))
+
+
+def test_oversample_weights_favour_the_rarest_label():
+    labels = np.array([[1, 0], [1, 1], [0, 0], [1, 0]], np.float32)  # prevalence 0.75 and 0.25
+    w, share = data.oversample_weights(labels, np.ones_like(labels, bool), 1.0)
+    w = w.tolist()
+    assert w == pytest.approx([4 / 3, 4.0, 1.0, 4 / 3])
+    assert share == pytest.approx([(4 / 3 + 4 + 4 / 3) / sum(w), 4 / sum(w)])  # the shares the draws will give
+    # a global batch does not depend on anything but the seed and the epoch
+    a = data.global_batches(4, 2, seed=1, epoch=3, weights=torch.tensor(w), flip=True)
+    b = data.global_batches(4, 2, seed=1, epoch=3, weights=torch.tensor(w), flip=True)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))

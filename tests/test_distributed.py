@@ -10,12 +10,10 @@ import pytest
 import torch
 
 import data
+import optim
 import outputs
 import train
-from conftest import ROOT
-from test_train import TINY, random_tsv
-
-NO_DROPOUT = ["model.dropout=0", "model.backbone_dropout=0"]
+from helpers import NO_DROPOUT, ROOT, TINY, assert_same_weights, random_tsv
 
 
 def free_port():
@@ -43,13 +41,6 @@ def check(cmd, timeout=300):
 
 def weights(path):
     return torch.load(path, weights_only=True)["model"]
-
-
-def assert_same_weights(a, b, atol=1e-5):
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.allclose(wa[k], wb[k], atol=atol), (k, (wa[k] - wb[k]).abs().max())
 
 
 @pytest.fixture(scope="module")
@@ -198,8 +189,8 @@ def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypa
 
 def test_non_finite_gradients_stop_the_run_without_a_checkpoint(dataset, monkeypatch, capsys):
     path, tmp = dataset
-    real = train.bce_with_logits
-    monkeypatch.setattr(train, "bce_with_logits", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = optim.bce_with_logits
+    monkeypatch.setattr(optim, "bce_with_logits", lambda *a, **k: real(*a, **k) * float("nan"))
     out = tmp / "nan"
     assert train.main(["config.yaml", *common(path, out, "training.max_steps=10")]) == 1
     err = capsys.readouterr().err
@@ -223,7 +214,7 @@ def test_a_failed_run_gives_the_signal_handlers_back(dataset, monkeypatch):
     import signal as sig
     path, tmp = dataset
     before = sig.getsignal(sig.SIGINT)
-    real = train.bce_with_logits
-    monkeypatch.setattr(train, "bce_with_logits", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = optim.bce_with_logits
+    monkeypatch.setattr(optim, "bce_with_logits", lambda *a, **k: real(*a, **k) * float("nan"))
     assert train.main(["config.yaml", *common(path, tmp / "nan2", "training.max_steps=10")]) == 1
     assert sig.getsignal(sig.SIGINT) is before

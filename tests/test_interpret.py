@@ -1,5 +1,4 @@
 """In-silico mutagenesis and variant effects (interpret.py), against predict.py's scores and the planted motifs."""
-import csv
 import os
 
 import numpy as np
@@ -11,12 +10,7 @@ import interpret
 import pictures
 import predict
 import train
-from conftest import ROOT
-
-
-def read_tsv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f, delimiter="\t"))
+from helpers import ROOT, read_tsv
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,4 @@
+"""model.py and lora.py: loading from every source, pooling, heads and head groups, LoRA, what trains."""
 import os
 import shutil
 
@@ -9,7 +10,9 @@ import torch
 import config
 import model
 from config import ConfigError
-from model import MultiLabelModel, load_backbone, pool
+from helpers import save_tiny
+from lora import LoRA, add_lora, merge_lora
+from model import MultiLabelModel, build_model, head_groups, load_backbone, pool
 
 
 def model_cfg(**kw):
@@ -65,7 +68,7 @@ def test_hub_sources_download_then_load(monkeypatch, tiny_bert, source, module):
 
 
 def test_gpt_style_tokenizer_without_pad_gets_one(tmp_path):
-    from conftest import save_tiny
+    from helpers import save_tiny
     path = save_tiny(tmp_path / "gpt", "gpt2")
     tok = model.load_tokenizer(path)
     assert tok.pad_token_id is not None
@@ -86,8 +89,7 @@ def test_missing_local_folder_is_a_config_error(tmp_path):
 def hub_run(tmp_path, source, name, **env):
     import subprocess
     import sys
-    from conftest import ROOT
-    from test_train import TINY, random_tsv
+    from helpers import ROOT, TINY, random_tsv
     tsv = random_tsv(str(tmp_path / "d.tsv"), ["a", "b"])
     env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9", MODELSCOPE_ENDPOINT="http://127.0.0.1:9", **env)  # no hub
     return subprocess.run([sys.executable, "train.py", "config.yaml", f"data.path={tsv}", "task.label_map=null",
@@ -123,3 +125,62 @@ def test_a_missing_model_offline_is_one_line_naming_source_and_id(tmp_path, sour
     assert p.stderr.startswith(f"error: command line 'model.name_or_path=org/missing': model 'org/missing' could not "
                                f"be had from {source} ("), p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def test_head_groups_put_each_logit_back_in_label_order(tiny_bert):
+    from transformers import AutoModel
+    names = ["a", "b", "c", "d"]
+    groups = head_groups({"g1": ["c", "a"]}, names)
+    assert groups == [[2, 0], [1, 3]]  # b and d, not named, share the default group
+    net = MultiLabelModel(AutoModel.from_pretrained(tiny_bert), 4, "mean", dropout=0.0, groups=groups)
+    for head, g in zip(net.heads, groups):  # each head outputs the index of its labels as constants
+        last = head[-1]
+        torch.nn.init.zeros_(last.weight)
+        last.bias.data = torch.tensor([float(i) for i in g])
+    ids = torch.tensor([[2, 4, 5, 3]])
+    assert net(ids, torch.ones_like(ids)).tolist() == [[0.0, 1.0, 2.0, 3.0]]
+    with pytest.raises(ConfigError, match="unknown labels"):
+        head_groups({"g": ["z"]}, names)
+    with pytest.raises(ConfigError, match="in two groups"):
+        head_groups({"g": ["a"], "h": ["a", "b"]}, names)
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])  # nn.Linear and GPT-2's Conv1D
+def test_lora_starts_at_the_base_model_and_merges_exactly(tmp_path, kind):
+    from transformers import AutoModel
+    torch.manual_seed(0)
+    backbone = AutoModel.from_pretrained(save_tiny(tmp_path / kind, kind)).eval()
+    ids = torch.tensor([[2, 4, 5, 6, 7, 3]])
+    before = backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    n = add_lora(backbone, r=4, alpha=8, dropout=0.0)
+    assert n > 0 and any(isinstance(m, LoRA) and m.conv1d == (kind == "gpt2") for m in backbone.modules())
+    same = backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    assert torch.allclose(before, same)  # B starts at zero
+    for m in backbone.modules():
+        if isinstance(m, LoRA):
+            torch.nn.init.normal_(m.B)
+    lora_out = backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    assert not torch.allclose(before, lora_out)
+    merge_lora(backbone)
+    assert not any(isinstance(m, LoRA) for m in backbone.modules())
+    merged_out = backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    assert torch.allclose(lora_out, merged_out, atol=1e-5)
+
+
+def test_finetune_modes_choose_what_trains(tiny_bert):
+    from transformers import AutoModel
+
+    def trained(mode, **kw):
+        cfg = model_cfg(finetune=mode, pooling="cls", **kw)
+        net = build_model(AutoModel.from_pretrained(tiny_bert), ["a", "b"], cfg, None)
+        return {n for n, p in net.named_parameters() if p.requires_grad}
+
+    assert any(n.startswith("backbone.") for n in trained("full"))
+    assert trained("head") == {"head.weight", "head.bias"}
+    lora = trained("lora", lora={"r": 2, "targets": ["query", "value"]})
+    assert lora - {"head.weight", "head.bias"} and all(n.endswith((".A", ".B")) for n in lora if "backbone" in n)
+    assert all("query" in n or "value" in n for n in lora if "backbone" in n)
+    with pytest.raises(ConfigError, match="has no linear layer whose name contains one of .'nothing'. to wrap"):
+        trained("lora", lora={"targets": ["nothing"]})
+    with pytest.raises(ConfigError, match="expected one of full, head, lora"):
+        trained("adapters")

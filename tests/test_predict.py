@@ -1,4 +1,5 @@
-import csv
+"""predict.py: a finished run scores new sequences, with ids, thresholds and truth carried through, and clean
+failures."""
 import json
 import os
 import subprocess
@@ -10,8 +11,7 @@ import pytest
 import data
 import predict
 import train
-from conftest import ROOT
-from test_train import TINY, random_tsv
+from helpers import ROOT, TINY, one_line_error, random_tsv, read_tsv, run_command, write_file
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +26,6 @@ def run_dir(tmp_path_factory):
             "task.threshold=0.4", *TINY]
     assert train.main(args) == 0
     return tmp
-
-
-def read_tsv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f, delimiter="\t"))
 
 
 def test_predict_reproduces_test_predictions(run_dir):
@@ -131,3 +126,53 @@ def test_a_broken_checkpoint_is_one_line_with_exit_2_in_predict_and_resume(run_d
                        timeout=120)
     assert p.returncode == 2 and p.stderr.startswith(expected), p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def test_predict_carries_ids_thresholds_and_truth(run_dir, tmp_path, capsys):
+    named = tmp_path / "named.tsv"
+    named.write_text("name\tsequence\tlabels\nwin1\tACGTACGTAAAC\ta,b\nwin2\tCCCCGGGGTTTA\t\n")
+    out = tmp_path / "p.tsv"
+    assert predict.main([str(run_dir / "out"), str(named), "-o", str(out), "--threshold", "a=0,c=1"]) == 0
+    rows = read_tsv(out)
+    assert list(rows[0]) == ["id", "a", "b", "c", "predicted", "labels"]
+    assert [r["id"] for r in rows] == ["win1", "win2"] and [r["labels"] for r in rows] == ["a,b", ""]
+    assert all(r["predicted"].split(",")[0] == "a" and "c" not in r["predicted"] for r in rows)
+    assert read_tsv(tmp_path / "p.thresholds.tsv") == [{"label": "a", "threshold": "0"},
+                                                      {"label": "b", "threshold": "0.5"},
+                                                      {"label": "c", "threshold": "1"}]
+    assert "thresholds from --threshold: a=0 b=0.5 c=1" in capsys.readouterr().out
+    assert predict.main([str(run_dir / "out"), str(named), "-o", str(out), "--threshold", "1,1,0"]) == 0
+    assert [r["predicted"] for r in read_tsv(out)] == ["c", "c"]
+    capsys.readouterr()
+    assert predict.main([str(run_dir / "out"), str(named), "--threshold", "high"]) == 2  # one line, as any bad input
+    assert capsys.readouterr().err.startswith("error: command line: argument --threshold: 'high' is not a threshold")
+    assert predict.main([str(run_dir / "out"), str(named), "-o", str(out), "--threshold", "0.5,0.5"]) == 2
+    assert "--threshold has 2 values for 3 labels" in capsys.readouterr().err
+
+
+def test_predict_with_swapped_arguments_or_interrupted_leaves_no_file(run_dir, tmp_path, monkeypatch, capsys):
+    fa = write_file(tmp_path, "s.fa", ">s1\nACGTACGTAA\n>s1\nACGTTTTTAA\n")
+    p = run_command(fa, str(run_dir / "out"), "-o", str(tmp_path / "x.tsv"), script="predict.py")
+    one_line_error(p, f"error: {fa}: not a run folder or a checkpoint (the first argument must be a run folder")
+    out = tmp_path / "p.tsv"
+    assert predict.main([str(run_dir / "out"), fa, "-o", str(out)]) == 0
+    assert "warning: " + fa + ": 1 ids appear more than once (s1); the output keeps every row" in \
+        capsys.readouterr().out
+    os.remove(out)
+    os.remove(tmp_path / "p.thresholds.tsv")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(predict.torch, "sigmoid", interrupted)  # after the output file was opened
+    assert predict.main([str(run_dir / "out"), fa, "-o", str(out)]) == 130
+    assert os.listdir(tmp_path) == ["s.fa"]  # neither p.tsv nor p.tsv.tmp
+
+
+def test_a_label_without_positives_is_marked_and_warned_about(run_dir, tmp_path, capsys):
+    only_a = tmp_path / "a.tsv"
+    only_a.write_text("sequence\tlabels\nACGTACGTAAAC\ta\nCCCCGGGGTTTA\t\n")
+    assert predict.main([str(run_dir / "out"), str(only_a), "-o", str(tmp_path / "p.tsv")]) == 0
+    out = capsys.readouterr().out
+    table = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in "abc"}
+    assert table["b"].endswith(" *") and table["c"].endswith(" *") and not table["a"].endswith("*")
+    assert "warning: * no positives in the input split for b, c: an F1 of 0 that counts in f1_macro" in out

@@ -1,23 +1,16 @@
-"""Pooling over the sequence's own tokens and auto's choice for decoders, model selection that cannot stall on a
-tied or undefined metric, and the 6-mer baseline of compare.py."""
-import csv
+"""Model selection that cannot stall on a tied or undefined metric, and early stopping."""
+import glob
 import math
-from contextlib import nullcontext
 
-import numpy as np
 import pytest
 import torch
-import transformers
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import cache
-import compare
 import config
 import optim
+import predict
 import train
-import zoo
-from model import auto_pooling, build_model, load_backbone, load_tokenizer, own_tokens, pool
-from scoring import choose_pooling
-from test_train import TINY, random_tsv
+from helpers import TINY, random_tsv, read_tsv, train_args
 
 
 def selection(**kw):
@@ -62,101 +55,42 @@ def test_a_run_whose_f1_stays_0_tests_the_step_of_lowest_loss(tmp_path, capsys):
     assert torch.load(out / "best.pt", weights_only=True)["step"] == min(losses, key=losses.get)
 
 
-def test_mean_pools_a_sep_appending_decoder_over_its_own_tokens(tmp_path):
-    folder = str(tmp_path / "hyena")
-    zoo.build("hyenadna", folder)  # a decoder whose tokenizer appends [SEP], with left padding
-    model_cfg = dict(config.DEFAULTS["model"], source="local", name_or_path=folder, trust_remote_code=True)
-    backbone, tok, _ = load_backbone(model_cfg, 64)
-    assert auto_pooling("local", backbone.config, tok)[0] == "mean"  # the rule where the data cannot decide
-    net = build_model(backbone, ["a"], dict(model_cfg, pooling="mean", dropout=0.0), tok).eval()
-    ids = torch.tensor([tok(["ACGTAC"])["input_ids"][0]])
-    assert ids[0, -1].item() == tok.sep_token_id
-    with torch.no_grad():
-        states = net.token_states(ids, torch.ones_like(ids))
-        assert torch.allclose(net(ids, torch.ones_like(ids)), net.head(states[:, :-1].mean(1)), atol=1e-6)
-        net.pooling = "last"  # the last token, the SEP included: trained from scratch, it summarises best
-        assert torch.allclose(net(ids, torch.ones_like(ids)), net.head(states[:, -1]), atol=1e-6)
-        old = {k: v for k, v in model_cfg.items() if k != "pool_added_tokens"}  # a run saved before the key
-        net = build_model(backbone, ["a"], dict(old, pooling="mean", dropout=0.0), tok).eval()
-        assert torch.allclose(net(ids, torch.ones_like(ids)), net.head(states.mean(1)), atol=1e-6)
-
-
-class OneHot(torch.nn.Module):
-    """A frozen 'pretrained' backbone whose token states are its tokens, one-hot: a label that marks sequences
-    with many G is read from the mean or the max of the states, not from the last one."""
-
-    def __init__(self):
-        super().__init__()
-        self.config = transformers.PretrainedConfig()
-        self.unused = torch.nn.Parameter(torch.zeros(1))
-
-    def forward(self, input_ids, attention_mask=None):
-        return (torch.nn.functional.one_hot(input_ids, 8).float() + self.unused,)
-
-
-def test_auto_reads_the_training_data_and_keeps_the_pooling_it_reads_best(capsys):
-    rng = np.random.RandomState(0)
-    tok = load_tokenizer_of_chars()
-    seqs = ["".join(rng.choice(list("ACGT"), 40, p=[0.3, 0.3, g, 0.4 - g])) for g in rng.uniform(0.05, 0.35, 400)]
-    ids = [np.array(x, np.int32) for x in tok(seqs)["input_ids"]]
-    labels = np.array([[s.count("G") > 8] for s in seqs], np.float32)
-    split = cache.Split(cache.Tokens.from_list(ids), labels, np.ones_like(labels, bool))
-    seeded = torch.get_rng_state()
-    how, why = choose_pooling(dict(config.DEFAULTS["model"], source="local"), OneHot(), tok, split, ["g"],
-                              torch.device("cpu"), nullcontext(), 0)
-    assert torch.equal(torch.get_rng_state(), seeded)  # auto starts the model as the pooling it chose would
-    scores = dict(x.split() for x in why.split("not fitted on: ")[1].rstrip(")").split(", "))
-    assert how in ("mean", "max") and float(scores[how]) > 0.9 and float(scores["last"]) < 0.7, why
-    assert choose_pooling(dict(config.DEFAULTS["model"]), OneHot(), tok, split, ["g"], torch.device("cpu"),
-                          nullcontext(), 0)[0] == "max"  # the scratch model: its random weights say nothing yet
-
-
-def load_tokenizer_of_chars():
-    return zoo.char_tokenizer(side="right", **zoo.BERT_TOKENS)
-
-
-@pytest.mark.parametrize("side", ["right", "left"])
-def test_pooling_leaves_out_added_tokens_on_either_padding_side(side):
-    h = torch.arange(12, dtype=torch.float32).reshape(1, 6, 2).repeat(2, 1, 1)
-    ids = torch.tensor([[2, 7, 8, 9, 3, 0], [2, 7, 3, 0, 0, 0]]) if side == "right" else \
-        torch.tensor([[0, 2, 7, 8, 9, 3], [0, 0, 0, 2, 7, 3]])
-    mask = own_tokens(ids, (ids != 0).long(), torch.tensor([2, 3]))  # 2 and 3: CLS and SEP
-    own = [[1, 2, 3], [1]] if side == "right" else [[2, 3, 4], [4]]  # the positions of 7, 8 and 9
-    for how, expect in (("mean", lambda i, p: h[i, p].mean(0)), ("max", lambda i, p: h[i, p].max(0).values)):
-        assert torch.allclose(pool(h, mask, how), torch.stack([expect(i, p) for i, p in enumerate(own)])), how
-    only_added = torch.tensor([[2, 3, 0]])
-    assert own_tokens(only_added, (only_added != 0).long(), torch.tensor([2, 3])).tolist() == [[1, 1, 0]]
-
-
-def test_the_kmer_baseline_beside_the_model(tmp_path, capsys):
-    import data
-    example = data.make_example(str(tmp_path / "ex.tsv"), n=600, seed=5)
+def test_early_stopping_stops_at_the_right_step_and_tests_the_best_checkpoint(tsv, tmp_path, capsys):
     out = tmp_path / "out"
-    assert train.main(["config.yaml", f"data.path={example}", f"training.output_dir={out}",
-                       "training.num_train_epochs=1", "training.logging_steps=100"]) == 0
-    rows, penalty = compare.baseline(str(out))
-    with open(out / "per_label.tsv") as f:
-        model = {r["label"]: float(r["auroc"]) for r in csv.DictReader(f, delimiter="\t")}
-    assert list(rows) == data.EXAMPLE_LABELS and penalty in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-    assert np.allclose([rows[n][0] for n in rows], [model[n] for n in rows], equal_nan=True)
-    baseline = [rows[n][2] for n in rows if not np.isnan(rows[n][2])]
-    assert np.mean(baseline) > 0.75  # the planted motifs are 6-mer signal: a linear model finds them
-    capsys.readouterr()
-    compare.main(["--baseline", str(out)])
-    lines = capsys.readouterr().out.splitlines()
-    lines = lines[next(i for i, line in enumerate(lines) if line.startswith("label")):]
-    assert lines[0].split()[:3] == ["label", "auroc", "model"] and len(lines) == 9 and lines[-2].startswith("macro")
-    assert "6-mer baseline: logistic regression" in lines[-1]
+    # no evaluation improves by more than 10: every one after the first counts against the patience of 2
+    assert train.main(train_args(tsv, out, "training.max_steps=40", "training.evaluation_strategy=steps",
+                           "training.save_strategy=steps",
+                           "training.eval_steps=2", "training.save_steps=1000", "training.metric_for_best_model=loss",
+                           "training.early_stopping_patience=2", "training.early_stopping_threshold=10",
+                           "training.learning_rate=1e-2")) == 0
+    log = capsys.readouterr().out
+    assert "early stopping at step 6: loss has not improved by more than 10 in 2 evaluations" in log
+    assert [line.split(":")[0] for line in log.splitlines() if line.startswith("eval step")] == \
+        ["eval step 2", "eval step 4", "eval step 6"]
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 6
+    best = torch.load(out / "best.pt", weights_only=True)["step"]
+    if best != 6:
+        assert "loaded the best model (loss" in log and f"step {best})" in log
+    # the test phase scored the best weights, at their step in TensorBoard, per label too
+    events = EventAccumulator(glob.glob(str(out / "tensorboard" / "*"))[0])
+    events.Reload()
+    assert [e.step for e in events.Scalars("test/f1/a")] == [best]
+    assert "test/auroc/c" in events.Tags()["scalars"]
+    assert "hparams/test_f1_macro" in events.Tags()["scalars"]  # the HPARAMS tab's metric
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    runs = EventMultiplexer().AddRunsFromDirectory(glob.glob(str(out / "tensorboard" / "*"))[0])
+    runs.Reload()
+    assert b"training.learning_rate" in runs.PluginRunToTagToContent("hparams")["."]["_hparams_/session_start_info"]
+    test = read_tsv(out / "test_predictions.tsv")
+    rows = open(tsv).read().splitlines()
+    sub = tmp_path / "test.tsv"
+    sub.write_text(rows[0] + "\n" + "".join(rows[int(r["id"])] + "\n" for r in test))
+    assert predict.main([str(out / "best.pt"), str(sub), "-o", str(tmp_path / "p.tsv")]) == 0
+    again = read_tsv(tmp_path / "p.tsv")
+    assert all(abs(float(x[n]) - float(y[n])) <= 1e-5 for x, y in zip(test, again) for n in "abc")
 
 
-def test_kmer_frequencies_count_both_strands_as_one():
-    x = compare.kmer_frequencies(["ACGTTTAC", "GTAAACGT", "AC"])  # the second is the first's reverse complement
-    assert x.shape == (3, 2080) and np.allclose(x[0], x[1]) and x[0].sum() == pytest.approx(1) and x[2].sum() == 0
-
-
-def test_load_tokenizer_keeps_unk_among_the_pooled(tmp_path):
-    from model import added_tokens
-    folder = str(tmp_path / "b")
-    zoo.build("bert", folder)
-    tok = load_tokenizer(folder)
-    assert tok.unk_token_id not in added_tokens(tok) and tok.cls_token_id in added_tokens(tok)
+def test_early_stopping_needs_evaluations():
+    import config
+    with pytest.raises(config.ConfigError, match="early_stopping_patience needs evaluations"):
+        config.load(None, ["data.path=x", "training.early_stopping_patience=3", "training.evaluation_strategy=no"])

@@ -1,6 +1,5 @@
 """Every family of DNA language model fine-tunes (fully and with LoRA) through model.source=local, and predict.py
 scores the test rows again from the run folder alone, in agreement with test_predictions.tsv."""
-import csv
 import re
 
 import pytest
@@ -8,7 +7,7 @@ import pytest
 import predict
 import train
 import zoo
-from test_train import random_tsv
+from helpers import random_tsv, read_tsv
 
 # family -> the poolings auto reads the training data with (cls where the tokenizer starts with it), and the
 # padding side of its tokenizer
@@ -26,11 +25,6 @@ def files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("zoo")
     return {k: random_tsv(str(tmp / f"{k}.tsv"), ["a", "b", "c"], n=n, seed=i)
             for i, (k, n) in enumerate((("train", 64), ("validation", 16), ("test", 24)))}
-
-
-def read_tsv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f, delimiter="\t"))
 
 
 @pytest.mark.parametrize("finetune", ["full", "lora"])

@@ -1,0 +1,88 @@
+"""Pooling: auto reads the training data, mean and max leave out the tokens a tokenizer adds."""
+from contextlib import nullcontext
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import cache
+import config
+import zoo
+from model import auto_pooling, build_model, load_backbone, load_tokenizer, own_tokens, pool
+from model import added_tokens
+from scoring import choose_pooling
+
+
+def test_mean_pools_a_sep_appending_decoder_over_its_own_tokens(tmp_path):
+    folder = str(tmp_path / "hyena")
+    zoo.build("hyenadna", folder)  # a decoder whose tokenizer appends [SEP], with left padding
+    model_cfg = dict(config.DEFAULTS["model"], source="local", name_or_path=folder, trust_remote_code=True)
+    backbone, tok, _ = load_backbone(model_cfg, 64)
+    assert auto_pooling("local", backbone.config, tok)[0] == "mean"  # the rule where the data cannot decide
+    net = build_model(backbone, ["a"], dict(model_cfg, pooling="mean", dropout=0.0), tok).eval()
+    ids = torch.tensor([tok(["ACGTAC"])["input_ids"][0]])
+    assert ids[0, -1].item() == tok.sep_token_id
+    with torch.no_grad():
+        states = net.token_states(ids, torch.ones_like(ids))
+        assert torch.allclose(net(ids, torch.ones_like(ids)), net.head(states[:, :-1].mean(1)), atol=1e-6)
+        net.pooling = "last"  # the last token, the SEP included: trained from scratch, it summarises best
+        assert torch.allclose(net(ids, torch.ones_like(ids)), net.head(states[:, -1]), atol=1e-6)
+        old = {k: v for k, v in model_cfg.items() if k != "pool_added_tokens"}  # a run saved before the key
+        net = build_model(backbone, ["a"], dict(old, pooling="mean", dropout=0.0), tok).eval()
+        assert torch.allclose(net(ids, torch.ones_like(ids)), net.head(states.mean(1)), atol=1e-6)
+
+
+def test_auto_reads_the_training_data_and_keeps_the_pooling_it_reads_best(capsys):
+    rng = np.random.RandomState(0)
+    tok = load_tokenizer_of_chars()
+    seqs = ["".join(rng.choice(list("ACGT"), 40, p=[0.3, 0.3, g, 0.4 - g])) for g in rng.uniform(0.05, 0.35, 400)]
+    ids = [np.array(x, np.int32) for x in tok(seqs)["input_ids"]]
+    labels = np.array([[s.count("G") > 8] for s in seqs], np.float32)
+    split = cache.Split(cache.Tokens.from_list(ids), labels, np.ones_like(labels, bool))
+    seeded = torch.get_rng_state()
+    how, why = choose_pooling(dict(config.DEFAULTS["model"], source="local"), OneHot(), tok, split, ["g"],
+                              device=torch.device("cpu"), autocast=nullcontext(), seed=0)
+    assert torch.equal(torch.get_rng_state(), seeded)  # auto starts the model as the pooling it chose would
+    scores = dict(x.split() for x in why.split("not fitted on: ")[1].rstrip(")").split(", "))
+    assert how in ("mean", "max") and float(scores[how]) > 0.9 and float(scores["last"]) < 0.7, why
+    # the scratch model: its random weights say nothing yet
+    assert choose_pooling(dict(config.DEFAULTS["model"]), OneHot(), tok, split, ["g"], device=torch.device("cpu"),
+                          autocast=nullcontext(), seed=0)[0] == "max"
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_pooling_leaves_out_added_tokens_on_either_padding_side(side):
+    h = torch.arange(12, dtype=torch.float32).reshape(1, 6, 2).repeat(2, 1, 1)
+    ids = torch.tensor([[2, 7, 8, 9, 3, 0], [2, 7, 3, 0, 0, 0]]) if side == "right" else \
+        torch.tensor([[0, 2, 7, 8, 9, 3], [0, 0, 0, 2, 7, 3]])
+    mask = own_tokens(ids, (ids != 0).long(), torch.tensor([2, 3]))  # 2 and 3: CLS and SEP
+    own = [[1, 2, 3], [1]] if side == "right" else [[2, 3, 4], [4]]  # the positions of 7, 8 and 9
+    for how, expect in (("mean", lambda i, p: h[i, p].mean(0)), ("max", lambda i, p: h[i, p].max(0).values)):
+        assert torch.allclose(pool(h, mask, how), torch.stack([expect(i, p) for i, p in enumerate(own)])), how
+    only_added = torch.tensor([[2, 3, 0]])
+    assert own_tokens(only_added, (only_added != 0).long(), torch.tensor([2, 3])).tolist() == [[1, 1, 0]]
+
+
+def test_load_tokenizer_keeps_unk_among_the_pooled(tmp_path):
+    folder = str(tmp_path / "b")
+    zoo.build("bert", folder)
+    tok = load_tokenizer(folder)
+    assert tok.unk_token_id not in added_tokens(tok) and tok.cls_token_id in added_tokens(tok)
+
+
+def load_tokenizer_of_chars():
+    return zoo.char_tokenizer(side="right", **zoo.BERT_TOKENS)
+
+
+class OneHot(torch.nn.Module):
+    """A frozen 'pretrained' backbone whose token states are its tokens, one-hot: a label that marks sequences
+    with many G is read from the mean or the max of the states, not from the last one."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = transformers.PretrainedConfig()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None):
+        return (torch.nn.functional.one_hot(input_ids, 8).float() + self.unused,)
