@@ -34,10 +34,11 @@ def read_vcf(path, genome, width):
                 mismatched.append(f"{path}:{n}: REF '{ref}' but the genome has '{has}' at {chrom}:{pos}")
                 continue
             for alt in fields[4].upper().split(","):
+                start = p - width // 2  # both windows start here; the alternative one ends later for a deletion
+                end = start + width + max(len(ref) - len(alt), 0)
                 why = "symbolic or missing ALT" if not re.fullmatch("[ACGTN]+", alt) else \
                     "longer than half the window" if max(len(ref), len(alt)) > width // 2 else \
-                    "too near a chromosome end" if p - width // 2 < 0 or p + len(ref) + width > genome.lengths[c] \
-                    else None
+                    "too near a chromosome end" if start < 0 or end > genome.lengths[c] else None
                 if why:
                     skipped[why] = skipped.get(why, 0) + 1
                 else:

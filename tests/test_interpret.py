@@ -10,6 +10,8 @@ import interpret
 import pictures
 import predict
 import train
+from genomics.genome import Genome
+from genomics.variants import allele_windows, read_vcf
 from helpers import ROOT, read_tsv
 
 
@@ -153,3 +155,23 @@ def test_a_vcf_of_another_genome_build_is_an_error(run, tmp_path, chromosomes):
     assert p.stderr.strip() == f"error: {vcf}: 10 of 10 REF alleles differ from the genome (expected the genome " \
                                f"build the VCF was called on)"
     assert not (tmp_path / "e.tsv").exists()
+
+
+def test_a_variant_is_scored_whenever_its_windows_fit_on_the_chromosome(tmp_path, chromosomes):
+    """c2 has 1,500 bases; a window of 200 starts 100 bases before the variant. The first and last variants whose
+    windows fit are scored, the next ones out are not; a deletion's alternative window reaches further right."""
+    seqs, genome_path = chromosomes
+    c2 = seqs["c2"]
+    snv = {p: f"c2\t{p + 1}\tsnv{p}\t{c2[p]}\t{'A' if c2[p] != 'A' else 'C'}" for p in (99, 100, 1400, 1401)}
+    dels = {p: f"c2\t{p + 1}\tdel{p}\t{c2[p:p + 4]}\t{c2[p]}" for p in (1397, 1398)}
+    vcf = tmp_path / "edges.vcf"
+    vcf.write_text("#CHROM\tPOS\tID\tREF\tALT\n" + "\n".join([*snv.values(), *dels.values()]) + "\n")
+    genome = Genome(genome_path, str(tmp_path / "cache"))
+    found, skipped = read_vcf(str(vcf), genome, 200)
+    assert [v[3] for v in found] == ["snv100", "snv1400", "del1397"]
+    assert skipped == {"too near a chromosome end": 3}
+    for v in found:
+        ref, alt = allele_windows(genome, v, 200)
+        p = v[7]
+        assert ref == c2[p - 100:p + 100] and len(alt) == 200
+        assert alt == (c2[p - 100:p] + v[5] + c2[p + len(v[4]):])[:200]
