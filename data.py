@@ -341,8 +341,8 @@ def make_example(path="data/example/example.tsv", n=10000, seed=0, motif_len=12,
     """Synthetic multi-label data. Each label has a motif (a position weight matrix); a sequence carries the
     label when an instance of that motif is planted in it. Labels co-occur (flower with leaf, cold with heat),
     prevalences run from about 40% down to 3%, and a little label noise is added. Where each motif was planted is
-    written beside it (example.motifs.tsv: row, label, 0-based start and end in the sequence), so that what
-    interpret.py finds can be checked against it."""
+    written beside it (example.motifs.tsv: row, label, 0-based start and end in the sequence), and the motifs
+    themselves as a MEME file (example.motifs.meme), so that what interpret.py finds can be checked against them."""
     rng = np.random.RandomState(seed)
     L = len(EXAMPLE_LABELS)
     # peaked PWMs: each position has a dominant base (its consensus), as in well-conserved binding sites
@@ -380,6 +380,8 @@ def make_example(path="data/example/example.tsv", n=10000, seed=0, motif_len=12,
             f.write(s + "\t" + ",".join(EXAMPLE_LABELS[j] for j in np.flatnonzero(row)) + "\n")
     with open(os.path.splitext(path)[0] + ".motifs.tsv", "w") as f:
         f.write("row\tlabel\tstart\tend\n" + "".join("\t".join(map(str, site)) + "\n" for site in sites))
+    from memelite.io import write_meme  # the planted motifs as a motif database, what interpret.py motifs matches
+    write_meme(os.path.splitext(path)[0] + ".motifs.meme", {n: pwm.T for n, pwm in zip(EXAMPLE_LABELS, pwms)})
     return path
 
 

@@ -1,6 +1,7 @@
 """
-Pictures drawn with Pillow (installed with TensorBoard): the in-silico mutagenesis figure of one sequence, and the
-label co-occurrence matrix with its label names. Both are RGB arrays, saved as PNG or logged to TensorBoard.
+Pictures drawn with Pillow (installed with TensorBoard): the in-silico mutagenesis figure of one sequence, the
+motifs a label learned as logos, and the label co-occurrence matrix with its label names. All are RGB arrays, saved
+as PNG or logged to TensorBoard.
 """
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -93,6 +94,57 @@ def letter(base):
     glyph = Image.new("RGBA", (right - left, bottom - top), (0, 0, 0, 0))
     ImageDraw.Draw(glyph).text((-left, -top), base, fill=BASE_COLOURS[base], font=f)
     return glyph
+
+
+def logo(matrix, column=18, height=80):
+    """A logo of a (positions, 4) matrix of A, C, G, T: at each position the letters stacked by their values, the
+    largest outermost, positive ones above the middle line and negative ones below it. height spans the largest
+    column's value on either side. Returns an RGBA image."""
+    matrix = np.asarray(matrix, np.float64)
+    tallest = max(float(np.maximum(matrix, 0).sum(1).max()), float(np.maximum(-matrix, 0).sum(1).max())) or 1.0
+    half = height // 2
+    picture = Image.new("RGBA", (len(matrix) * column, height + 1), (255, 255, 255, 255))
+    ImageDraw.Draw(picture).line([(0, half), (len(matrix) * column, half)], fill=(180, 180, 180))
+    glyphs = {b: letter(b) for b in BASES}
+    for i, values in enumerate(matrix):
+        up = down = half
+        for k in np.argsort(np.abs(values), kind="stable"):  # the smallest nearest the line
+            h = int(round(abs(values[k]) / tallest * half))
+            if h < 1:
+                continue
+            glyph = glyphs[BASES[k]].resize((column, h))
+            if values[k] > 0:
+                up -= h
+                picture.paste(glyph, (i * column, up), glyph)
+            else:
+                picture.paste(glyph, (i * column, down), glyph)
+                down += h
+    return picture
+
+
+def information(ppm):
+    """A probability matrix as the letter heights of its information content (bits), the usual motif logo."""
+    ppm = np.clip(np.asarray(ppm, np.float64), 1e-9, 1)
+    ppm = ppm / ppm.sum(1, keepdims=True)
+    return ppm * (2 + (ppm * np.log2(ppm)).sum(1, keepdims=True))
+
+
+def motifs_figure(title, rows):
+    """Logos side by side, a row each: rows are lists of (caption, matrix), each matrix a (positions, 4) CWM or
+    letter heights. Used for a motif beside its best database match, and for a label's overview."""
+    height, column, pad = 80, 18, 16
+    width = max(sum(len(m) * column + 2 * pad for _, m in row) for row in rows) if rows else 200
+    picture = Image.new("RGB", (max(width, font(16).getbbox(title)[2] + 20), 40 + len(rows) * (height + 40)),
+                        "white")
+    draw = ImageDraw.Draw(picture)
+    draw.text((10, 10), title, fill="black", font=font(16))
+    for r, row in enumerate(rows):
+        x, y = pad, 40 + r * (height + 40)
+        for caption, matrix in row:
+            draw.text((x, y), caption, fill="black", font=font(12))
+            picture.paste(logo(matrix, column, height), (x, y + 18))
+            x += len(matrix) * column + 2 * pad
+    return np.asarray(picture)
 
 
 def cooccurrence_figure(matrix, names):

@@ -35,7 +35,8 @@ def test_every_command_prints_its_docstring_and_options_for_help(name, capsys):
     ("predict", ["nothere", "x.fa", "--threshold", "high"], "command line: argument --threshold: 'high' is not a "
                                                             "threshold"),
     ("interpret", ["ism", "nothere", "x.fa"], "nothere: no such checkpoint file"),
-    ("interpret", ["motifs", "nothere", "x.fa"], "command line: argument mode: invalid choice: 'motifs'"),
+    ("interpret", ["motif", "nothere", "x.fa"], "command line: argument mode: invalid choice: 'motif'"),
+    ("interpret", ["motifs", "nothere", "x.fa", "--motif-db", "README.md"], "README.md:1: not a MEME motif file"),
     ("compare", ["nothere", "other"], "nothere/per_label.tsv: no such file (expected a finished train.py run"),
     ("compare", ["only_one"], "command line: a multi-task run and at least one single-task run"),
     ("compare", ["--baseline", "nothere"], "nothere/config.yaml: no such config file"),

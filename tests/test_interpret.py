@@ -1,4 +1,5 @@
-"""In-silico mutagenesis and variant effects (interpret.py), against predict.py's scores and the planted motifs."""
+"""interpret.py: in-silico mutagenesis, motifs per label and variant effects, against predict.py's scores and the
+planted motifs."""
 import os
 
 import numpy as np
@@ -10,9 +11,12 @@ import interpret
 import pictures
 import predict
 import train
+from data import DataError
 from genomics.genome import Genome
 from genomics.variants import allele_windows, read_vcf
 from helpers import ROOT, read_tsv
+from memelite.io import read_meme
+from motifs import Motif, read_motif_db
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +179,75 @@ def test_a_variant_is_scored_whenever_its_windows_fit_on_the_chromosome(tmp_path
         p = v[7]
         assert ref == c2[p - 100:p + 100] and len(alt) == 200
         assert alt == (c2[p - 100:p] + v[5] + c2[p + len(v[4]):])[:200]
+
+
+@pytest.fixture(scope="module")
+def found(run):
+    """interpret.py motifs on the short run: the 40 sequences each label scores highest."""
+    tmp, example, out = run
+    folder = tmp / "motifs"
+    assert interpret.main(["motifs", str(out), example, "--sequences", "40", "--min-seqlets", "20", "--motif-db",
+                           str(tmp / "ex.motifs.meme"), "-o", str(folder)]) == 0
+    return folder
+
+
+def test_motifs_recover_and_match_each_labels_planted_motif(found):
+    rows = read_tsv(found / "motifs.tsv")
+    for label in data.EXAMPLE_LABELS:
+        top = next(r for r in rows if r["label"] == label)  # its positive motif with the most seqlets
+        assert top["motif"] == f"{label}_pos_0" and top["match_1"] == label and float(top["q_1"]) < 0.05, top
+        assert (found / f"{label}.png").exists() and (found / f"{label}_pos_0.png").exists()
+    saved = read_meme(str(found / "motifs.meme"))  # the MEME output reads back through memelite
+    assert list(saved) == [r["motif"] for r in rows]
+    assert all("".join("ACGT"[i] for i in saved[r["motif"]].argmax(0)) == r["consensus"] for r in rows)
+
+
+def test_the_hypothetical_contributions_are_ism_centred_per_position(run, found, tmp_path):
+    _, _, out = run
+    saved = np.load(found / "contributions.npz")
+    picks = [0, len(saved["ids"]) // 2, len(saved["ids"]) - 1]
+    records = [(saved["ids"][k], str(saved["sequences"][k])) for k in picks]
+    assert interpret.main(["ism", str(out), fasta(tmp_path / "s.fa", records), "-o", str(tmp_path / "ism"),
+                           "--pictures", "0"]) == 0
+    ism = np.load(tmp_path / "ism" / "ism.npz")
+    assert list(saved["labels"]) == list(ism["labels"]) == data.EXAMPLE_LABELS
+    for n, k in enumerate(picks):
+        delta = ism[f"logit_delta_{n}"].astype(np.float64)
+        assert np.abs(saved[f"hypothetical_{k}"] - (delta - delta.mean(1, keepdims=True))).max() < 1e-6
+        assert np.allclose(saved[f"hypothetical_{k}"].sum(1), 0, atol=1e-5)  # the four bases sum to 0
+
+
+def test_a_label_without_enough_seqlets_is_a_warning_and_the_others_go_on(run, tmp_path, monkeypatch, capsys):
+    tmp, example, out = run
+    ten = tmp_path / "ten.tsv"
+    ten.write_text("".join(open(example).readlines()[:11]))
+
+    def fake(label, one_hot_seqs, hyp, min_seqlets):
+        assert one_hot_seqs.shape == hyp.shape and one_hot_seqs.shape[0] == 10
+        if label == "root":
+            raise RuntimeError("Cannot accept NaN weights.")
+        return [] if label == "leaf" else [Motif(label, "+", 0, 12, np.eye(4)[[0, 1, 2, 3]], np.eye(4))]
+    monkeypatch.setattr(interpret, "find_motifs", fake)
+    assert interpret.main(["motifs", str(out), str(ten), "--labels", "leaf,root,seed", "--sequences", "50",
+                           "--min-seqlets", "5", "-o", str(tmp_path / "m")]) == 0
+    log = capsys.readouterr().out
+    assert f"note: --sequences 50 is more than the 10 sequences in {ten}: using all of them" in log
+    assert "warning: leaf: too few seqlets for TF-MoDISco in its 10 sequences" in log
+    assert "warning: root: TF-MoDISco failed on 10 sequences (RuntimeError: Cannot accept NaN weights.)" in log
+    assert [r["motif"] for r in read_tsv(tmp_path / "m" / "motifs.tsv")] == ["seed_pos_0"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("MOTIF a\nletter-probability matrix: w= 1\n0.25 0.25 0.25 0.25\n", "db.meme:1: not a MEME motif file"),
+    ("MEME version 4\n\nMOTIF a\nletter-probability matrix: alength= 4 w= 2\n0.25 0.25 0.25 0.25\n0.5 0.5\n",
+     "db.meme:6: '0.5 0.5' (expected 4 probabilities of A, C, G and T that sum to 1, row 2 of the 2 of motif 'a'"),
+    ("MEME version 4\n\nMOTIF a\nletter-probability matrix: alength= 4 w= 3\n0.25 0.25 0.25 0.25\n",
+     "db.meme:5: motif 'a' ends after 1 of its 3 rows"),
+    ("MEME version 4\n", "db.meme: no motifs"),
+])
+def test_a_motif_database_that_is_not_meme_is_one_line_naming_the_line(tmp_path, text, message):
+    (tmp_path / "db.meme").write_text(text)
+    with pytest.raises(DataError) as e:
+        read_motif_db(str(tmp_path / "db.meme"))
+    assert str(e.value).startswith(str(tmp_path / message.split(":")[0]) + message[len(message.split(":")[0]):])
+    assert "\n" not in str(e.value)
