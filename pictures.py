@@ -133,7 +133,10 @@ def motifs_figure(title, rows):
     """Logos side by side, a row each: rows are lists of (caption, matrix), each matrix a (positions, 4) CWM or
     letter heights. Used for a motif beside its best database match, and for a label's overview."""
     height, column, pad = 80, 18, 16
-    width = max(sum(len(m) * column + 2 * pad for _, m in row) for row in rows) if rows else 200
+
+    def span(caption, matrix):  # a panel is as wide as its logo or its caption
+        return max(len(matrix) * column, font(12).getbbox(caption)[2]) + 2 * pad
+    width = max(sum(span(*panel) for panel in row) for row in rows) if rows else 200
     picture = Image.new("RGB", (max(width, font(16).getbbox(title)[2] + 20), 40 + len(rows) * (height + 40)),
                         "white")
     draw = ImageDraw.Draw(picture)
@@ -143,7 +146,7 @@ def motifs_figure(title, rows):
         for caption, matrix in row:
             draw.text((x, y), caption, fill="black", font=font(12))
             picture.paste(logo(matrix, column, height), (x, y + 18))
-            x += len(matrix) * column + 2 * pad
+            x += span(caption, matrix)
     return np.asarray(picture)
 
 
