@@ -1,8 +1,9 @@
 """
 The optimizer, its step and its schedule: AdamW with weight decay on matrices only (fused on CUDA), one optimizer
-step over a rank's micro-batches (AMP, accumulation without all-reduce, clipping, the skip of a non-finite step),
-the number of steps in an epoch and in the run, and the learning rate at each step (warmup, then linear, cosine or
-constant). And the choice of the best evaluation, with early stopping.
+step over a rank's micro-batches (AMP, accumulation without all-reduce, clipping, the skip of a non-finite step,
+and the check at logging steps that stops a run whose steps stay non-finite), the number of steps in an epoch and
+in the run, and the learning rate at each step (warmup, then linear, cosine or constant). And the choice of the
+best evaluation, with early stopping.
 """
 import math
 from contextlib import nullcontext
@@ -10,6 +11,7 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
+from cli import Failed
 from config import ConfigError
 from data import batch_starts
 from console import log
@@ -61,6 +63,16 @@ def train_step(model, optimizer, scaler, micro_batches, *, measured, device, aut
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total, grad_norm, bad
+
+
+def check_finite(skipped, in_a_row, step):
+    """Read at logging steps: steps skipped for a non-finite loss or gradient since the last log."""
+    skipped, in_a_row = int(skipped.item()), int(in_a_row.item())
+    if in_a_row >= 3:
+        raise Failed(f"non-finite loss or gradient at {in_a_row} steps in a row (up to step {step}); lower "
+                     f"training.learning_rate or check the data")
+    if skipped:
+        log(f"warning: {skipped} updates skipped for a non-finite loss or gradient since the last log")
 
 
 def count_steps_per_epoch(n, global_size, parts_per_step):

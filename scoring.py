@@ -1,7 +1,7 @@
 """
-What every entry point needs to run a model: the device and process group, seeds, mixed precision, the model of
-a finished run rebuilt from its folder, and batched scoring across ranks (predict_logits for any set of token ids,
-evaluate for a labelled split, Scorer for plain sequences). Also pooling: auto, which reads the frozen backbone's
+What every entry point needs to run a model: the device and process group, DataLoader workers, seeds, mixed
+precision, the model of a finished run rebuilt from its folder, and batched scoring across ranks (predict_logits
+for any set of token ids, evaluate for a labelled split, Scorer for plain sequences). Also pooling: auto, which reads the frozen backbone's
 pooled states of training sequences with a logistic regression (fit_logistic) and keeps the pooling it reads best.
 """
 import os
@@ -38,6 +38,14 @@ def setup_device(device_cfg):
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
+
+
+def loader_workers(train_cfg, device):
+    """DataLoader workers: training.num_workers, else 4 on CUDA (at most this process's share of the cores)."""
+    if train_cfg["num_workers"] is not None:
+        return train_cfg["num_workers"]
+    cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return min(4, cores) if device.type == "cuda" else 0
 
 
 def end_process_group():

@@ -32,9 +32,11 @@ import metrics
 import outputs
 from console import Progress, log
 from model import build_model, enable_gradient_checkpointing, load_backbone, position_limit, resolve_pos_weight
-from optim import Selection, count_steps_per_epoch, count_total_steps, lr_lambda, make_optimizer, train_step
+from optim import (Selection, check_finite, count_steps_per_epoch, count_total_steps, lr_lambda, make_optimizer,
+                   train_step)
 from outputs import log_eval, log_train
-from scoring import amp_dtype, autocast, choose_pooling, end_process_group, evaluate, seed_everything, setup_device
+from scoring import (amp_dtype, autocast, choose_pooling, end_process_group, evaluate, loader_workers,
+                     seed_everything, setup_device)
 
 
 @dataclass
@@ -379,24 +381,6 @@ def oversampling(train_set, alpha, names):
     weights, share = data.oversample_weights(train_set.labels, train_set.mask, alpha)
     log("oversampling: expected share per label " + " ".join(f"{n}={s:.1%}" for n, s in zip(names, share)))
     return weights
-
-
-def loader_workers(train_cfg, device):
-    """DataLoader workers: training.num_workers, else 4 on CUDA (at most this process's share of the cores)."""
-    if train_cfg["num_workers"] is not None:
-        return train_cfg["num_workers"]
-    cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return min(4, cores) if device.type == "cuda" else 0
-
-
-def check_finite(skipped, in_a_row, step):
-    """Read at logging steps: steps skipped for a non-finite loss or gradient since the last log."""
-    skipped, in_a_row = int(skipped.item()), int(in_a_row.item())
-    if in_a_row >= 3:
-        raise cli.Failed(f"non-finite loss or gradient at {in_a_row} steps in a row (up to step {step}); "
-                             f"lower training.learning_rate or check the data")
-    if skipped:
-        log(f"warning: {skipped} updates skipped for a non-finite loss or gradient since the last log")
 
 
 def main(argv):
