@@ -1,8 +1,9 @@
 """
 What every entry point needs to run a model: the device and process group, DataLoader workers, seeds, mixed
 precision, the model of a finished run rebuilt from its folder, and batched scoring across ranks (predict_logits
-for any set of token ids, evaluate for a labelled split, Scorer for plain sequences). Also pooling: auto, which reads the frozen backbone's
-pooled states of training sequences with a logistic regression (fit_logistic) and keeps the pooling it reads best.
+for any set of token ids, evaluate for a labelled split, Scorer for plain sequences). Also pooling: auto, which
+reads the frozen backbone's pooled states of training sequences with a logistic regression (fit_logistic) and
+keeps the pooling it reads best.
 """
 import os
 import random
