@@ -110,8 +110,14 @@ def motifs(args, score, names, data_cfg, rank, db):
     probs = torch.sigmoid(score(seqs)[0]).numpy()
     top = {j: np.sort(np.argsort(-probs[:, j], kind="stable")[:n]) for j in labels}  # each label's highest
     chosen = sorted(set(np.concatenate(list(top.values())).tolist()))  # one mutagenesis serves every label
-    hyp = [hypothetical(mutagenesis(score, seqs[i])[1][:, :, labels].numpy()) for i in
-           progress_bar(chosen, desc="mutagenesis")]
+    hyp, truncated = [], 0
+    for i in progress_bar(chosen, desc="mutagenesis"):
+        ref, mutants, cut = mutagenesis(score, seqs[i])
+        hyp.append(hypothetical((mutants - ref)[:, :, labels].numpy()))
+        truncated += bool(cut)
+    if truncated:
+        log(f"warning: {truncated} of the {len(chosen)} sequences are longer than the run's data.max_length tokens: "
+            f"changes past the cut cannot change their scores")
     t_ism = time.time() - t0
     if rank != 0:
         return
