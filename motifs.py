@@ -17,8 +17,8 @@ import numpy as np
 
 from console import log
 from data import DataError
+from pictures import BASES
 
-BASES = "ACGT"
 TRIM = 0.3  # a motif keeps the span of positions whose contribution reaches this share of its strongest
 FLANK = 2  # and this many positions on either side of it
 # Leiden clusterings per round, the best kept: modisco-lite's function runs 50 and its command line 2. On the
