@@ -1,19 +1,28 @@
 """
-Is a label better off with the others, and does the language model earn its cost? Two comparisons, label by label,
-on the test split:
+Is a difference between runs real, or noise? Runs against runs, and runs against a 6-mer baseline, label by label
+on the test split, each difference with a 95% interval:
 
-    python compare.py out/multi out/single_*      # the multi-task run against single-task runs (negative transfer)
-    python compare.py --baseline out/example      # the run against 6-mer frequencies with a linear model
+    python compare.py out/a out/b                    # any run A against a run B on the same labels
+    python compare.py out/multi out/single_*         # the multi-task run against single-task runs of its labels
+    python compare.py out/multi_s* --vs out/single_* # several seeds per arm: mean +- sd across seeds
+    python compare.py --baseline out/example         # a run (or its seeds) against 6-mer frequencies
 
-The first reads each run's per_label.tsv: a negative difference means the label does worse in the multi-task
-model than on its own. The second fits, on the run's own training split (50,000 of its sequences at most), a
-logistic regression per label on the frequencies of the 2,080 canonical 6-mers of each sequence (its L2 penalty
-chosen on the validation split), and prints its test AUROC and AUPRC beside the run's: a fine-tuned model that
-does not beat it has not earned its cost.
+It reads each run's test_predictions.tsv and pairs the runs by sequence id. The interval is a paired bootstrap:
+1,000 resamples of the test sequences, each scored by every run, so that what the runs share (an easy or a hard
+sequence) cancels. A difference is marked * when its interval excludes 0 and, where an arm has several seeds, when
+it is also larger than twice its standard error across seeds: a gap that a new seed could close is not called.
+Runs of one arm on the same labels are seeds; runs on different labels (single-task runs) are put together, the
+k-th run of each label set in the k-th seed. A negative difference means A does worse than B.
+
+The baseline is fitted, on the run's own training split (50,000 of its sequences at most), as a logistic
+regression per label on the frequencies of the 2,080 canonical 6-mers of each sequence (its L2 penalty chosen on
+the validation split); its F1 is at 0.5. A fine-tuned model that does not beat it has not earned its cost.
 """
 import csv
+import json
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -26,31 +35,164 @@ from config import ConfigError
 from model import load_tokenizer
 from scoring import fit_logistic
 
-METRICS = ("f1", "auroc", "auprc")
+METRICS = ("auroc", "auprc", "f1")
+RESAMPLES = 1000
 
 
-def read_per_label(run):
-    path = os.path.join(run, "per_label.tsv")
+class Predictions:
+    """One run's (or the baseline's) test predictions: ids, label names, probabilities, truth, mask, thresholds."""
+
+    def __init__(self, name, ids, names, probs, labels, mask, thresholds):
+        self.name, self.ids, self.names = name, list(ids), list(names)
+        self.probs, self.labels, self.mask = probs, labels, mask
+        self.thresholds = np.asarray(thresholds, np.float64)
+
+    def columns(self, names):
+        idx = [self.names.index(n) for n in names]
+        return Predictions(self.name, self.ids, names, self.probs[:, idx], self.labels[:, idx], self.mask[:, idx],
+                           self.thresholds[idx])
+
+    def rows(self, ids):
+        where = {rid: i for i, rid in enumerate(self.ids)}
+        idx = [where[rid] for rid in ids]
+        return Predictions(self.name, ids, self.names, self.probs[idx], self.labels[idx], self.mask[idx],
+                           self.thresholds)
+
+
+def read_run(run):
+    """A run folder's test_predictions.tsv, with its thresholds from per_label.tsv."""
+    path = os.path.join(run, "test_predictions.tsv")
     if not os.path.isfile(path):
-        raise ConfigError(f"{path}: no such file (expected a finished train.py run folder)")
+        raise ConfigError(f"{path}: no such file (expected a finished train.py run folder with a test split)")
+    sep = config.load(os.path.join(run, "config.yaml"))["data"]["multi_label_sep"]
     with open(path) as f:
-        return {row["label"]: row for row in csv.DictReader(f, delimiter="\t")}
+        rows = list(csv.reader(f, delimiter="\t"))
+    header = rows[0]
+    if header[-2:] != ["labels", "unmeasured"]:
+        raise ConfigError(f"{path}:1: expected the columns id, one per label, predicted, labels, unmeasured (a run "
+                          f"of an older version: score its test split again with predict.py)")
+    names = header[1:-3]
+    probs = np.array([[float(x) for x in r[1:1 + len(names)]] for r in rows[1:]], np.float64).reshape(-1, len(names))
+    labels, mask = np.zeros(probs.shape, bool), np.ones(probs.shape, bool)
+    for i, r in enumerate(rows[1:]):
+        for cell, out, value in ((r[-2], labels, True), (r[-1], mask, False)):
+            for n in filter(None, cell.split(sep)):
+                out[i, names.index(n)] = value
+    with open(os.path.join(run, "per_label.tsv")) as f:
+        thresholds = {r["label"]: float(r["threshold"]) for r in csv.DictReader(f, delimiter="\t")}
+    return Predictions(run, [r[0] for r in rows[1:]], names, probs, labels, mask, [thresholds[n] for n in names])
 
 
-def compare(multi_run, single_runs):
-    multi = read_per_label(multi_run)
-    rows = []
-    for run in single_runs:
-        for label, single in read_per_label(run).items():
-            if label not in multi:
-                raise ConfigError(f"{run}: label '{label}' is not in {multi_run} (expected single-task runs of its "
-                                  f"labels)")
-            row = [label]
-            for m in METRICS:
-                a, b = float(multi[label][m]), float(single[m])
-                row += [a, b, a - b]
-            rows.append(row)
-    return rows
+def same_ids(a, b):
+    """Raises, naming the first id that one has and the other lacks."""
+    if a.ids != b.ids and set(a.ids) != set(b.ids):
+        theirs, ours = set(b.ids), set(a.ids)
+        first = next([x, a.name, b.name] for x in a.ids + b.ids if x not in theirs or x not in ours)
+        if first[0] not in theirs:
+            raise ConfigError(f"{b.name}: its test set differs from {a.name}'s: id '{first[0]}' is in {a.name} only "
+                              f"(compare runs on the same test split)")
+        raise ConfigError(f"{a.name}: its test set differs from {b.name}'s: id '{first[0]}' is in {b.name} only "
+                          f"(compare runs on the same test split)")
+
+
+def arm(runs):
+    """An arm's seeds, each one Predictions over every label of the arm. Runs on the same labels are seeds; runs
+    on different labels are put together, the k-th run of each label set in the k-th seed."""
+    sets = {}
+    for p in (r if isinstance(r, Predictions) else read_run(r) for r in runs):
+        sets.setdefault(tuple(p.names), []).append(p)
+    counts = {len(v) for v in sets.values()}
+    if len(counts) > 1:
+        raise ConfigError("command line: the label sets of an arm have different numbers of runs (" +
+                          "; ".join(f"{', '.join(k)}: {len(v)}" for k, v in sets.items()) + "); give each as many "
+                          "seeds")
+    seen = [n for names in sets for n in names]
+    if len(seen) != len(set(seen)):
+        twice = sorted({n for n in seen if seen.count(n) > 1})
+        raise ConfigError(f"command line: label {twice[0]} is in runs of two label sets of one arm (give runs on the "
+                          f"same labels, or on disjoint labels)")
+    seeds = []
+    for parts in zip(*sets.values()):
+        for p in parts[1:]:
+            same_ids(parts[0], p)
+        parts = [parts[0]] + [p.rows(parts[0].ids) for p in parts[1:]]
+        seeds.append(Predictions(" + ".join(p.name for p in parts), parts[0].ids, seen,
+                                 *(np.hstack([getattr(p, k) for p in parts])
+                                   for k in ("probs", "labels", "mask", "thresholds"))))
+    return seeds
+
+
+def paired(arm_a, arm_b, resamples=RESAMPLES, seed=0):
+    """The table of A against B: for each label of B, and the macro average, and each metric, the arms' values
+    (mean, sd across seeds), the difference of the means, its 95% paired bootstrap interval, and whether it is
+    called. Returns (rows, number of test sequences)."""
+    names = arm_b[0].names
+    missing = [n for n in names if n not in arm_a[0].names]
+    if missing:
+        raise ConfigError(f"{arm_a[0].name}: label '{missing[0]}' is not in it but is in {arm_b[0].name} (compare "
+                          f"runs of the same labels)")
+    ref = arm_a[0]
+    arm_a = [p.columns(names) for p in arm_a]
+    for p in arm_a[1:] + arm_b:
+        same_ids(ref, p)
+    arm_a, arm_b = ([p.rows(ref.ids) for p in arm] for arm in (arm_a, arm_b))
+    for p in arm_a[1:] + arm_b:
+        differ = np.flatnonzero(((p.labels != arm_a[0].labels) & p.mask).any(1) | (p.mask != arm_a[0].mask).any(1))
+        if len(differ):
+            raise ConfigError(f"{p.name}: the true labels of id '{ref.ids[differ[0]]}' differ from "
+                              f"{arm_a[0].name}'s (compare runs of the same data)")
+    n = len(ref.ids)
+    rows = np.random.default_rng(seed).integers(0, n, (resamples, n))
+    every = np.arange(n)[None]
+
+    def scores(arm, idx):  # (seeds, R, metrics, L + 1): the macro average last
+        out = []
+        for p in arm:
+            got = metrics.resampled(p.labels, p.probs, p.mask, p.thresholds, idx)
+            per = np.stack([got[m] for m in METRICS], 1)
+            with np.errstate(all="ignore"):
+                macro = np.nanmean(per, 2, keepdims=True)
+            out.append(np.concatenate([per, macro], 2))
+        return np.stack(out)
+
+    with warnings.catch_warnings():  # a label with one class in a resample: nan, left out of the mean
+        warnings.simplefilter("ignore", RuntimeWarning)
+        point_a, point_b = scores(arm_a, every)[:, 0], scores(arm_b, every)[:, 0]  # (seeds, metrics, L + 1)
+        boot = np.nanmean(scores(arm_a, rows), 0) - np.nanmean(scores(arm_b, rows), 0)  # (R, metrics, L + 1)
+        low, high = np.nanpercentile(boot, [2.5, 97.5], axis=0)
+    mean_a, mean_b = point_a.mean(0), point_b.mean(0)
+    sd_a, sd_b = (p.std(0, ddof=1) if len(p) > 1 else np.zeros_like(p[0]) for p in (point_a, point_b))
+    spread = np.sqrt(sd_a ** 2 / len(point_a) + sd_b ** 2 / len(point_b))  # the standard error across seeds
+    diff = mean_a - mean_b
+    called = (low > 0) | (high < 0)
+    called &= np.abs(diff) > 2 * spread
+    table = []
+    for j, label in enumerate(["macro", *names]):
+        col = (j - 1) % (len(names) + 1)  # macro is stored last
+        for k, m in enumerate(METRICS):
+            table.append({"label": label, "metric": m, "a": mean_a[k, col], "a_sd": sd_a[k, col],
+                          "b": mean_b[k, col], "b_sd": sd_b[k, col], "diff": diff[k, col], "low": low[k, col],
+                          "high": high[k, col], "called": bool(called[k, col])})
+    return table, n
+
+
+def print_table(table, arm_a, arm_b, n, resamples, note=""):
+    def arm_line(arm):
+        seeds = f"{len(arm)} seeds: " if len(arm) > 1 else ""
+        return seeds + "; ".join(p.name for p in arm)
+    print(f"A = {arm_line(arm_a)}")
+    print(f"B = {arm_line(arm_b)}")
+    print(f"{resamples} paired bootstrap resamples of the {n} test sequences{note}")
+    sd = len(arm_a) > 1 or len(arm_b) > 1
+    width = 16 if sd else 7
+    print(f"{'label':<20} {'metric':<6} {'A':>{width}} {'B':>{width}} {'A - B':>8}  {'95% interval':<19}")
+    for r in table:
+        a, b = ((f"{r[k]:.4f} ± {r[k + '_sd']:.4f}" if sd else f"{r[k]:.4f}") for k in ("a", "b"))
+        interval = f"[{r['low']:+.4f}, {r['high']:+.4f}]"
+        print(f"{r['label']:<20} {r['metric']:<6} {a:>{width}} {b:>{width}} {r['diff']:>+8.4f}  {interval:<19}"
+              f"{' *' if r['called'] else ''}")
+    print("* the interval excludes 0" + (" and the difference is more than twice its standard error across seeds"
+                                         if sd else ""))
 
 
 # -----------------------------------------------------------------------------
@@ -90,7 +232,7 @@ def sequences_of(split, data_cfg, limit=None, seed=0):
 
 
 def baseline(run, max_train=50_000):
-    """Per label: (the run's test AUROC and AUPRC, the 6-mer baseline's)."""
+    """(the 6-mer baseline's test Predictions, its L2 penalty), fitted on the run's training split."""
     cfg = config.load(os.path.join(run, "config.yaml"))
     data_cfg = cfg["data"]
     tokenizer = load_tokenizer(os.path.join(run, "tokenizer"), cfg["model"]["trust_remote_code"])
@@ -110,34 +252,40 @@ def baseline(run, max_train=50_000):
         scores = {p: metrics.compute_metrics(vy, fit_logistic(x, y, m, p)(vx), names, mask=vm)["auroc_macro"]
                   for p in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)}
         penalty = max(scores, key=lambda p: -np.inf if np.isnan(scores[p]) else scores[p])
-    ours = metrics.compute_metrics(ty, fit_logistic(x, y, m, penalty)(tx), names, mask=tm)
-    model = read_per_label(run)
-    return {n: (float(model[n]["auroc"]), float(model[n]["auprc"]), ours[f"auroc/{n}"], ours[f"auprc/{n}"])
-            for n in names}, penalty
+    probs = fit_logistic(x, y, m, penalty)(tx).astype(np.float64)
+    return Predictions("6-mer baseline", found["test"].ids.astype(str), names, probs, ty > 0.5, tm.astype(bool),
+                       np.full(len(names), 0.5)), penalty
 
 
 def report(args):
     if args.baseline:
-        rows, penalty = baseline(args.baseline)
-        print(f"{'label':<20} {'auroc model':>12} {'auroc 6-mer':>12} {'diff':>7} {'auprc model':>12} "
-              f"{'auprc 6-mer':>12} {'diff':>7}")
-        for label, (a, p, b, q) in list(rows.items()) + [("macro", tuple(np.nanmean(list(rows.values()), 0)))]:
-            print(f"{label:<20} {a:>12.4f} {b:>12.4f} {a - b:>+7.4f} {p:>12.4f} {q:>12.4f} {p - q:>+7.4f}")
-        print(f"(6-mer baseline: logistic regression on canonical 6-mer frequencies, L2 penalty {penalty:g})")
-        return
-    if len(args.runs) < 2:
-        raise ConfigError("command line: a multi-task run and at least one single-task run to compare it with "
-                          "(or --baseline RUN)")
-    rows = compare(args.runs[0], args.runs[1:])  # read whole before anything is printed
-    print(f"{'label':<20}" + "".join(f" {m + ' multi':>12} {m + ' single':>12} {'diff':>7}" for m in METRICS))
-    for label, *values in rows:
-        cells = [f" {values[i]:>12.4f} {values[i + 1]:>12.4f} {values[i + 2]:>+7.4f}" for i in range(0, 9, 3)]
-        print(f"{label:<20}" + "".join(cells))
+        arm_a = arm(args.baseline)
+        fitted, penalty = baseline(args.baseline[0])
+        arm_b = [fitted]
+        note = f"; the 6-mer baseline's L2 penalty: {penalty:g}"
+    else:
+        if args.vs:
+            arm_a, arm_b = arm(args.runs), arm(args.vs)
+        elif len(args.runs) >= 2:
+            arm_a, arm_b = arm(args.runs[:1]), arm(args.runs[1:])
+        else:
+            raise ConfigError("command line: two runs to compare (A B), a run and single-task runs (A B1 B2 ...), "
+                              "arms of seeds (A1 A2 --vs B1 B2), or --baseline RUN")
+        note = ""
+    table, n = paired(arm_a, arm_b, args.resamples)
+    print_table(table, arm_a, arm_b, n, args.resamples, note)
+    if args.json:
+        print(json.dumps([{k: (None if np.isnan(v) else round(float(v), 6)) if isinstance(v, float) else v
+                           for k, v in r.items()} for r in table]))  # undefined (nan) is null, as JSON reads it
 
 
 def options(p):
-    p.add_argument("runs", nargs="*", help="the multi-task run folder, then single-task run folders")
-    p.add_argument("--baseline", metavar="RUN", help="compare RUN with a 6-mer logistic regression instead")
+    p.add_argument("runs", nargs="*", help="run A, then run B (or B's single-task runs); with --vs, arm A's runs")
+    p.add_argument("--vs", nargs="+", metavar="RUN", help="arm B's runs (seeds, or single-task runs)")
+    p.add_argument("--baseline", nargs="+", metavar="RUN", help="compare RUN (or its seeds) with a 6-mer logistic "
+                   "regression instead")
+    p.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples (default 1000)")
+    p.add_argument("--json", action="store_true", help="end with the table as one line of JSON")
 
 
 def main(argv):

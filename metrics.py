@@ -174,3 +174,25 @@ def save_per_label(path, names, result, prevalence, thresholds):
             row = [n, str(result[f"support/{n}"]), f"{prevalence[j]:.4f}"]
             row += [f"{result[f'{k}/{n}']:.4f}" for k in ("precision", "recall", "f1", "auroc", "auprc")]
             f.write("\t".join(row + [f"{thresholds[j]:g}"]) + "\n")
+
+
+def resampled(labels, probs, mask, thresholds, rows):
+    """F1 (at thresholds), AUROC and AUPRC per label on each resample of the rows: rows is (R, n), the row indices
+    of R bootstrap resamples, the same for every run compared so that the comparison is paired. Returns
+    {metric: (R, L)}, nan where a resample has a single class of a label."""
+    labels, probs = np.asarray(labels) > 0.5, np.asarray(probs)
+    mask = np.ones_like(labels) if mask is None else np.asarray(mask, bool)
+    R, n = rows.shape
+    L = labels.shape[1]
+    # F1 by counts: how often each row is drawn, times its true positives, calls and positives
+    drawn = np.zeros((R, n), np.float64)
+    np.add.at(drawn, (np.repeat(np.arange(R), n), rows.ravel()), 1)
+    called, true = (probs >= np.asarray(thresholds)) & mask, labels & mask
+    tp, calls, pos = (drawn @ x.astype(np.float64) for x in (called & true, called, true))
+    out = {"f1": safe_div(2 * tp, calls + pos), "auroc": np.full((R, L), np.nan), "auprc": np.full((R, L), np.nan)}
+    for j in range(L):
+        y, s, m = labels[:, j], probs[:, j], mask[:, j]
+        for r, idx in enumerate(rows):
+            idx = idx[m[idx]]
+            out["auroc"][r, j], out["auprc"][r, j] = ranking_scores(y[idx], s[idx])
+    return out

@@ -158,9 +158,9 @@ def resume(ckpt, path, *, cfg, world, data_keys, net, optimizer, scheduler, scal
     scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
     scheduler.base_lrs = [g["initial_lr"] for g in fresh]
-    for g, f in zip(optimizer.param_groups, fresh):
-        g.update({k: f[k] for k in ("weight_decay", "betas", "eps", "initial_lr")})
-        g["lr"] = f["initial_lr"] * scheduler.lr_lambdas[0](ckpt["step"])  # as LambdaLR computes it
+    for g, f, factor in zip(optimizer.param_groups, fresh, scheduler.lr_lambdas):
+        g.update({k: f[k] for k in ("weight_decay", "betas", "eps", "initial_lr", "part") if k in f})
+        g["lr"] = f["initial_lr"] * factor(ckpt["step"])  # as LambdaLR computes it
     log(f"resumed from {path} at step {ckpt['step']}")
 
 
@@ -278,6 +278,21 @@ def log_eval(writer, step, result, seconds, progress):
         f"auroc_macro {result['auroc_macro']:.4f} | {seconds:.1f} s | {progress.timing(step)}")
 
 
+def hint_no_calls(result, probs, split, names, thresholds):
+    """A line for the labels that have positives in the split but no sequence at or above their threshold: their
+    F1, precision and recall read 0 whatever the model ranks. None when there are none."""
+    labels, mask = np.asarray(split.labels, bool), np.asarray(split.mask, bool)
+    silent = [n for j, n in enumerate(names)
+              if (labels[:, j] & mask[:, j]).any() and not ((probs[:, j] >= thresholds[j]) & mask[:, j]).any()]
+    if not silent:
+        return None
+    shown = ", ".join(silent[:5]) + (", ..." if len(silent) > 5 else "")
+    return (f"note: no validation sequence reaches the threshold of {len(silent)} of {len(names)} labels ({shown}): "
+            f"their F1, precision and recall read 0 while the ranking may be good (auroc_macro "
+            f"{result['auroc_macro']:.4f}). Set task.threshold=tuned (each label's F1-best threshold on the "
+            f"validation split) or training.pos_weight=sqrt to lift rare labels")
+
+
 def write_thresholds(out_dir, thresholds):
     """Tuned thresholds go into the checkpoints, where predict.py reads them; a best.pt that is last.pt stays so."""
     last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
@@ -302,8 +317,8 @@ def report_test(result, probs, split, names, *, thresholds, out_dir, sep):
     if out_dir:
         metrics.save_json({f"test_{k}": v for k, v in result.items()}, os.path.join(out_dir, "test_metrics.json"))
         with open(os.path.join(out_dir, "test_predictions.tsv"), "w") as f:
-            f.write("\t".join(["id", *names, "predicted", "labels"]) + "\n")
-            f.writelines("\t".join(prediction_row(rid, p, names, thresholds, sep, truth)) + "\n"
+            f.write("\t".join(["id", *names, "predicted", *TRUTH_COLUMNS]) + "\n")
+            f.writelines("\t".join(prediction_row(rid, p, names, thresholds, sep, *truth)) + "\n"
                          for rid, p, truth in zip(split.ids.astype(str), probs, true_labels(labels, mask, names, sep)))
         metrics.save_per_label(os.path.join(out_dir, "per_label.tsv"), names, result,
                                data.prevalence(split.labels, split.mask), thresholds)
@@ -328,9 +343,15 @@ def log_test(writer, result, probs, split, names, *, step, cfg):
                        run_name=".", global_step=step)  # "." : into this run's folder, not a new one
 
 
+TRUTH_COLUMNS = ["labels", "unmeasured"]
+
+
 def true_labels(labels, mask, names, sep):
-    """Each row's measured positive labels, joined by sep."""
-    return [sep.join(n for n, yj, mj in zip(names, y, m) if yj and mj) for y, m in zip(labels, mask)]
+    """Each row's two truth columns: its measured positive labels, and its unmeasured labels (masked out of the
+    loss and the metrics), each joined by sep."""
+    return [[sep.join(n for n, yj, mj in zip(names, y, m) if yj and mj), sep.join(n for n, mj in zip(names, m)
+                                                                                 if not mj)]
+            for y, m in zip(labels, mask)]
 
 
 def prediction_row(rid, probs, names, thresholds, sep, *truth):

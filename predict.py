@@ -7,8 +7,9 @@ Score new sequences with a trained model.
 
 Works offline from what train.py saved (config, tokenizer, backbone architecture, weights, thresholds). The output
 is a TSV in input order: id, one probability column per label, `predicted`, the labels at or above their
-thresholds, and, when the input has labels, `labels`, the true ones; then the metrics are printed and saved beside
-the output (out.metrics.json), as are the thresholds used (out.thresholds.tsv).
+thresholds, and, when the input has labels, `labels`, the true ones, and `unmeasured`, those without a value (NA);
+then the metrics are printed and saved beside the output (out.metrics.json), as are the thresholds used
+(out.thresholds.tsv).
 """
 import argparse
 import itertools
@@ -98,20 +99,20 @@ def score_file(path, data_cfg, data_names, names, *, score, thresholds, out):
         logits, cut = score(list(seqs))
         probs = torch.sigmoid(logits).numpy()
         total, truncated = total + len(seqs), truncated + cut
-        truth = []
+        truth = None
         if cells[0] is not None:  # parsed with all labels of the training data, then cut to the model's
             labels, mask = data.parse_labels(path, lines, cells, data_names, sep, form)
             keep = [data_names.index(n) for n in names]
             labels, mask = labels[:, keep], mask[:, keep]
             all_labels.append(labels), all_mask.append(mask), all_probs.append(probs)
-            truth = [outputs.true_labels(labels, mask, names, sep)]
+            truth = outputs.true_labels(labels, mask, names, sep)
         if isinstance(ids[0], str):  # row numbers are unique
             duplicates += [rid for rid in ids if rid in seen or seen.add(rid)]
         if out:
             if total == len(seqs):  # the header, once it is known whether the input has labels
-                out.write("\t".join(["id", *names, "predicted", *(["labels"] if truth else [])]) + "\n")
+                out.write("\t".join(["id", *names, "predicted", *(outputs.TRUTH_COLUMNS if truth else [])]) + "\n")
             out.writelines("\t".join(prediction_row(rid, p, names, thresholds, sep, *t)) + "\n"
-                           for rid, p, *t in zip(ids, probs, *truth))
+                           for rid, p, t in zip(ids, probs, truth or itertools.repeat([])))
         bar.update(len(seqs))
     bar.close()
     if not all_labels:

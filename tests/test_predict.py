@@ -32,7 +32,8 @@ def test_predict_reproduces_test_predictions(run_dir):
     out = str(run_dir / "pred.tsv")
     assert predict.main([str(run_dir / "out"), str(run_dir / "test.tsv"), "-o", out, "--batch-size", "7"]) == 0
     ours, theirs = read_tsv(out), read_tsv(run_dir / "out" / "test_predictions.tsv")
-    assert list(ours[0]) == ["id", "a", "b", "c", "predicted", "labels"]  # one file holds truth and calls
+    # one file holds truth and calls
+    assert list(ours[0]) == ["id", "a", "b", "c", "predicted", "labels", "unmeasured"]
     assert [r["id"] for r in ours] == [str(i) for i in range(1, 81)]
     for a, b in zip(ours, theirs):
         assert a["id"] == b["id"] and a["predicted"] == b["predicted"] and a["labels"] == b["labels"]
@@ -134,7 +135,7 @@ def test_predict_carries_ids_thresholds_and_truth(run_dir, tmp_path, capsys):
     out = tmp_path / "p.tsv"
     assert predict.main([str(run_dir / "out"), str(named), "-o", str(out), "--threshold", "a=0,c=1"]) == 0
     rows = read_tsv(out)
-    assert list(rows[0]) == ["id", "a", "b", "c", "predicted", "labels"]
+    assert list(rows[0]) == ["id", "a", "b", "c", "predicted", "labels", "unmeasured"]
     assert [r["id"] for r in rows] == ["win1", "win2"] and [r["labels"] for r in rows] == ["a,b", ""]
     assert all(r["predicted"].split(",")[0] == "a" and "c" not in r["predicted"] for r in rows)
     assert read_tsv(tmp_path / "p.thresholds.tsv") == [{"label": "a", "threshold": "0"},

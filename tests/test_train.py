@@ -38,7 +38,7 @@ def test_short_run_learns_and_writes_every_output(tmp_path):
     with open(out / "test_predictions.tsv") as f:
         rows = list(csv.reader(f, delimiter="\t"))
     names = ["leaf", "root", "flower", "seed", "heat_stress", "cold_stress"]
-    assert rows[0] == ["id", *names, "predicted", "labels"] and len(rows) == 201
+    assert rows[0] == ["id", *names, "predicted", "labels", "unmeasured"] and len(rows) == 201
     with open(out / "per_label.tsv") as f:
         header = f.readline().rstrip("\n").split("\t")
     assert header == ["label", "support", "prevalence", "precision", "recall", "f1", "auroc", "auprc", "threshold"]
@@ -120,7 +120,7 @@ def test_tuned_thresholds_on_a_label_subset_with_stratified_split(tmp_path):
     import predict
     assert predict.main([str(out), tsv, "-o", str(tmp_path / "p.tsv")]) == 0
     with open(tmp_path / "p.tsv") as f:
-        assert f.readline().split() == ["id", "c", "a", "predicted", "labels"]
+        assert f.readline().split() == ["id", "c", "a", "predicted", "labels", "unmeasured"]
 
 
 def test_every_switch_together(tmp_path):
