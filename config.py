@@ -81,7 +81,11 @@ DEFAULTS = {
         "per_device_train_batch_size": 16,
         "per_device_eval_batch_size": 64,
         "gradient_accumulation_steps": 1,
-        "learning_rate": 5e-5,
+        "learning_rate": 5e-5,  # the head's, and the backbone's unless backbone_learning_rate is set
+        "backbone_learning_rate": None,  # null = learning_rate; e.g. 10x lower for a pretrained backbone
+        "layer_decay": None,  # null = none; e.g. 0.8: each layer of the backbone below the top takes 0.8x the
+        #                       learning rate of the one above it (the embeddings one step more)
+        "head_warmup_steps": 0,  # the backbone stays frozen while the head alone trains for this many steps
         "weight_decay": 0.0,
         "adam_beta1": 0.9,
         "adam_beta2": 0.999,
@@ -380,6 +384,17 @@ def validate(cfg):
         if value is not None and (not isinstance(value, int) or value < least):
             raise ConfigError(f"config: {section}.{key} must be null or an integer >= {least} (got {value!r})")
     check_metric(train["metric_for_best_model"])
+    for key, ok, expected in (("backbone_learning_rate", lambda v: v > 0, "a positive number"),
+                              ("layer_decay", lambda v: 0 < v <= 1, "a number in (0, 1]")):
+        value = train[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value)):
+            raise ConfigError(f"config: training.{key} must be null or {expected} (got {value!r})")
+    warm = train["head_warmup_steps"]
+    if isinstance(warm, bool) or not isinstance(warm, int) or warm < 0:
+        raise ConfigError(f"config: training.head_warmup_steps must be an integer >= 0 (got {warm!r})")
+    if warm and model["finetune"] == "head":
+        raise ConfigError("config: training.head_warmup_steps with model.finetune 'head': the backbone never "
+                          "trains, so there is nothing to warm the head up for (set one of them)")
     patience = train["early_stopping_patience"]
     if patience is not None and (not isinstance(patience, int) or patience < 1):
         raise ConfigError(f"config: training.early_stopping_patience must be null or a positive integer "

@@ -20,13 +20,60 @@ from model import bce_with_logits
 
 def make_optimizer(net, train_cfg, device):
     """AdamW with weight decay on matrices only, never on biases and norms. Fused (one kernel for all
-    parameters, and a skip of non-finite steps without waiting) by default on CUDA."""
-    trained = [p for p in net.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trained if p.dim() >= 2], "weight_decay": train_cfg["weight_decay"]},
-              {"params": [p for p in trained if p.dim() < 2], "weight_decay": 0.0}]
+    parameters, and a skip of non-finite steps without waiting) by default on CUDA. When the backbone learns at a
+    rate of its own (backbone_learning_rate, layer_decay or head_warmup_steps is set), the head's parameters and
+    the backbone's (one group per layer with layer_decay) are groups of their own, each marked with its part."""
+    lr = train_cfg["learning_rate"]
+    trained = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    parts = [("all", lr, trained)]
+    if own_backbone_rate(train_cfg):
+        backbone_lr = train_cfg["backbone_learning_rate"] or lr
+        scales = {"backbone." + n: s for n, s in layer_scales(net.backbone, train_cfg["layer_decay"]).items()}
+        parts = [("head", lr, [(n, p) for n, p in trained if n not in scales])]
+        parts += [("backbone", backbone_lr * scale, [(n, p) for n, p in trained if scales.get(n) == scale])
+                  for scale in sorted(set(scales.values()), reverse=True)]
+    groups = [{"params": [p for _, p in params if (p.dim() >= 2) == matrices], "lr": rate, "part": part,
+               "weight_decay": train_cfg["weight_decay"] if matrices else 0.0}
+              for part, rate, params in parts for matrices in (True, False)]
     fused = {"auto": device.type == "cuda", "adamw_torch": False, "adamw_torch_fused": True}[train_cfg["optim"]]
-    return torch.optim.AdamW(groups, lr=train_cfg["learning_rate"], betas=(train_cfg["adam_beta1"],
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(train_cfg["adam_beta1"],
                              train_cfg["adam_beta2"]), eps=train_cfg["adam_epsilon"], fused=fused or None)
+
+
+def own_backbone_rate(train_cfg):
+    return bool(train_cfg["backbone_learning_rate"] or train_cfg["layer_decay"] or train_cfg["head_warmup_steps"])
+
+
+def layer_stack(backbone):
+    """(its name, its length): the backbone's stack of layers, the list of blocks of one type that holds the most
+    parameters (encoder.layer in BERT and ESM, h in GPT-2, layers in Llama, Mamba and HyenaDNA); (None, 0) where
+    there is none."""
+    best = (0, None, 0)
+    for name, module in backbone.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1:
+            size = sum(p.numel() for p in module.parameters())
+            best = max(best, (size, name, len(module)), key=lambda b: b[0])
+    return best[1], best[2]
+
+
+def layer_scales(backbone, decay):
+    """{parameter name: the factor of backbone_learning_rate it takes}. With layer_decay, the top layer of the
+    stack and what comes after it (a final norm) take 1, each layer below decay times the one above, and what
+    comes before the stack (the embeddings) one step more. A backbone without a stack takes 1 everywhere."""
+    names = [n for n, _ in backbone.named_parameters()]
+    stack, n = layer_stack(backbone) if decay and decay != 1 else (None, 0)
+    if stack is None:
+        if decay and decay != 1:
+            log(f"note: training.layer_decay: {type(backbone).__name__} has no stack of layers that could be "
+                f"found; every backbone parameter takes the backbone's learning rate")
+        return dict.fromkeys(names, 1.0)
+    depth, after = {}, False  # depth: 0 for the embeddings, i + 1 for layer i, n for what follows the stack
+    for name in names:
+        if name.startswith(stack + "."):
+            depth[name], after = 1 + int(name[len(stack) + 1:].split(".")[0]), True
+        else:
+            depth[name] = n if after else 0
+    return {name: decay ** (n - d) for name, d in depth.items()}
 
 
 def train_step(model, optimizer, scaler, micro_batches, *, measured, device, autocast, pos_weight=None,
@@ -93,16 +140,30 @@ def count_total_steps(train_cfg, steps_per_epoch):
     return math.ceil(train_cfg["num_train_epochs"] * steps_per_epoch)
 
 
-def lr_lambda(train_cfg, total_steps):
-    warmup = train_cfg["warmup_steps"] or math.ceil(train_cfg["warmup_ratio"] * total_steps)
+def make_scheduler(optimizer, train_cfg, total_steps):
+    """The learning rate of each group at each step. The backbone's groups are at 0 for head_warmup_steps, then
+    run the same warmup and decay over the steps that are left."""
+    start = train_cfg["head_warmup_steps"]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [lr_lambda(train_cfg, total_steps, start if g["part"] ==
+                                                                   "backbone" else 0) for g in optimizer.param_groups])
+
+
+def lr_lambda(train_cfg, total_steps, start=0):
+    """The factor of the learning rate at each step: 0 before start, then warmup, then linear, cosine or constant
+    up to total_steps."""
+    total = total_steps - start
+    warmup = train_cfg["warmup_steps"] or math.ceil(train_cfg["warmup_ratio"] * total)
     kind = train_cfg["lr_scheduler_type"]
 
     def factor(step):
+        if step < start:
+            return 0.0
+        step -= start
         if step < warmup:
             return (step + 1) / (warmup + 1)
         if kind == "constant":
             return 1.0
-        progress = (step - warmup) / max(1, total_steps - warmup)
+        progress = (step - warmup) / max(1, total - warmup)
         return max(0.0, 1 - progress) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return factor
 

@@ -12,6 +12,7 @@ resumed), then the step loop (AMP, accumulation, clipping, schedule, eval, early
 test. The pieces a first reading can skip live below it and elsewhere: one optimizer step in optim.py, the
 checkpoints, logs and test report in outputs.py, the scoring of a split in scoring.py, the token cache in cache.py.
 """
+import hashlib
 import os
 import signal
 import sys
@@ -32,7 +33,7 @@ import metrics
 import outputs
 from console import Progress, log
 from model import build_model, enable_gradient_checkpointing, load_backbone, position_limit, resolve_pos_weight
-from optim import (Selection, check_finite, count_steps_per_epoch, count_total_steps, lr_lambda, make_optimizer,
+from optim import (Selection, check_finite, count_steps_per_epoch, count_total_steps, make_optimizer, make_scheduler,
                    train_step)
 from outputs import log_eval, log_train
 from scoring import (amp_dtype, autocast, choose_pooling, end_process_group, evaluate, loader_workers,
@@ -66,6 +67,17 @@ class Run:
     sample_weights: object = None  # data.oversample_rare: each training sequence's weight in the draw
     best_state: dict = None  # the best weights, kept in memory when no checkpoint is saved
     saved_step: int = None  # the step of the last last.pt
+    frozen: list = None  # the backbone's parameters that wait for the end of the head warm-up
+
+    def thaw(self):
+        """The end of the head warm-up: the backbone trains from this step on, and DDP is made again to
+        all-reduce its gradients too."""
+        for p in self.frozen:
+            p.requires_grad_(True)
+        self.frozen = []
+        train_cfg = self.cfg["training"]
+        self.model = wrap(self.net, self.world, self.device, train_cfg["torch_compile"])
+        log(f"step {self.step}: the head warm-up is over; the backbone trains from now on")
 
     def evaluate(self, split):
         return evaluate(self.net, self.datasets[split], self.names, self.thresholds, self.collate,
@@ -100,7 +112,7 @@ def train(cfg):
     strategy, save_strategy = train_cfg["evaluation_strategy"], train_cfg["save_strategy"]
     eval_every = (train_cfg["eval_steps"] or train_cfg["logging_steps"]) if strategy == "steps" else None
     has_val = "validation" in run.datasets and strategy != "no"
-    stopping = 0
+    stopping, hinted = 0, False
     log(f"training: {run.total_steps} steps of {train_cfg['per_device_train_batch_size'] * run.world * accum} "
         f"sequences ({run.steps_per_epoch} steps per epoch), {accum} micro-steps per step")
     progress = Progress(run.step, run.total_steps)
@@ -114,6 +126,8 @@ def train(cfg):
                 for b in batches:
                     t_wait = time.time()
                     micro = [next(loader) for _ in range(accum)]
+                    if run.frozen and run.step >= train_cfg["head_warmup_steps"]:
+                        run.thaw()
                     waited = time.time() - t_wait
                     # normalise by the measured entries of the whole global batch, so the loss (and gradient) is
                     # the same whatever the world size and accumulation
@@ -138,8 +152,14 @@ def train(cfg):
                     new_best = False
                     if has_val and (eval_every and step % eval_every == 0 or strategy == "epoch" and end_of_epoch):
                         t_eval = time.time()
-                        result = run.evaluate("validation")[0]
+                        result, probs = run.evaluate("validation")
                         log_eval(run.writer, step, result, time.time() - t_eval, progress)
+                        if not hinted:  # once a run: a model that ranks well can still call nothing positive
+                            hint = outputs.hint_no_calls(result, probs, run.datasets["validation"], run.names,
+                                                         run.thresholds)
+                            if hint:
+                                log(hint)
+                            hinted = bool(hint)
                         new_best = run.selection.update(result, step)
                         if new_best and save_strategy == "no":
                             run.best_state = {k: v.detach().clone() for k, v in run.net.state_dict().items()}
@@ -249,9 +269,6 @@ def setup(cfg):
         pos_weight = pos_weight.to(device)
     outputs.log_model(net, model_cfg, names, device, world)
     sample_weights = oversampling(train_set, data_cfg["oversample_rare"], names)
-    model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
-    if train_cfg["torch_compile"]:  # for training only: evaluation runs net, which shares the weights, uncompiled
-        model = torch.compile(model)
 
     # optimizer and schedule
     optimizer = make_optimizer(net, train_cfg, device)
@@ -259,7 +276,8 @@ def setup(cfg):
     steps_per_epoch = count_steps_per_epoch(len(train_set), train_cfg["per_device_train_batch_size"] * parts_per_step,
                                             parts_per_step)
     total_steps = count_total_steps(train_cfg, steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train_cfg, total_steps))
+    scheduler = make_scheduler(optimizer, train_cfg, total_steps)
+    log_learning_rates(optimizer, train_cfg, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     selection = Selection(metric, train_cfg)
     step = 0
@@ -276,6 +294,13 @@ def setup(cfg):
                 f"{old_total}; the learning rate at step {step} is {optimizer.param_groups[0]['lr']:.2e} (it was "
                 f"{ckpt['scheduler']['_last_lr'][0]:.2e})")
 
+    # the head warm-up: the backbone's trained parameters are frozen (no gradient, no all-reduce) until its end
+    frozen = [p for p in net.backbone.parameters() if p.requires_grad] if step < train_cfg["head_warmup_steps"] \
+        else []
+    for p in frozen:
+        p.requires_grad_(False)
+    model = wrap(net, world, device, train_cfg["torch_compile"])
+
     # outputs: the run folder, and TensorBoard on rank 0
     writer = None
     if rank == 0:
@@ -285,7 +310,16 @@ def setup(cfg):
                collate=collate, pos_weight=pos_weight, thresholds=thresholds, net=net, model=model,
                optimizer=optimizer, scheduler=scheduler, scaler=scaler, selection=selection,
                steps_per_epoch=steps_per_epoch, total_steps=total_steps, step=step, writer=writer,
-               sample_weights=sample_weights)
+               sample_weights=sample_weights, frozen=frozen)
+
+
+def wrap(net, world, device, compile):
+    """The model as it trains: in DDP when there are several processes (it all-reduces the gradients of the
+    parameters that train at the time it is made), and compiled when asked for."""
+    model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
+    if compile:  # for training only: evaluation runs net, which shares the weights, uncompiled
+        model = torch.compile(model)
+    return model
 
 
 def epoch_batches(run):
@@ -368,10 +402,45 @@ def load_backbone_and_data(cfg, world, device, amp):
     datasets, all_names, names = cache.load_for_training(cfg, tokenizer, world)
     task_cfg.update(label_map=dict(enumerate(all_names)), num_labels=len(all_names), label_names=None)
     if model_cfg["pooling"] == "auto":
+        train_cfg = cfg["training"]  # the probe reads at most 15% of the sequences the run trains on: its
+        planned = train_cfg["max_steps"] * train_cfg["per_device_train_batch_size"] * world * \
+            train_cfg["gradient_accumulation_steps"] if train_cfg["max_steps"] > 0 else \
+            len(datasets["train"]) * train_cfg["num_train_epochs"]  # forward costs a third of a step's
         model_cfg["pooling"], why = choose_pooling(model_cfg, backbone, tokenizer, datasets["train"], names,
-                                                   device=device, autocast=amp, seed=cfg["training"]["seed"])
+                                                   device=device, autocast=amp, seed=train_cfg["seed"],
+                                                   n=min(1000, max(128, int(0.15 * planned))),
+                                                   cache_file=pooling_cache(cfg, source_dir, datasets, names))
         log(f"pooling: auto chose {model_cfg['pooling']}: {why}")
     return backbone, tokenizer, source_dir, datasets, names
+
+
+def log_learning_rates(optimizer, train_cfg, total_steps):
+    """One line, where the backbone learns at a rate of its own."""
+    rates = [g["initial_lr"] for g in optimizer.param_groups if g["part"] == "backbone"]
+    if not rates:
+        return
+    warm = train_cfg["head_warmup_steps"]
+    log(f"learning rates: head {train_cfg['learning_rate']:.2e}, backbone {max(rates):.2e}" +
+        (f" (top layer) to {min(rates):.2e} (embeddings)" if len(set(rates)) > 1 else "") +
+        (f"; the backbone is frozen for the first {warm} steps (the head warm-up)" if warm else ""))
+    if warm >= total_steps:
+        log(f"warning: training.head_warmup_steps {warm} >= the run's {total_steps} steps: the backbone never "
+            f"trains")
+
+
+def pooling_cache(cfg, source_dir, datasets, names):
+    """Where pooling: auto keeps its choice: a file in data.cache_dir named by the backbone's files (names, sizes,
+    times), the training split's content, the labels and how the model pools; not the seed, so that the seeds of
+    an experiment share one choice."""
+    if source_dir is None:
+        return None
+    files = sorted((f, os.path.getsize(os.path.join(source_dir, f)), os.path.getmtime(os.path.join(source_dir, f)))
+                   for f in os.listdir(source_dir) if os.path.isfile(os.path.join(source_dir, f)))
+    train = datasets["train"]  # its key is the file's: the rows drawn from it count too
+    rows = hashlib.blake2b(np.ascontiguousarray(train.tokens.rows).tobytes(), digest_size=16).hexdigest()
+    key = cache.digest(os.path.abspath(source_dir), files, train.key, rows, names,
+                       cfg["model"].get("pool_added_tokens", True))
+    return os.path.join(cfg["data"]["cache_dir"], f"pooling-{key[:16]}.json")
 
 
 def oversampling(train_set, alpha, names):

@@ -33,7 +33,7 @@ def test_mean_pools_a_sep_appending_decoder_over_its_own_tokens(tmp_path):
         assert torch.allclose(net(ids, torch.ones_like(ids)), net.head(states.mean(1)), atol=1e-6)
 
 
-def test_auto_reads_the_training_data_and_keeps_the_pooling_it_reads_best(capsys):
+def test_auto_reads_the_training_data_and_keeps_the_pooling_it_reads_best(tmp_path):
     rng = np.random.RandomState(0)
     tok = load_tokenizer_of_chars()
     seqs = ["".join(rng.choice(list("ACGT"), 40, p=[0.3, 0.3, g, 0.4 - g])) for g in rng.uniform(0.05, 0.35, 400)]
@@ -41,11 +41,17 @@ def test_auto_reads_the_training_data_and_keeps_the_pooling_it_reads_best(capsys
     labels = np.array([[s.count("G") > 8] for s in seqs], np.float32)
     split = cache.Split(cache.Tokens.from_list(ids), labels, np.ones_like(labels, bool))
     seeded = torch.get_rng_state()
+    kept = str(tmp_path / "pooling.json")
     how, why = choose_pooling(dict(config.DEFAULTS["model"], source="local"), OneHot(), tok, split, ["g"],
-                              device=torch.device("cpu"), autocast=nullcontext(), seed=0)
+                              device=torch.device("cpu"), autocast=nullcontext(), seed=0, cache_file=kept)
     assert torch.equal(torch.get_rng_state(), seeded)  # auto starts the model as the pooling it chose would
-    scores = dict(x.split() for x in why.split("not fitted on: ")[1].rstrip(")").split(", "))
+    scores = dict(x.split() for x in why.split("not fitted on: ")[1].split(")")[0].split(", "))
     assert how in ("mean", "max") and float(scores[how]) > 0.9 and float(scores["last"]) < 0.7, why
+    assert "states of 128 training sequences" in why  # so clear a lead needs no more of the 400
+    # a second run on the same backbone and data takes the choice without reading anything
+    again = choose_pooling(dict(config.DEFAULTS["model"], source="local"), OneHot(), tok, split, ["g"],
+                           device=torch.device("cpu"), autocast=nullcontext(), seed=0, cache_file=kept)
+    assert again[0] == how and again[1].endswith(f"kept from an earlier run on this backbone and data ({kept})")
     # the scratch model: its random weights say nothing yet
     assert choose_pooling(dict(config.DEFAULTS["model"]), OneHot(), tok, split, ["g"], device=torch.device("cpu"),
                           autocast=nullcontext(), seed=0)[0] == "max"
