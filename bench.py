@@ -10,6 +10,8 @@ collate, scoring, and the metrics. Each figure is printed next to the ratio it i
 
     python bench.py --prepare         # prepare.py on a generated 1 Gb genome with 1M peaks: windows/s, peak RSS
     python bench.py --pooling         # test AUROC of last, mean and max pooling, decoders and an encoder
+    python bench.py --recipe --n 1500 # fine-tuning recipes for a pretrained model on a few hundred sequences
+    python bench.py --probe           # what pooling: auto costs a short job (60 steps, 500 sequences)
 
 The data are random sequences of 200-2000 bp with random labels: speed does not depend on what is learned.
 """
@@ -239,18 +241,121 @@ def bench_pooling(args):
         extra = {"bert": ("cls",), "gpt2_pretrained": ("auto",)}.get(family, ())
         for pooling in ("last", "mean", "max") + extra:  # train.py as a user runs it, in its own process
             out_dir = os.path.join(args.tmp, f"{family}_{pooling}")
-            p = subprocess.run([sys.executable, "train.py", "config.yaml", f"data.path={path}",
-                                f"data.cache_dir={args.tmp}/cache", "model.source=local",
-                                f"model.name_or_path={folder}", f"model.pooling={pooling}",
-                                f"training.output_dir={out_dir}",
-                                "training.num_train_epochs=3", "training.logging_steps=1000",
-                                "training.save_strategy=no"], cwd=HERE, capture_output=True, text=True)
-            if p.returncode:
-                raise cli.Failed(f"train.py with {family} and {pooling} pooling failed: {p.stderr.strip()[-500:]}")
+            command("train.py", "config.yaml", f"data.path={path}", f"data.cache_dir={args.tmp}/cache",
+                    "model.source=local", f"model.name_or_path={folder}", f"model.pooling={pooling}",
+                    f"training.output_dir={out_dir}", "training.num_train_epochs=3", "training.logging_steps=1000",
+                    "training.save_strategy=no")
             with open(os.path.join(out_dir, "test_metrics.json")) as f:
                 out[f"{family}_{pooling}_auroc"] = json.load(f)["test_auroc_macro"]
             if pooling == "auto":  # what reading the training data chose
                 out[f"{family}_auto_chose"] = config.load(os.path.join(out_dir, "config.yaml"))["model"]["pooling"]
+    return out
+
+
+def command(script, *argv):
+    """A command of the project as a user runs it, in its own process; returns what it printed."""
+    p = subprocess.run([sys.executable, script, *argv], cwd=HERE, capture_output=True, text=True)
+    if p.returncode:
+        raise cli.Failed(f"{script} {' '.join(argv)} failed: {p.stderr.strip()[-800:]}")
+    return p.stdout
+
+
+def bench_probe(args):
+    """What pooling: auto costs a short job: a GPT-2 pretrained here, fine-tuned for 60 steps of 16 on 500 example
+    sequences, with pooling: auto (the first run reads the training data; a second one, another seed, finds the
+    choice kept) and with pooling: mean (no reading). Wall seconds of train.py, and the probe's share of them."""
+    import model
+    path = os.path.join(args.tmp, "short.tsv")
+    with open(os.path.join(HERE, "data", "example", "example.tsv")) as f:
+        lines = f.readlines()
+    with open(path, "w") as f:
+        f.writelines(lines[:626])  # 500 to train on, 62 and 63 to validate and test
+    folder = os.path.join(args.tmp, "gpt2_pretrained")
+    torch.manual_seed(0)
+    pretrain_decoder(folder, lines[626:], GPT2Config(vocab_size=4101, n_positions=512, n_embd=64, n_layer=2,
+                                                     n_head=2), model.KmerTokenizer(6, stride=6), args.pretrain_steps)
+    out = {}
+    for name, pooling, seed in (("auto", "auto", 1), ("auto_kept", "auto", 2), ("mean", "mean", 1)):
+        t = time.time()
+        log = command("train.py", "config.yaml", f"data.path={path}", f"data.cache_dir={args.tmp}/cache",
+                      "model.source=local", f"model.name_or_path={folder}", f"model.pooling={pooling}",
+                      f"training.output_dir={args.tmp}/{name}", f"training.seed={seed}", "training.max_steps=60",
+                      "training.per_device_train_batch_size=16", "training.save_strategy=no")
+        out[f"{name}_seconds"] = time.time() - t
+        line = next((x for x in log.splitlines() if x.startswith("pooling: auto chose")), "")
+        if "kept from an earlier run" in line:
+            out[f"{name}_probe_seconds"] = 0.0
+        elif line:
+            out[f"{name}_probe_seconds"] = float(line.rsplit("; ", 1)[1].split()[0])
+            out[f"{name}_probe_sequences"] = int(line.split("pooled states of ")[1].split()[0])
+    for name in ("auto", "auto_kept"):
+        out[f"{name}_probe_share"] = out[f"{name}_probe_seconds"] / out[f"{name}_seconds"]  # target: < 0.05
+    return out
+
+
+RECIPES = {  # the arms of --recipe: what each sets beside training.learning_rate={lr}
+    "one rate": ["training.head_learning_rate={lr}"],
+    "one rate x 10": ["training.learning_rate={high}", "training.head_learning_rate={high}"],
+    "head warm-up": ["training.head_learning_rate={lr}", "training.head_warmup_steps={warm}"],
+    "backbone lr / 10": ["training.learning_rate={low}", "training.head_learning_rate={lr}"],
+    "both": ["training.learning_rate={low}", "training.head_learning_rate={lr}", "training.head_warmup_steps={warm}"],
+    "head lr x 10 (default)": [],
+    "warm-up, head lr x 10": ["training.head_warmup_steps={warm}"],
+}
+PLAIN = "one rate"  # plain fine-tuning, as a Trainer does it: one learning rate for the whole model
+
+
+def bench_recipe(args):
+    """A first dataset as a user has one: args.n labelled example sequences, 30% to train on (a few hundred), 10%
+    to validate and 60% to test, and a GPT-2 pretrained here as a causal language model on the other example
+    sequences. Each recipe is fine-tuned by train.py with every seed, then compared by compare.py, with paired
+    bootstrap intervals, against plain fine-tuning and against the 6-mer baseline. Test macro AUROC."""
+    import model
+    path = os.path.join(args.tmp, "first.tsv")
+    with open(os.path.join(HERE, "data", "example", "example.tsv")) as f:
+        lines = f.readlines()
+    with open(path, "w") as f:
+        f.writelines(lines[:args.n + 1])
+    folder = os.path.join(args.tmp, "gpt2_pretrained")
+    torch.manual_seed(0)
+    t = time.time()
+    pretrain_decoder(folder, lines[args.n + 1:], GPT2Config(vocab_size=4101, n_positions=512, n_embd=64, n_layer=2,
+                                                            n_head=2), model.KmerTokenizer(6, stride=6),
+                     args.pretrain_steps)
+    out = {"pretrain_seconds": time.time() - t, "train_sequences": int(0.3 * args.n)}
+    steps_per_epoch = out["train_sequences"] // 16
+    fill = {"warm": 2 * steps_per_epoch, "lr": args.lr, "low": args.lr / 10, "high": args.lr * 10}
+    runs = {}
+    for name, extra in RECIPES.items():
+        runs[name] = []
+        for seed in range(1, args.seeds + 1):
+            out_dir = os.path.join(args.tmp, f"{''.join(c if c.isalnum() else '_' for c in name)}_{seed}")
+            t = time.time()
+            command("train.py", "config.yaml", f"data.path={path}", f"data.cache_dir={args.tmp}/cache",
+                    "data.train_size=0.3", "data.validation_size=0.1", "data.test_size=0.6", "model.source=local",
+                    f"model.name_or_path={folder}", "model.pooling=auto", f"training.output_dir={out_dir}",
+                    f"training.seed={seed}", f"training.learning_rate={args.lr}", "training.num_train_epochs=15",
+                    "training.per_device_train_batch_size=16", "training.metric_for_best_model=auroc_macro",
+                    "training.early_stopping_patience=3", "training.logging_steps=1000", "training.save_strategy=no",
+                    "task.threshold=tuned", *(x.format(**fill) for x in extra))
+            out[f"{name}_seconds_{seed}"] = time.time() - t
+            runs[name].append(out_dir)
+            with open(os.path.join(out_dir, "test_metrics.json")) as f:
+                m = json.load(f)
+            for key in ("test_f1_macro", "test_f1_macro@0.5"):  # F1 at thresholds tuned on validation, and at 0.5
+                out.setdefault(f"{name}_{key[5:]}", []).append(m[key])
+
+    def macro(*argv):  # compare.py's macro AUROC row: (A, A's sd, B, B's sd, A - B, low, high, called)
+        table = json.loads(command("compare.py", *argv, "--json").splitlines()[-1])
+        row = next(r for r in table if r["label"] == "macro" and r["metric"] == "auroc")
+        return [row[k] for k in ("a", "a_sd", "b", "b_sd", "diff", "low", "high", "called")]
+
+    for name, dirs in runs.items():
+        out[f"{name}_vs_6mer"] = macro("--baseline", *dirs)
+        if name != PLAIN:
+            out[f"{name}_vs_{PLAIN}"] = macro(*dirs, "--vs", *runs[PLAIN])
+    for a, b in (("head lr x 10 (default)", "one rate x 10"), ("warm-up, head lr x 10", "head lr x 10 (default)")):
+        out[f"{a}_vs_{b}"] = macro(*runs[a], "--vs", *runs[b])
     return out
 
 
@@ -276,7 +381,8 @@ def run(args):
     args.tmp = tempfile.mkdtemp(prefix="bench-")
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     try:
-        result = bench_prepare(args) if args.prepare else bench_pooling(args) if args.pooling else bench(args)
+        result = bench_prepare(args) if args.prepare else bench_pooling(args) if args.pooling else \
+            bench_recipe(args) if args.recipe else bench_probe(args) if args.probe else bench(args)
     finally:
         shutil.rmtree(args.tmp, ignore_errors=True)
     for k, v in result.items():
@@ -306,7 +412,13 @@ def options(p):
     p.add_argument("--metrics-rows", type=int, default=1_000_000)
     p.add_argument("--prepare", action="store_true", help="time prepare.py instead, on a generated genome")
     p.add_argument("--pooling", action="store_true", help="compare poolings instead (--n example sequences)")
-    p.add_argument("--pretrain-steps", type=int, default=600, help="--pooling: causal LM steps of the GPT-2")
+    p.add_argument("--recipe", action="store_true", help="fine-tuning recipes on a few hundred sequences instead "
+                   "(--n example sequences, 30%% of them to train on)")
+    p.add_argument("--probe", action="store_true", help="what pooling: auto costs a short job instead")
+    p.add_argument("--seeds", type=int, default=3, help="--recipe: seeds per recipe")
+    p.add_argument("--lr", type=float, default=1e-3, help="--recipe: the learning rate (the head's)")
+    p.add_argument("--pretrain-steps", type=int, default=600, help="--pooling, --recipe, --probe: causal LM steps "
+                   "of the GPT-2")
     p.add_argument("--genome-mb", type=int, default=1000, help="--prepare: the genome's size in Mb")
     p.add_argument("--peaks", type=int, default=1_000_000, help="--prepare: peaks in all")
 

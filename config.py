@@ -81,8 +81,10 @@ DEFAULTS = {
         "per_device_train_batch_size": 16,
         "per_device_eval_batch_size": 64,
         "gradient_accumulation_steps": 1,
-        "learning_rate": 5e-5,  # the head's, and the backbone's unless backbone_learning_rate is set
-        "backbone_learning_rate": None,  # null = learning_rate; e.g. 10x lower for a pretrained backbone
+        "learning_rate": 5e-5,  # the backbone's (the top layer's, with layer_decay), and the head's unless
+        #                         head_learning_rate says otherwise
+        "head_learning_rate": "auto",  # auto: 10x learning_rate for a pretrained backbone that trains (measured
+        #                                best on few sequences; see docs/models.md), else learning_rate | a number
         "layer_decay": None,  # null = none; e.g. 0.8: each layer of the backbone below the top takes 0.8x the
         #                       learning rate of the one above it (the embeddings one step more)
         "head_warmup_steps": 0,  # the backbone stays frozen while the head alone trains for this many steps
@@ -335,6 +337,17 @@ def check_metric(name, labels=None):
     return metric
 
 
+def head_learning_rate(cfg):
+    """training.head_learning_rate, auto resolved: 10x learning_rate where a pretrained backbone trains (a new head
+    learns from nothing, the backbone only adapts), else learning_rate."""
+    train, model = cfg["training"], cfg["model"]
+    given = train["head_learning_rate"]
+    if given not in (None, "auto"):
+        return float(given)
+    pretrained = model["source"] != "scratch" and model["finetune"] != "head"
+    return train["learning_rate"] * (10 if pretrained else 1)
+
+
 def choose(cfg, section, key, allowed):
     if cfg[section][key] not in allowed:
         raise ConfigError(f"config: {section}.{key} is '{cfg[section][key]}' (expected one of {', '.join(allowed)})")
@@ -384,11 +397,12 @@ def validate(cfg):
         if value is not None and (not isinstance(value, int) or value < least):
             raise ConfigError(f"config: {section}.{key} must be null or an integer >= {least} (got {value!r})")
     check_metric(train["metric_for_best_model"])
-    for key, ok, expected in (("backbone_learning_rate", lambda v: v > 0, "a positive number"),
-                              ("layer_decay", lambda v: 0 < v <= 1, "a number in (0, 1]")):
+    for key, ok, expected in (("head_learning_rate", lambda v: v > 0, "auto or a positive number"),
+                              ("layer_decay", lambda v: 0 < v <= 1, "null or a number in (0, 1]")):
         value = train[key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value)):
-            raise ConfigError(f"config: training.{key} must be null or {expected} (got {value!r})")
+        if value not in (None, "auto") and (isinstance(value, bool) or not isinstance(value, (int, float)) or
+                                            not ok(value)):
+            raise ConfigError(f"config: training.{key} must be {expected} (got {value!r})")
     warm = train["head_warmup_steps"]
     if isinstance(warm, bool) or not isinstance(warm, int) or warm < 0:
         raise ConfigError(f"config: training.head_warmup_steps must be an integer >= 0 (got {warm!r})")

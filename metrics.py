@@ -176,23 +176,93 @@ def save_per_label(path, names, result, prevalence, thresholds):
             f.write("\t".join(row + [f"{thresholds[j]:g}"]) + "\n")
 
 
-def resampled(labels, probs, mask, thresholds, rows):
-    """F1 (at thresholds), AUROC and AUPRC per label on each resample of the rows: rows is (R, n), the row indices
-    of R bootstrap resamples, the same for every run compared so that the comparison is paired. Returns
-    {metric: (R, L)}, nan where a resample has a single class of a label."""
-    labels, probs = np.asarray(labels) > 0.5, np.asarray(probs)
-    mask = np.ones_like(labels) if mask is None else np.asarray(mask, bool)
-    R, n = rows.shape
-    L = labels.shape[1]
-    # F1 by counts: how often each row is drawn, times its true positives, calls and positives
-    drawn = np.zeros((R, n), np.float64)
-    np.add.at(drawn, (np.repeat(np.arange(R), n), rows.ravel()), 1)
-    called, true = (probs >= np.asarray(thresholds)) & mask, labels & mask
-    tp, calls, pos = (drawn @ x.astype(np.float64) for x in (called & true, called, true))
-    out = {"f1": safe_div(2 * tp, calls + pos), "auroc": np.full((R, L), np.nan), "auprc": np.full((R, L), np.nan)}
-    for j in range(L):
-        y, s, m = labels[:, j], probs[:, j], mask[:, j]
-        for r, idx in enumerate(rows):
-            idx = idx[m[idx]]
-            out["auroc"][r, j], out["auprc"][r, j] = ranking_scores(y[idx], s[idx])
-    return out
+def ranking_gradients(y, s):
+    """(AUROC, AP, their gradients (n,) with respect to each row's weight at weight 1) of scores s for binary
+    truth y: a bootstrap resample reweights the rows, and for a large split the resampled value is the value plus
+    the weights' change times the gradient, to first order. Ties as in ranking_scores. One sort."""
+    n = len(s)
+    order = np.argsort(s, kind="stable")
+    ss, ys = s[order], y[order]
+    P = int(ys.sum())
+    N = n - P
+    if P == 0 or N == 0:
+        return float("nan"), float("nan"), np.zeros(n), np.zeros(n)
+    starts = np.r_[0, np.flatnonzero(ss[1:] != ss[:-1]) + 1]  # groups of equal scores
+    group = np.cumsum(np.r_[False, ss[1:] != ss[:-1]])
+    ends = np.r_[starts[1:], n]
+    cpos, cneg = np.r_[0, np.cumsum(ys)], np.r_[0, np.cumsum(~ys)]
+    pos_lo, pos_hi = cpos[starts][group], cpos[ends][group]  # positives below each row's score, and at or below
+    neg_lo, neg_hi = cneg[starts][group], cneg[ends][group]
+    # AUROC = U / (P N): a positive's share of U is the negatives below it (ties count one half), and a
+    # negative's the positives above it
+    neg_below, pos_above = neg_lo + 0.5 * (neg_hi - neg_lo), P - pos_hi + 0.5 * (pos_hi - pos_lo)
+    auroc = neg_below[ys].sum() / (P * N)
+    d_auroc = np.where(ys, neg_below / (P * N) - auroc / P, pos_above / (P * N) - auroc / N)
+    # AP = (1/P) sum over positives i of TP(s_i) / A(s_i), both counted at scores >= s_i: a row m moves P, its
+    # own term, and the TP and A of every positive at or below its score
+    tp, every = P - pos_lo, n - starts[group]
+    precision = tp / every
+    ap = precision[ys].sum() / P
+    inv = np.r_[0, np.cumsum(np.where(ys, 1 / every, 0))]  # sums over positives at or below: cumulative
+    prec_inv = np.r_[0, np.cumsum(np.where(ys, precision / every, 0))]
+    d_ap = (ys * (precision - ap + inv[ends][group]) - prec_inv[ends][group]) / P
+    out_auroc, out_ap = np.empty(n), np.empty(n)
+    out_auroc[order], out_ap[order] = d_auroc, d_ap
+    return float(auroc), float(ap), out_auroc, out_ap
+
+
+EXACT_WORK = 5e7  # resamples x rows x labels up to which AUROC and AUPRC are recomputed on every resample
+
+
+class Resampled:
+    """A run's F1 (at its thresholds), AUROC and AUPRC per label on bootstrap resamples of its rows: called with
+    counts (R, n), how often each row is drawn in each resample (the same for every run compared, so that the
+    comparison is paired), it returns {metric: (R, L)}, nan where a label has a single class. F1 is exact (counts
+    of true positives, calls and positives). AUROC and AUPRC are recomputed on every resample while resamples x
+    rows x labels stays under EXACT_WORK; beyond, they are taken to first order (ranking_gradients), which at such
+    sizes (thousands of rows) moves the interval's ends by a small fraction of its width (tests/test_compare.py)
+    and is thousands of times faster."""
+
+    def __init__(self, labels, probs, mask, thresholds, resamples):
+        labels, probs = np.asarray(labels) > 0.5, np.asarray(probs)
+        mask = np.ones_like(labels) if mask is None else np.asarray(mask, bool)
+        called, true = (probs >= np.asarray(thresholds)) & mask, labels & mask
+        self.counted = np.concatenate([called & true, called, true], 1).astype(np.float32)  # (n, 3L)
+        self.labels, self.probs, self.mask = labels, probs, mask
+        n, L = labels.shape
+        self.exact = resamples * n * L <= EXACT_WORK
+        if not self.exact:
+            self.grads, self.values = np.zeros((2 * L, n), np.float32), np.full(2 * L, np.nan)
+            ys, ss, ms = columns(labels, 0, L), columns(probs, 0, L), columns(mask, 0, L)
+            for j, (y, s, m) in enumerate(zip(ys, ss, ms)):
+                self.values[j], self.values[L + j], self.grads[j, m], self.grads[L + j, m] = \
+                    ranking_gradients(y[m], s[m])
+            self.grads = self.grads.T
+
+    def __call__(self, counts):
+        counts = np.asarray(counts, np.float32)
+        (R, n), L = counts.shape, self.labels.shape[1]
+        tp, calls, pos = np.split(counts @ self.counted, 3, axis=1)
+        out = {"f1": safe_div(2 * tp, calls + pos)}
+        if not self.exact:
+            moved = self.values + (counts - 1) @ self.grads
+            return {**out, "auroc": moved[:, :L], "auprc": moved[:, L:]}
+        out["auroc"], out["auprc"] = np.full((R, L), np.nan), np.full((R, L), np.nan)
+        rows = [np.repeat(np.arange(n), c.astype(np.int64)) for c in counts]
+        for j in range(L):
+            y, s, m = self.labels[:, j], self.probs[:, j], self.mask[:, j]
+            for r, idx in enumerate(rows):
+                idx = idx[m[idx]]
+                out["auroc"][r, j], out["auprc"][r, j] = ranking_scores(y[idx], s[idx])
+        return out
+
+
+def bootstrap_counts(n, resamples, seed, chunk_bytes=1 << 26):
+    """How often each of n rows is drawn in each of the resamples, (R, n) float32 blocks of about chunk_bytes:
+    the draws of default_rng(seed).integers(0, n, (resamples, n)), counted."""
+    rng = np.random.default_rng(seed)
+    step = max(1, min(resamples, chunk_bytes // (4 * max(n, 1))))
+    for start in range(0, resamples, step):
+        k = min(step, resamples - start)
+        drawn = rng.integers(0, n, (k, n)) + n * np.arange(k)[:, None]
+        yield np.bincount(drawn.ravel(), minlength=k * n).reshape(k, n).astype(np.float32)

@@ -18,19 +18,20 @@ from console import log
 from model import bce_with_logits
 
 
-def make_optimizer(net, train_cfg, device):
+def make_optimizer(net, train_cfg, device, head_lr=None):
     """AdamW with weight decay on matrices only, never on biases and norms. Fused (one kernel for all
-    parameters, and a skip of non-finite steps without waiting) by default on CUDA. When the backbone learns at a
-    rate of its own (backbone_learning_rate, layer_decay or head_warmup_steps is set), the head's parameters and
-    the backbone's (one group per layer with layer_decay) are groups of their own, each marked with its part."""
+    parameters, and a skip of non-finite steps without waiting) by default on CUDA. When the head learns at a rate
+    of its own (head_lr, the resolved training.head_learning_rate, differs from learning_rate), or layer_decay or
+    head_warmup_steps is set, the head's parameters and the backbone's (one group per layer with layer_decay) are
+    groups of their own, each marked with its part; otherwise there are two groups, as before these settings."""
     lr = train_cfg["learning_rate"]
+    head_lr = lr if head_lr is None else head_lr
     trained = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
     parts = [("all", lr, trained)]
-    if own_backbone_rate(train_cfg):
-        backbone_lr = train_cfg["backbone_learning_rate"] or lr
+    if head_lr != lr or train_cfg["layer_decay"] or train_cfg["head_warmup_steps"]:
         scales = {"backbone." + n: s for n, s in layer_scales(net.backbone, train_cfg["layer_decay"]).items()}
-        parts = [("head", lr, [(n, p) for n, p in trained if n not in scales])]
-        parts += [("backbone", backbone_lr * scale, [(n, p) for n, p in trained if scales.get(n) == scale])
+        parts = [("head", head_lr, [(n, p) for n, p in trained if n not in scales])]
+        parts += [("backbone", lr * scale, [(n, p) for n, p in trained if scales.get(n) == scale])
                   for scale in sorted(set(scales.values()), reverse=True)]
     groups = [{"params": [p for _, p in params if (p.dim() >= 2) == matrices], "lr": rate, "part": part,
                "weight_decay": train_cfg["weight_decay"] if matrices else 0.0}
@@ -38,10 +39,6 @@ def make_optimizer(net, train_cfg, device):
     fused = {"auto": device.type == "cuda", "adamw_torch": False, "adamw_torch_fused": True}[train_cfg["optim"]]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(train_cfg["adam_beta1"],
                              train_cfg["adam_beta2"]), eps=train_cfg["adam_epsilon"], fused=fused or None)
-
-
-def own_backbone_rate(train_cfg):
-    return bool(train_cfg["backbone_learning_rate"] or train_cfg["layer_decay"] or train_cfg["head_warmup_steps"])
 
 
 def layer_stack(backbone):
@@ -57,7 +54,7 @@ def layer_stack(backbone):
 
 
 def layer_scales(backbone, decay):
-    """{parameter name: the factor of backbone_learning_rate it takes}. With layer_decay, the top layer of the
+    """{parameter name: the factor of learning_rate it takes}. With layer_decay, the top layer of the
     stack and what comes after it (a final norm) take 1, each layer below decay times the one above, and what
     comes before the stack (the embeddings) one step more. A backbone without a stack takes 1 everywhere."""
     names = [n for n, _ in backbone.named_parameters()]
@@ -65,7 +62,7 @@ def layer_scales(backbone, decay):
     if stack is None:
         if decay and decay != 1:
             log(f"note: training.layer_decay: {type(backbone).__name__} has no stack of layers that could be "
-                f"found; every backbone parameter takes the backbone's learning rate")
+                f"found; every backbone parameter takes learning_rate")
         return dict.fromkeys(names, 1.0)
     depth, after = {}, False  # depth: 0 for the embeddings, i + 1 for layer i, n for what follows the stack
     for name in names:

@@ -152,6 +152,11 @@ def resume(ckpt, path, *, cfg, world, data_keys, net, optimizer, scheduler, scal
     for change in resume_changes(ckpt, path, cfg, world, data_keys):
         log(f"resume: changed since the checkpoint: {change}")
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    if len(ckpt["optimizer"]["param_groups"]) != len(fresh):
+        raise ConfigError(f"{path}: its optimizer has {len(ckpt['optimizer']['param_groups'])} parameter groups and "
+                          f"this run's {len(fresh)}: training.head_learning_rate, layer_decay or head_warmup_steps "
+                          f"split them otherwise (a run from before these settings resumes with "
+                          f"training.head_learning_rate equal to learning_rate)")
     net.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
@@ -287,7 +292,8 @@ def hint_no_calls(result, probs, split, names, thresholds):
     if not silent:
         return None
     shown = ", ".join(silent[:5]) + (", ..." if len(silent) > 5 else "")
-    return (f"note: no validation sequence reaches the threshold of {len(silent)} of {len(names)} labels ({shown}): "
+    return (f"note: at the last evaluation, no validation sequence reaches the threshold of {len(silent)} of "
+            f"{len(names)} labels ({shown}): "
             f"their F1, precision and recall read 0 while the ranking may be good (auroc_macro "
             f"{result['auroc_macro']:.4f}). Set task.threshold=tuned (each label's F1-best threshold on the "
             f"validation split) or training.pos_weight=sqrt to lift rare labels")

@@ -286,10 +286,10 @@ def read_poolings(states, split, rows, names, seed, last=False, resamples=100):
     if len(found) < 2 or last:
         return scores, False
     best = max(found, key=scores.get)
-    idx = np.random.default_rng(seed).integers(0, len(y[1::2]), (resamples, len(y[1::2])))
+    counts = next(metrics.bootstrap_counts(len(y[1::2]), resamples, seed))
     with np.errstate(all="ignore"), warnings.catch_warnings():  # a resample with one class of a label: nan
         warnings.simplefilter("ignore", RuntimeWarning)
-        macro = {how: np.nanmean(metrics.resampled(y[1::2], probs[how], m[1::2], 0.5, idx)["auroc"], 1)
+        macro = {how: np.nanmean(metrics.Resampled(y[1::2], probs[how], m[1::2], 0.5, resamples)(counts)["auroc"], 1)
                  for how in found}
         lead = [np.nanpercentile(macro[best] - macro[how], 2.5) for how in found if how != best]
     return scores, all(x > 0 for x in lead)

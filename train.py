@@ -112,7 +112,7 @@ def train(cfg):
     strategy, save_strategy = train_cfg["evaluation_strategy"], train_cfg["save_strategy"]
     eval_every = (train_cfg["eval_steps"] or train_cfg["logging_steps"]) if strategy == "steps" else None
     has_val = "validation" in run.datasets and strategy != "no"
-    stopping, hinted = 0, False
+    stopping, hint = 0, None
     log(f"training: {run.total_steps} steps of {train_cfg['per_device_train_batch_size'] * run.world * accum} "
         f"sequences ({run.steps_per_epoch} steps per epoch), {accum} micro-steps per step")
     progress = Progress(run.step, run.total_steps)
@@ -154,12 +154,9 @@ def train(cfg):
                         t_eval = time.time()
                         result, probs = run.evaluate("validation")
                         log_eval(run.writer, step, result, time.time() - t_eval, progress)
-                        if not hinted:  # once a run: a model that ranks well can still call nothing positive
-                            hint = outputs.hint_no_calls(result, probs, run.datasets["validation"], run.names,
-                                                         run.thresholds)
-                            if hint:
-                                log(hint)
-                            hinted = bool(hint)
+                        # a model that ranks well can still call nothing positive: said once, after the last one
+                        hint = outputs.hint_no_calls(result, probs, run.datasets["validation"], run.names,
+                                                     run.thresholds)
                         new_best = run.selection.update(result, step)
                         if new_best and save_strategy == "no":
                             run.best_state = {k: v.detach().clone() for k, v in run.net.state_dict().items()}
@@ -171,6 +168,8 @@ def train(cfg):
                     if stopping or run.selection.stop:
                         break
         progress.close()
+        if hint:
+            log(hint)
         if stopping:
             run.save(last=True)
             log(f"stopped by signal {stopping} at step {run.step}; resume with training.resume_from_checkpoint="
@@ -271,13 +270,14 @@ def setup(cfg):
     sample_weights = oversampling(train_set, data_cfg["oversample_rare"], names)
 
     # optimizer and schedule
-    optimizer = make_optimizer(net, train_cfg, device)
+    head_lr = config.head_learning_rate(cfg)
+    optimizer = make_optimizer(net, train_cfg, device, head_lr)
     parts_per_step = world * train_cfg["gradient_accumulation_steps"]  # every global batch is cut into this many
     steps_per_epoch = count_steps_per_epoch(len(train_set), train_cfg["per_device_train_batch_size"] * parts_per_step,
                                             parts_per_step)
     total_steps = count_total_steps(train_cfg, steps_per_epoch)
     scheduler = make_scheduler(optimizer, train_cfg, total_steps)
-    log_learning_rates(optimizer, train_cfg, total_steps)
+    log_learning_rates(optimizer, train_cfg, total_steps, head_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     selection = Selection(metric, train_cfg)
     step = 0
@@ -414,14 +414,16 @@ def load_backbone_and_data(cfg, world, device, amp):
     return backbone, tokenizer, source_dir, datasets, names
 
 
-def log_learning_rates(optimizer, train_cfg, total_steps):
-    """One line, where the backbone learns at a rate of its own."""
+def log_learning_rates(optimizer, train_cfg, total_steps, head_lr):
+    """One line, where the head and the backbone learn at rates of their own."""
     rates = [g["initial_lr"] for g in optimizer.param_groups if g["part"] == "backbone"]
     if not rates:
         return
-    warm = train_cfg["head_warmup_steps"]
-    log(f"learning rates: head {train_cfg['learning_rate']:.2e}, backbone {max(rates):.2e}" +
-        (f" (top layer) to {min(rates):.2e} (embeddings)" if len(set(rates)) > 1 else "") +
+    warm, auto = train_cfg["head_warmup_steps"], train_cfg["head_learning_rate"] in (None, "auto")
+    log(f"learning rates: head {head_lr:.2e}" + (" (head_learning_rate auto: 10x learning_rate)" if auto and
+                                                  head_lr != train_cfg["learning_rate"] else "") +
+        f", backbone {max(rates):.2e}" + (f" (top layer) to {min(rates):.2e} (embeddings)" if len(set(rates)) > 1
+                                           else "") +
         (f"; the backbone is frozen for the first {warm} steps (the head warm-up)" if warm else ""))
     if warm >= total_steps:
         log(f"warning: training.head_warmup_steps {warm} >= the run's {total_steps} steps: the backbone never "

@@ -37,9 +37,9 @@ def test_every_command_prints_its_docstring_and_options_for_help(name, capsys):
     ("interpret", ["ism", "nothere", "x.fa"], "nothere: no such checkpoint file"),
     ("interpret", ["motif", "nothere", "x.fa"], "command line: argument mode: invalid choice: 'motif'"),
     ("interpret", ["motifs", "nothere", "x.fa", "--motif-db", "README.md"], "README.md:1: not a MEME motif file"),
-    ("compare", ["nothere", "other"], "nothere/per_label.tsv: no such file (expected a finished train.py run"),
-    ("compare", ["only_one"], "command line: a multi-task run and at least one single-task run"),
-    ("compare", ["--baseline", "nothere"], "nothere/config.yaml: no such config file"),
+    ("compare", ["nothere", "other"], "nothere/test_predictions.tsv: no such file (expected a finished train.py "),
+    ("compare", ["only_one"], "command line: two runs to compare (A B), a run and single-task runs"),
+    ("compare", ["--baseline", "nothere"], "nothere/test_predictions.tsv: no such file"),
     ("bench", ["--n", "many"], "command line: argument --n: invalid int value: 'many'"),
 ])
 def test_bad_input_is_one_line_and_exit_2_in_every_command(name, argv, message, capsys, monkeypatch):

@@ -43,6 +43,21 @@ def test_bootstrap_interval_matches_a_direct_computation():
     assert label_b["a"] == pytest.approx(full[0]["auroc/b"])  # the unmeasured entry is left out
 
 
+def test_large_splits_take_auroc_and_auprc_to_first_order_with_the_same_intervals(monkeypatch):
+    n = 3000
+    truth = np.random.default_rng(0).random((n, 3)) < 0.2
+    runs = [compare.Predictions(f"r{s}", [str(i) for i in range(n)], list("abc"), np.clip(
+        truth * 0.3 + np.random.default_rng(s).random((n, 3)), 0, 1), truth, np.ones((n, 3), bool), [0.5] * 3)
+        for s in (1, 2)]
+    exact, _ = compare.paired(*([r] for r in runs))
+    monkeypatch.setattr(metrics, "EXACT_WORK", 0)
+    linear, _ = compare.paired(*([r] for r in runs))
+    for e, f in zip(exact, linear):
+        width = e["high"] - e["low"]
+        assert e["diff"] == pytest.approx(f["diff"]) and width > 0.01
+        assert abs(e["low"] - f["low"]) < 0.05 * width and abs(e["high"] - f["high"]) < 0.05 * width, (e, f)
+
+
 def test_a_clear_difference_is_called_and_noise_is_not():
     n = 400
     truth = np.random.default_rng(0).random((n, 1)) < 0.3

@@ -78,9 +78,8 @@ class Tiny(torch.nn.Sequential):
 def tiny_step_setup(fused, scale=False):
     torch.manual_seed(0)
     net = Tiny(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    optimizer = optim.make_optimizer(net, {"weight_decay": 0.01, "learning_rate": 1e-2, "adam_beta1": 0.9,
-                                           "adam_beta2": 0.999, "adam_epsilon": 1e-8,
-                                           "optim": "adamw_torch_fused" if fused else "adamw_torch"},
+    optimizer = optim.make_optimizer(net, dict(config.DEFAULTS["training"], weight_decay=0.01, learning_rate=1e-2,
+                                               optim="adamw_torch_fused" if fused else "adamw_torch"),
                                      torch.device("cpu"))
     return net, net, optimizer, torch.amp.GradScaler("cpu", enabled=scale)
 

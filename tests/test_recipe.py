@@ -1,5 +1,6 @@
 """The fine-tuning recipe for a pretrained backbone: the head warmed up on the frozen backbone, a learning rate
-of the backbone's own with layer decay, and the hint when no validation call reaches a label's threshold."""
+of the head's own (10x by default) and layer decay in the backbone, and the hint when no validation call reaches
+a label's threshold."""
 import pytest
 import torch
 from transformers import AutoModel, BertConfig
@@ -44,7 +45,7 @@ def test_backbone_is_still_during_the_warm_up_and_trains_after(tmp_path, tsv, ti
 
 def test_resume_across_the_end_of_the_warm_up_is_exact(tmp_path, tsv, tiny_bert):
     args = [*local(tiny_bert), *SNAPSHOTS, "training.head_warmup_steps=3", "model.dropout=0.3",
-            "training.backbone_learning_rate=3e-3", "training.layer_decay=0.5"]
+            "training.head_learning_rate=3e-2", "training.layer_decay=0.5"]
     assert train.main(train_args(tsv, tmp_path / "full", *args)) == 0
     assert train.main(train_args(tsv, tmp_path / "resumed", *args,
                                  f"training.resume_from_checkpoint={tmp_path / 'full' / 'step-2.pt'}")) == 0
@@ -67,12 +68,12 @@ def rate_of(optimizer, net):
 
 def test_learning_rates_per_parameter_group():
     net = tiny_net()
-    train_cfg = dict(config.DEFAULTS["training"], learning_rate=1e-3, backbone_learning_rate=1e-4, layer_decay=0.5,
-                     head_warmup_steps=10, weight_decay=0.1, warmup_steps=5)
-    optimizer = optim.make_optimizer(net, train_cfg, torch.device("cpu"))
+    train_cfg = dict(config.DEFAULTS["training"], learning_rate=1e-4, layer_decay=0.5, head_warmup_steps=10,
+                     weight_decay=0.1, warmup_steps=5)
+    optimizer = optim.make_optimizer(net, train_cfg, torch.device("cpu"), head_lr=1e-3)
     rates = rate_of(optimizer, net)
     assert rates["head.weight"] == (1e-3, "head")
-    for i, scale in ((2, 1), (1, 0.5), (0, 0.25)):  # the top layer takes backbone_learning_rate
+    for i, scale in ((2, 1), (1, 0.5), (0, 0.25)):  # the top layer takes learning_rate
         assert rates[f"backbone.encoder.layer.{i}.attention.self.query.weight"] == (pytest.approx(1e-4 * scale),
                                                                                     "backbone")
     assert rates["backbone.embeddings.word_embeddings.weight"] == (pytest.approx(1e-4 * 0.125), "backbone")
@@ -90,6 +91,21 @@ def test_learning_rates_per_parameter_group():
     # nothing of the sort asked for: the two groups of old, so old checkpoints resume
     plain = optim.make_optimizer(net, config.DEFAULTS["training"], torch.device("cpu"))
     assert [g["part"] for g in plain.param_groups] == ["all", "all"]
+
+
+def test_head_learning_rate_auto_is_ten_times_for_a_pretrained_backbone_that_trains(tmp_path, tsv, tiny_bert,
+                                                                                   capsys):
+    def rate(*more):
+        cfg = config.load(None, ["data.path=x.tsv", "training.learning_rate=2e-5", *more])
+        return config.head_learning_rate(cfg)
+    assert rate() == 2e-5  # the scratch model: one rate, as before
+    assert rate("model.source=local", "model.name_or_path=m") == pytest.approx(2e-4)
+    assert rate("model.source=local", "model.name_or_path=m", "model.finetune=head") == 2e-5  # only the head trains
+    assert rate("model.source=local", "model.name_or_path=m", "training.head_learning_rate=1e-3") == 1e-3
+    out = tmp_path / "out"
+    assert train.main(train_args(tsv, out, *local(tiny_bert), *SNAPSHOTS)) == 0
+    assert "learning rates: head 1.00e-01 (head_learning_rate auto: 10x learning_rate), backbone 1.00e-02" in \
+        capsys.readouterr().out
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -112,7 +128,7 @@ def test_layer_decay_finds_the_stack_of_layers(tmp_path, family, capsys):
 
 def test_ddp_with_a_frozen_backbone_matches_one_process(tmp_path, tsv):
     from test_distributed import check, common, torchrun
-    extra = ["training.head_warmup_steps=2", "training.backbone_learning_rate=3e-3", "training.layer_decay=0.5",
+    extra = ["training.head_warmup_steps=2", "training.head_learning_rate=3e-2", "training.layer_decay=0.5",
              "model.n_layer=2"]
     check(torchrun(*common(tsv, tmp_path / "one", "training.per_device_train_batch_size=8", *extra)))
     check(torchrun(*common(tsv, tmp_path / "two", "training.per_device_train_batch_size=4", *extra), nproc=2))
@@ -124,14 +140,30 @@ def test_a_label_without_a_positive_call_is_said_once(tmp_path, tsv, capsys):
             "training.eval_steps=2", "training.save_strategy=no", *NO_DROPOUT]
     assert train.main(train_args(tsv, tmp_path / "out", *args)) == 0
     log = capsys.readouterr().out
-    assert log.count("note: no validation sequence reaches the threshold of 3 of 3 labels (a, b, c)") == 1
+    assert log.count("note: at the last evaluation, no validation sequence reaches the threshold of 3 of 3 labels "
+                     "(a, b, c)") == 1
+    assert log.index("eval step 4") < log.index("note: at the last evaluation") < log.index("Test Metrics")
     assert "task.threshold=tuned" in log
 
 
 def test_bad_recipe_settings_are_errors():
-    for key, value in (("backbone_learning_rate", 0), ("layer_decay", 1.5), ("head_warmup_steps", -1)):
+    for key, value in (("head_learning_rate", 0), ("layer_decay", 1.5), ("head_warmup_steps", -1)):
         with pytest.raises(config.ConfigError, match=f"training.{key}"):
             config.load(None, ["data.path=x.tsv", f"training.{key}={value}"])
     with pytest.raises(config.ConfigError, match="nothing to warm the head up for"):
         config.load(None, ["data.path=x.tsv", "training.head_warmup_steps=5", "model.finetune=head"])
 
+
+
+def test_a_run_from_before_the_head_rate_resumes_only_with_one_rate(tmp_path, tsv, tiny_bert, capsys):
+    old = tmp_path / "old"
+    args = [*local(tiny_bert), *SNAPSHOTS, "training.max_steps=2"]
+    assert train.main(train_args(tsv, old, *args, "training.head_learning_rate=1e-2")) == 0
+    ckpt = torch.load(old / "last.pt", weights_only=True)
+    del ckpt["config"]["training"]["head_learning_rate"]  # as a checkpoint written before the setting
+    torch.save(ckpt, old / "last.pt")
+    resume = [*args, "training.max_steps=4", f"training.resume_from_checkpoint={old / 'last.pt'}"]
+    assert train.main(train_args(tsv, tmp_path / "new", *resume)) == 2
+    assert "its optimizer has 2 parameter groups and this run's 4" in capsys.readouterr().err
+    assert train.main(train_args(tsv, tmp_path / "new", *resume, "training.head_learning_rate=1e-2",
+                                 "training.overwrite_output_dir=true")) == 0
