@@ -88,6 +88,10 @@ DEFAULTS = {
         "layer_decay": None,  # null = none; e.g. 0.8: each layer of the backbone below the top takes 0.8x the
         #                       learning rate of the one above it (the embeddings one step more)
         "head_warmup_steps": 0,  # the backbone stays frozen while the head alone trains for this many steps
+        "task_weighting": "none",  # none (the plain sum) | uncertainty (Kendall et al. 2018) | famo (Liu et al.
+        #                            2023): how the labels' losses are weighed; see optim.TaskWeighting
+        "task_affinity": False,  # at each evaluation, the cosines of the labels' loss gradients on the backbone
+        #                          (one backward pass per label and batch): task_affinity.tsv, TensorBoard, groups
         "weight_decay": 0.0,
         "adam_beta1": 0.9,
         "adam_beta2": 0.999,
@@ -372,6 +376,7 @@ def validate(cfg):
     choose(cfg, "training", "lr_scheduler_type", ("linear", "cosine", "constant"))
     choose(cfg, "training", "mixed_precision", ("auto", "no", "bf16", "fp16"))
     choose(cfg, "training", "optim", ("auto", "adamw_torch", "adamw_torch_fused"))
+    choose(cfg, "training", "task_weighting", ("none", "uncertainty", "famo"))
     if model["source"] != "scratch" and not model["name_or_path"]:
         raise ConfigError(f"config: model.source is '{model['source']}' but model.name_or_path is not set")
     if data["split_by"] not in (None, "chrom"):

@@ -18,7 +18,7 @@ from console import log
 from model import bce_with_logits
 
 
-def make_optimizer(net, train_cfg, device, head_lr=None):
+def make_optimizer(net, train_cfg, device, head_lr=None, weighting=None):
     """AdamW with weight decay on matrices only, never on biases and norms. Fused (one kernel for all
     parameters, and a skip of non-finite steps without waiting) by default on CUDA. When the head learns at a rate
     of its own (head_lr, the resolved training.head_learning_rate, differs from learning_rate), or layer_decay or
@@ -36,6 +36,8 @@ def make_optimizer(net, train_cfg, device, head_lr=None):
     groups = [{"params": [p for _, p in params if (p.dim() >= 2) == matrices], "lr": rate, "part": part,
                "weight_decay": train_cfg["weight_decay"] if matrices else 0.0}
               for part, rate, params in parts for matrices in (True, False)]
+    if weighting is not None and weighting.kind == "uncertainty":  # its log variances learn at the head's rate
+        groups.append({"params": [weighting.s], "lr": head_lr, "part": "weighting", "weight_decay": 0.0})
     fused = {"auto": device.type == "cuda", "adamw_torch": False, "adamw_torch_fused": True}[train_cfg["optim"]]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(train_cfg["adam_beta1"],
                              train_cfg["adam_beta2"]), eps=train_cfg["adam_epsilon"], fused=fused or None)
@@ -74,24 +76,35 @@ def layer_scales(backbone, decay):
 
 
 def train_step(model, optimizer, scaler, micro_batches, *, measured, device, autocast, pos_weight=None,
-               max_grad_norm=None):
+               max_grad_norm=None, weighting=None, label_measured=None):
     """One optimizer step over this rank's micro-batches of a global batch with `measured` label entries in all.
     The all-reduce runs on the last micro-batch only. Returns the loss on this rank, the grad norm, and 1 where a
-    non-finite gradient skipped the update: all tensors, so that nothing waits for the device."""
+    non-finite gradient skipped the update: all tensors, so that nothing waits for the device. With a weighting
+    (TaskWeighting), each label's loss is its mean over its label_measured entries of the global batch, and the
+    labels are summed with its weights; the loss returned stays the plain one, comparable across weightings."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     total = torch.zeros((), device=device)
+    label_sums = None
     for k, batch in enumerate(micro_batches):
         sync = k == len(micro_batches) - 1 or world == 1
         with (nullcontext() if sync else model.no_sync()):
             with autocast:
                 logits = model(batch["input_ids"].to(device, non_blocking=True),
                                batch["attention_mask"].to(device, non_blocking=True))
+            y, m = batch["labels"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
             # DDP averages gradients over ranks, hence the * world: the sum over the global batch / measured
-            loss = bce_with_logits(logits, batch["labels"].to(device, non_blocking=True),
-                                   batch["mask"].to(device, non_blocking=True), pos_weight,
-                                   reduction="sum") * world / measured
+            if weighting is None:
+                loss = bce_with_logits(logits, y, m, pos_weight, reduction="sum") * world / measured
+                plain = loss
+            else:
+                per_label = bce_with_logits(logits, y, m, pos_weight, reduction="none").sum(0) * world
+                label_sums = per_label.detach() if label_sums is None else label_sums + per_label.detach()
+                plain = per_label.sum() / measured
+                loss = weighting.loss(per_label / label_measured, last=k == len(micro_batches) - 1)
             scaler.scale(loss).backward()
-        total += loss.detach() / world
+        total += plain.detach() / world
+    if weighting is not None:
+        weighting.sync(world)
     scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
     bad = (~torch.isfinite(grad_norm)).float()  # the same on every rank: gradients are already all-reduced
@@ -106,7 +119,80 @@ def train_step(model, optimizer, scaler, micro_batches, *, measured, device, aut
     elif not bad:  # waits for the device; the fused optimizer, the default on CUDA, does not
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if weighting is not None:  # this step's loss per label, over the whole global batch
+        losses = label_sums / label_measured
+        if world > 1:
+            dist.all_reduce(losses)
+            losses /= world
+        weighting.step(losses)
     return total, grad_norm, bad
+
+
+class TaskWeighting(torch.nn.Module):
+    """training.task_weighting: how the labels' losses are summed, beyond 'none' (each measured entry counts
+    once, as in the plain loss).
+    - uncertainty (Kendall et al. 2018): the mean over labels of exp(-s_j) l_j + s_j / 2, where s_j, the log of
+      label j's noise variance, is learned with the model (its own optimizer group). A noisy or hard label is
+      weighed down, and the s_j / 2 term keeps the weights from vanishing.
+    - famo (Liu et al. 2023, Fast Adaptive Multitask Optimization): weights w_j = z_j / (c l_j), z = softmax(s),
+      c normalising them to sum 1, so that the step follows sum_j z_j grad log l_j; after each step, s moves (by
+      its own Adam, lr 0.025, weight decay 0.01, FAMO's settings) towards the labels whose loss fell least. No
+      per-label backward pass: one more all-reduce of one number per label. The weights are taken from the
+      previous step's losses and s is moved by the change of loss from one step to the next (on the next batch,
+      as FAMO's authors allow), so that the step's loss stays linear in the labels' losses and accumulation and
+      DDP give the same gradients as one process.
+    Both keep the plain loss for logging; their state goes into last.pt."""
+
+    def __init__(self, kind, n_labels):
+        super().__init__()
+        self.kind = kind
+        self.s = torch.nn.Parameter(torch.zeros(n_labels))
+        self.register_buffer("previous", torch.zeros(n_labels))  # the last step's loss per label; 0: none yet
+        self.famo = torch.optim.Adam([self.s], lr=0.025, weight_decay=0.01) if kind == "famo" else None
+
+    def weights(self):
+        """The current weight of each label's loss (they average to 1 for uncertainty at its start, sum to 1
+        for famo)."""
+        with torch.no_grad():
+            if self.kind == "uncertainty":
+                return torch.exp(-self.s)
+            z = torch.softmax(self.s, 0)
+            if not bool((self.previous > 0).all()):
+                return torch.full_like(z, 1 / len(z))
+            w = z / self.previous
+            return w / w.sum()
+
+    def loss(self, per_label, last):
+        if self.kind == "uncertainty":  # its regulariser once per step: on the last micro-batch
+            return (torch.exp(-self.s) * per_label).mean() + (self.s.sum() / (2 * len(self.s)) if last else 0)
+        return (self.weights().detach() * per_label).sum()
+
+    def sync(self, world):
+        """The gradient of s, averaged over ranks as DDP averages the model's."""
+        if self.kind == "uncertainty" and world > 1 and self.s.grad is not None:
+            dist.all_reduce(self.s.grad)
+            self.s.grad /= world
+
+    def step(self, losses):
+        """After the optimizer's step, with this step's loss per label."""
+        losses = losses.detach().float()
+        finite = torch.isfinite(losses).all()
+        if self.famo is not None:
+            seen = (self.previous > 0).all() & finite
+            delta = torch.log(self.previous.clamp(min=1e-8)) - torch.log(losses.clamp(min=1e-8))
+            z = torch.softmax(self.s.detach(), 0)
+            self.s.grad = torch.where(seen, z * (delta - (z * delta).sum()), torch.zeros_like(z))
+            self.famo.step()  # a zero gradient still decays s a little (weight decay), the same on every rank
+            self.s.grad = None
+        self.previous.copy_(torch.where(finite, losses, self.previous))
+
+    def state(self):
+        return {"module": self.state_dict(), "famo": self.famo.state_dict() if self.famo else None}
+
+    def load(self, state):
+        self.load_state_dict(state["module"])
+        if self.famo:
+            self.famo.load_state_dict(state["famo"])
 
 
 def check_finite(skipped, in_a_row, step):

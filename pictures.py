@@ -1,7 +1,7 @@
 """
 Pictures drawn with Pillow (installed with TensorBoard): the in-silico mutagenesis figure of one sequence, the
-motifs a label learned as logos, and the label co-occurrence matrix with its label names. All are RGB arrays, saved
-as PNG or logged to TensorBoard.
+motifs a label learned as logos, and labels x labels matrices (co-occurrence, task affinity) with the names. All
+are RGB arrays, saved as PNG or logged to TensorBoard.
 """
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -152,15 +152,24 @@ def motifs_figure(title, rows):
 
 def cooccurrence_figure(matrix, names):
     """Row i, column j: the share of label i's sequences that also carry label j; names on both axes."""
+    return matrix_figure(matrix, names, "share of row label's sequences with the column label")
+
+
+def matrix_figure(matrix, names, title, signed=False):
+    """A labels x labels matrix with the names on both axes and the values in the cells: shades of orange from 0
+    to 1, or, signed, blue (-1) to white (0) to red (1); an unmeasured (nan) cell stays grey."""
     n = len(names)
     cell = 34 if n <= 20 else max(6, 680 // n)
     side = max(font(12).getbbox(name)[2] for name in names) + 16
     size = side + n * cell + 20
-    title = "share of row label's sequences with the column label"
     picture = Image.new("RGB", (max(size, font(12).getbbox(title)[2] + 16), size + 24), "white")
     draw = ImageDraw.Draw(picture)
     draw.text((8, 4), title, fill="black", font=font(12))
-    colour = (255 - np.clip(matrix, 0, 1)[..., None] * np.array([222, 153, 83])).astype(np.uint8)
+    matrix = np.asarray(matrix, np.float64)
+    known = np.nan_to_num(matrix)
+    colour = diverging(known) if signed else \
+        (255 - np.clip(known, 0, 1)[..., None] * np.array([222, 153, 83])).astype(np.uint8)
+    colour[np.isnan(matrix)] = 200
     grid = np.repeat(np.repeat(colour, cell, axis=0), cell, axis=1)
     picture.paste(Image.fromarray(grid), (side, side + 24))
     for i, name in enumerate(names):
@@ -170,6 +179,7 @@ def cooccurrence_figure(matrix, names):
         picture.paste(tag.rotate(90, expand=True), (side + i * cell, 24))
         for j in range(n) if cell >= 30 else ():
             value = matrix[i, j]
-            draw.text((side + j * cell + 4, side + 24 + i * cell + cell // 2 - 6), f"{value:.2f}",
-                      fill="white" if value > 0.6 else "black", font=font(10))
+            draw.text((side + j * cell + 4, side + 24 + i * cell + cell // 2 - 6),
+                      "" if np.isnan(value) else f"{value:.2f}", font=font(10),
+                      fill="white" if abs(value) > 0.6 and (signed or value > 0) else "black")
     return np.asarray(picture)

@@ -31,11 +31,13 @@ import config
 import data
 import metrics
 import outputs
+from affinity import JOIN, Affinity, grouping_lines, suggest_groups
 from console import Progress, log
 from model import build_model, enable_gradient_checkpointing, load_backbone, position_limit, resolve_pos_weight
-from optim import (Selection, check_finite, count_steps_per_epoch, count_total_steps, make_optimizer, make_scheduler,
-                   train_step)
+from optim import (Selection, TaskWeighting, check_finite, count_steps_per_epoch, count_total_steps, make_optimizer,
+                   make_scheduler, train_step)
 from outputs import log_eval, log_train
+from pictures import matrix_figure
 from scoring import (amp_dtype, autocast, choose_pooling, end_process_group, evaluate, loader_workers,
                      seed_everything, setup_device)
 
@@ -68,6 +70,28 @@ class Run:
     best_state: dict = None  # the best weights, kept in memory when no checkpoint is saved
     saved_step: int = None  # the step of the last last.pt
     frozen: list = None  # the backbone's parameters that wait for the end of the head warm-up
+    affinity: object = None  # training.task_affinity: the labels' gradient cosines, measured at evaluations
+    weighting: object = None  # training.task_weighting other than none: a TaskWeighting
+
+    def measure_affinity(self, step, since):
+        """The labels' gradient cosines on two fixed training batches, on rank 0 (the others wait at the next
+        all-reduce), with what it cost against the training time since the last evaluation (since)."""
+        if self.rank != 0:
+            return
+        t = time.time()
+        train_set, size = self.datasets["train"], self.cfg["training"]["per_device_train_batch_size"]
+        rows = np.random.RandomState(self.cfg["training"]["seed"]).permutation(len(train_set))[:2 * size]
+        batches = [self.collate([train_set[i] for i in rows[k:k + size]]) for k in range(0, len(rows), size)]
+        n = self.affinity.measure(self.net, batches, self.pos_weight, self.device, self.amp, step)
+        seconds = time.time() - t
+        log(f"task affinity: {n} labels x {len(batches)} batches, {n * len(batches)} backward passes in "
+            f"{seconds:.2f} s ({seconds / max(t - since, 1e-9):.1%} of the training time since the last evaluation)")
+        out_dir = self.cfg["training"]["output_dir"]
+        self.affinity.write(os.path.join(out_dir, "task_affinity.tsv"))
+        if self.writer:
+            self.writer.add_image("train/task_affinity", matrix_figure(
+                self.affinity.matrix, self.names, "cosine of the labels' loss gradients on the backbone",
+                signed=True), step, dataformats="HWC")
 
     def thaw(self):
         """The end of the head warm-up: the backbone trains from this step on, and DDP is made again to
@@ -94,7 +118,8 @@ class Run:
         state = outputs.checkpoint_contents(self.net, self.optimizer, self.scheduler, self.scaler, cfg=self.cfg,
                                             names=self.names, thresholds=self.thresholds, step=self.step,
                                             epoch=self.step / self.steps_per_epoch, world_size=self.world,
-                                            data=data_keys(self.datasets), **self.selection.state())
+                                            data=data_keys(self.datasets), **self.selection.state(),
+                                            **({"task_weighting": self.weighting.state()} if self.weighting else {}))
         seconds = outputs.save_checkpoints(train_cfg["output_dir"], state, last, best)
         log(f"saved {' and '.join(n for n, w in (('last.pt', last), ('best.pt', best)) if w)} in {seconds:.2f} s")
         if snapshot and train_cfg["save_total_limit"]:
@@ -112,7 +137,7 @@ def train(cfg):
     strategy, save_strategy = train_cfg["evaluation_strategy"], train_cfg["save_strategy"]
     eval_every = (train_cfg["eval_steps"] or train_cfg["logging_steps"]) if strategy == "steps" else None
     has_val = "validation" in run.datasets and strategy != "no"
-    stopping, hint = 0, None
+    stopping, hint, since = 0, None, time.time()
     log(f"training: {run.total_steps} steps of {train_cfg['per_device_train_batch_size'] * run.world * accum} "
         f"sequences ({run.steps_per_epoch} steps per epoch), {accum} micro-steps per step")
     progress = Progress(run.step, run.total_steps)
@@ -131,10 +156,14 @@ def train(cfg):
                     waited = time.time() - t_wait
                     # normalise by the measured entries of the whole global batch, so the loss (and gradient) is
                     # the same whatever the world size and accumulation
-                    measured = max(int(train_set.mask[b[:, 0]].sum()), 1)
+                    counts = np.asarray(train_set.mask[b[:, 0]]).sum(0)
+                    measured = max(int(counts.sum()), 1)
+                    per_label = torch.from_numpy(np.maximum(counts, 1).astype(np.float32)).to(run.device) \
+                        if run.weighting else None  # each label's measured entries, for its mean loss
                     loss, grad_norm, bad = train_step(run.model, run.optimizer, run.scaler, micro, measured=measured,
                                                       device=run.device, autocast=run.amp, pos_weight=run.pos_weight,
-                                                      max_grad_norm=train_cfg["max_grad_norm"])
+                                                      max_grad_norm=train_cfg["max_grad_norm"],
+                                                      weighting=run.weighting, label_measured=per_label)
                     loss_sum += loss
                     skipped += bad
                     in_a_row = (in_a_row + bad) * bad
@@ -146,6 +175,9 @@ def train(cfg):
                         log_train(run.writer, step, run.steps_per_epoch, loss_sum, grad_norm,
                                   lr=run.scheduler.get_last_lr()[0], progress=progress)
                         check_finite(skipped, in_a_row, step)
+                        if run.weighting and run.writer:
+                            for name, w in zip(run.names, run.weighting.weights().tolist()):
+                                run.writer.add_scalar(f"task_weights/{name}", w, step)
                         loss_sum.zero_()
                         skipped.zero_()
                     end_of_epoch = step % run.steps_per_epoch == 0 or step == run.total_steps
@@ -154,6 +186,9 @@ def train(cfg):
                         t_eval = time.time()
                         result, probs = run.evaluate("validation")
                         log_eval(run.writer, step, result, time.time() - t_eval, progress)
+                        if run.affinity:
+                            run.measure_affinity(step, since)
+                        since = time.time()
                         # a model that ranks well can still call nothing positive: said once, after the last one
                         hint = outputs.hint_no_calls(result, probs, run.datasets["validation"], run.names,
                                                      run.thresholds)
@@ -170,6 +205,13 @@ def train(cfg):
         progress.close()
         if hint:
             log(hint)
+        if run.affinity and run.rank == 0 and run.affinity.count.any():
+            groups = suggest_groups(run.affinity.matrix, run.names)
+            log(f"task affinity written to {os.path.join(train_cfg['output_dir'], 'task_affinity.tsv')}; suggested "
+                f"grouping (groups join while their mean gradient cosine is above {JOIN}): " +
+                " | ".join(", ".join(g) for g in groups))
+            for line in grouping_lines(groups):
+                log(f"  {line}")
         if stopping:
             run.save(last=True)
             log(f"stopped by signal {stopping} at step {run.step}; resume with training.resume_from_checkpoint="
@@ -271,7 +313,9 @@ def setup(cfg):
 
     # optimizer and schedule
     head_lr = config.head_learning_rate(cfg)
-    optimizer = make_optimizer(net, train_cfg, device, head_lr)
+    weighting = TaskWeighting(train_cfg["task_weighting"], len(names)).to(device) \
+        if train_cfg["task_weighting"] != "none" else None
+    optimizer = make_optimizer(net, train_cfg, device, head_lr, weighting)
     parts_per_step = world * train_cfg["gradient_accumulation_steps"]  # every global batch is cut into this many
     steps_per_epoch = count_steps_per_epoch(len(train_set), train_cfg["per_device_train_batch_size"] * parts_per_step,
                                             parts_per_step)
@@ -288,6 +332,8 @@ def setup(cfg):
                        optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         step = ckpt["step"]
         selection.load(ckpt)
+        if weighting:
+            weighting.load(ckpt["task_weighting"])
         old_total = count_total_steps(ckpt["config"]["training"], steps_per_epoch)
         if old_total != total_steps:
             log(f"resume: the {train_cfg['lr_scheduler_type']} schedule now ends at step {total_steps} instead of "
@@ -310,7 +356,9 @@ def setup(cfg):
                collate=collate, pos_weight=pos_weight, thresholds=thresholds, net=net, model=model,
                optimizer=optimizer, scheduler=scheduler, scaler=scaler, selection=selection,
                steps_per_epoch=steps_per_epoch, total_steps=total_steps, step=step, writer=writer,
-               sample_weights=sample_weights, frozen=frozen)
+               sample_weights=sample_weights, frozen=frozen,
+               affinity=Affinity(names, train_cfg["seed"]) if train_cfg["task_affinity"] else None,
+               weighting=weighting)
 
 
 def wrap(net, world, device, compile):
