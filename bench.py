@@ -244,7 +244,7 @@ def bench_pooling(args):
             command("train.py", "config.yaml", f"data.path={path}", f"data.cache_dir={args.tmp}/cache",
                     "model.source=local", f"model.name_or_path={folder}", f"model.pooling={pooling}",
                     f"training.output_dir={out_dir}", "training.num_train_epochs=3", "training.logging_steps=1000",
-                    "training.save_strategy=no")
+                    "training.save_strategy=no", "training.head_learning_rate=3e-3")  # one rate: poolings compared
             with open(os.path.join(out_dir, "test_metrics.json")) as f:
                 out[f"{family}_{pooling}_auroc"] = json.load(f)["test_auroc_macro"]
             if pooling == "auto":  # what reading the training data chose

@@ -385,5 +385,44 @@ def make_example(path="data/example/example.tsv", n=10000, seed=0, motif_len=12,
     return path
 
 
+CONFLICT_LABELS = ["leaf", "root", "flower", "shade"]
+
+
+def make_conflict_example(path="data/conflict/conflict.tsv", n=6000, seed=0, motif_len=12):
+    """A case of negative transfer, built on purpose. A shared motif S is planted in half of the sequences; leaf,
+    root and flower (about 17% each) are positive where their own motif and S are both present, so S is a strong
+    cue for each of them; shade (about 6%) is positive where its own motif is present and S is absent, so for
+    shade S is a cue against. A narrow shared backbone trained on all four learns S for the many and serves the
+    rare label that needs its absence badly; alone, shade is learned well. Written like the example: a TSV, and
+    where each motif was planted (conflict.motifs.tsv, with S as 'shared')."""
+    rng = np.random.RandomState(seed)
+    consensus = rng.randint(0, 4, size=(5, motif_len))  # 0-2: leaf, root, flower; 3: shade; 4: the shared S
+    shared = rng.rand(n) < 0.5
+    own = rng.rand(n, 4) < np.array([0.35, 0.35, 0.35, 0.12])
+    y = np.zeros((n, 4), bool)
+    y[:, :3] = own[:, :3] & shared[:, None]
+    y[:, 3] = own[:, 3] & ~shared
+    seqs, sites = [], []
+    for i in range(n):
+        s = rng.randint(0, 4, size=rng.randint(150, 301))
+        planted = [k for k in range(4) if own[i, k]] + ([4] if shared[i] else [])
+        for k, slot in zip(planted, rng.permutation(len(s) // motif_len)[:len(planted)]):
+            s[slot * motif_len:(slot + 1) * motif_len] = np.where(rng.rand(motif_len) < 0.95, consensus[k],
+                                                                  rng.randint(0, 4, motif_len))
+            sites.append((i + 1, (CONFLICT_LABELS + ["shared"])[k], slot * motif_len, (slot + 1) * motif_len))
+        seqs.append("".join("ACGT"[b] for b in s))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write("sequence\tlabels\n")
+        f.writelines(s + "\t" + ",".join(CONFLICT_LABELS[j] for j in np.flatnonzero(row)) + "\n"
+                     for s, row in zip(seqs, y))
+    with open(os.path.splitext(path)[0] + ".motifs.tsv", "w") as f:
+        f.write("row\tlabel\tstart\tend\n" + "".join("\t".join(map(str, site)) + "\n" for site in sites))
+    return path
+
+
 if __name__ == "__main__":  # the shipped example (python prepare.py --example writes the genome example)
-    print(f"wrote {make_example(*sys.argv[1:2])} and its planted motifs")
+    if sys.argv[1:2] == ["--conflict"]:  # python data.py --conflict: the negative-transfer case
+        print(f"wrote {make_conflict_example(*sys.argv[2:3])} and its planted motifs")
+    else:
+        print(f"wrote {make_example(*sys.argv[1:2])} and its planted motifs")

@@ -243,3 +243,16 @@ def test_oversample_weights_favour_the_rarest_label():
     a = data.global_batches(4, 2, seed=1, epoch=3, weights=torch.tensor(w), flip=True)
     b = data.global_batches(4, 2, seed=1, epoch=3, weights=torch.tensor(w), flip=True)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_the_conflict_example_plants_a_motif_that_means_opposite_things(tmp_path):
+    path = data.make_conflict_example(str(tmp_path / "c.tsv"), n=1500, seed=1)
+    rows = [line.rstrip("\n").split("\t") for line in open(path)][1:]
+    sites = [line.split("\t") for line in open(tmp_path / "c.motifs.tsv")][1:]
+    shared = {int(r) for r, label, *_ in sites if label == "shared"}
+    labels = [set(filter(None, r[1].split(","))) for r in rows]
+    share = {n: sum(n in x for x in labels) / len(rows) for n in data.CONFLICT_LABELS}
+    assert 0.13 < share["leaf"] < 0.22 and 0.03 < share["shade"] < 0.09, share
+    for i, x in enumerate(labels, 1):  # S with every leaf, root and flower; never with shade
+        assert (i in shared) if x & {"leaf", "root", "flower"} else True
+        assert i not in shared if "shade" in x else True
