@@ -93,6 +93,17 @@ class Run:
                 self.affinity.matrix, self.names, "cosine of the labels' loss gradients on the backbone",
                 signed=True), step, dataformats="HWC")
 
+    def suggest_grouping(self):
+        """At the end of training, on rank 0: the grouping the labels' affinity suggests, as config lines."""
+        if self.rank != 0 or not self.affinity.count.any():
+            return
+        groups = suggest_groups(self.affinity.matrix, self.names)
+        log(f"task affinity written to {os.path.join(self.cfg['training']['output_dir'], 'task_affinity.tsv')}; "
+            f"suggested grouping (groups join while their mean gradient cosine is above {JOIN}): " +
+            " | ".join(", ".join(g) for g in groups))
+        for line in grouping_lines(groups):
+            log(f"  {line}")
+
     def thaw(self):
         """The end of the head warm-up: the backbone trains from this step on, and DDP is made again to
         all-reduce its gradients too."""
@@ -205,13 +216,8 @@ def train(cfg):
         progress.close()
         if hint:
             log(hint)
-        if run.affinity and run.rank == 0 and run.affinity.count.any():
-            groups = suggest_groups(run.affinity.matrix, run.names)
-            log(f"task affinity written to {os.path.join(train_cfg['output_dir'], 'task_affinity.tsv')}; suggested "
-                f"grouping (groups join while their mean gradient cosine is above {JOIN}): " +
-                " | ".join(", ".join(g) for g in groups))
-            for line in grouping_lines(groups):
-                log(f"  {line}")
+        if run.affinity:
+            run.suggest_grouping()
         if stopping:
             run.save(last=True)
             log(f"stopped by signal {stopping} at step {run.step}; resume with training.resume_from_checkpoint="
