@@ -157,10 +157,9 @@ class TaskWeighting(torch.nn.Module):
             if self.kind == "uncertainty":
                 return torch.exp(-self.s)
             z = torch.softmax(self.s, 0)
-            if not bool((self.previous > 0).all()):
-                return torch.full_like(z, 1 / len(z))
-            w = z / self.previous
-            return w / w.sum()
+            w = z / self.previous.clamp(min=1e-12)
+            # equal weights until a step's losses are known; chosen on the device, so that no step waits for it
+            return torch.where((self.previous > 0).all(), w / w.sum(), torch.full_like(z, 1 / len(z)))
 
     def loss(self, per_label, last):
         if self.kind == "uncertainty":  # its regulariser once per step: on the last micro-batch
