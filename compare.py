@@ -86,14 +86,12 @@ def read_run(run):
 
 def same_ids(a, b):
     """Raises, naming the first id that one has and the other lacks."""
-    if a.ids != b.ids and set(a.ids) != set(b.ids):
-        theirs, ours = set(b.ids), set(a.ids)
-        first = next([x, a.name, b.name] for x in a.ids + b.ids if x not in theirs or x not in ours)
-        if first[0] not in theirs:
-            raise ConfigError(f"{b.name}: its test set differs from {a.name}'s: id '{first[0]}' is in {a.name} only "
-                              f"(compare runs on the same test split)")
-        raise ConfigError(f"{a.name}: its test set differs from {b.name}'s: id '{first[0]}' is in {b.name} only "
-                          f"(compare runs on the same test split)")
+    for one, other in ((a, b), (b, a)):
+        theirs = set(other.ids)
+        only = next((x for x in one.ids if x not in theirs), None)
+        if only is not None:
+            raise ConfigError(f"{other.name}: its test set differs from {one.name}'s: id '{only}' is in {one.name} "
+                              f"only (compare runs on the same test split)")
 
 
 def arm(runs):
