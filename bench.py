@@ -210,6 +210,30 @@ def bench_prepare(args):
             "prepare_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
+def example_lines(args, name, n):
+    """The example data's lines: the header and the first n sequences are written to args.tmp/name, to fine-tune
+    on; returns (that path, the lines after them), which are left to pretrain on."""
+    path = os.path.join(args.tmp, name)
+    with open(os.path.join(HERE, "data", "example", "example.tsv")) as f:
+        lines = f.readlines()
+    with open(path, "w") as f:
+        f.writelines(lines[:n + 1])
+    return path, lines[n + 1:]
+
+
+def small_gpt2():
+    return GPT2Config(vocab_size=4101, n_positions=512, n_embd=64, n_layer=2, n_head=2)
+
+
+def pretrained_gpt2(args, lines):
+    """A small GPT-2 pretrained from seed 0 as a causal LM on lines (non-overlapping 6-mers), in args.tmp."""
+    import model
+    folder = os.path.join(args.tmp, "gpt2_pretrained")
+    torch.manual_seed(0)
+    pretrain_decoder(folder, lines, small_gpt2(), model.KmerTokenizer(6, stride=6), args.pretrain_steps)
+    return folder
+
+
 def bench_pooling(args):
     """Which pooling learns: a small encoder (BERT) and decoders (GPT-2, Llama) trained from scratch by train.py on
     the first args.n example sequences (3 epochs, overlapping 6-mers between [CLS] and [SEP]), each with last,
@@ -219,24 +243,18 @@ def bench_pooling(args):
     on a CPU.)"""
     import model
     from transformers import BertConfig, LlamaConfig
-    path = os.path.join(args.tmp, "example.tsv")
-    with open(os.path.join(HERE, "data", "example", "example.tsv")) as f:
-        lines = f.readlines()  # the header, args.n sequences to fine-tune on, and the rest to pretrain on
-    with open(path, "w") as f:
-        f.writelines(lines[:args.n + 1])
+    path, rest = example_lines(args, "example.tsv", args.n)
     size = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
-    configs = {"bert": BertConfig(vocab_size=4101, max_position_embeddings=512, **size),
-               "gpt2": GPT2Config(vocab_size=4101, n_positions=512, n_embd=64, n_layer=2, n_head=2),
+    configs = {"bert": BertConfig(vocab_size=4101, max_position_embeddings=512, **size), "gpt2": small_gpt2(),
                "llama": LlamaConfig(vocab_size=4101, max_position_embeddings=512, num_key_value_heads=1, **size)}
     out = {}
-    for family, backbone_config in [*configs.items(), ("gpt2_pretrained", configs["gpt2"])]:
-        folder = os.path.join(args.tmp, family)
-        torch.manual_seed(0)
+    for family in [*configs, "gpt2_pretrained"]:
         if family == "gpt2_pretrained":
-            pretrain_decoder(folder, lines[args.n + 1:], backbone_config, model.KmerTokenizer(6, stride=6),
-                             args.pretrain_steps)
+            folder = pretrained_gpt2(args, rest)
         else:
-            AutoModel.from_config(backbone_config).save_pretrained(folder)
+            folder = os.path.join(args.tmp, family)
+            torch.manual_seed(0)
+            AutoModel.from_config(configs[family]).save_pretrained(folder)
             model.KmerTokenizer(6).save_pretrained(folder)
         extra = {"bert": ("cls",), "gpt2_pretrained": ("auto",)}.get(family, ())
         for pooling in ("last", "mean", "max") + extra:  # train.py as a user runs it, in its own process
@@ -264,16 +282,8 @@ def bench_probe(args):
     """What pooling: auto costs a short job: a GPT-2 pretrained here, fine-tuned for 60 steps of 16 on 500 example
     sequences, with pooling: auto (the first run reads the training data; a second one, another seed, finds the
     choice kept) and with pooling: mean (no reading). Wall seconds of train.py, and the probe's share of them."""
-    import model
-    path = os.path.join(args.tmp, "short.tsv")
-    with open(os.path.join(HERE, "data", "example", "example.tsv")) as f:
-        lines = f.readlines()
-    with open(path, "w") as f:
-        f.writelines(lines[:626])  # 500 to train on, 62 and 63 to validate and test
-    folder = os.path.join(args.tmp, "gpt2_pretrained")
-    torch.manual_seed(0)
-    pretrain_decoder(folder, lines[626:], GPT2Config(vocab_size=4101, n_positions=512, n_embd=64, n_layer=2,
-                                                     n_head=2), model.KmerTokenizer(6, stride=6), args.pretrain_steps)
+    path, rest = example_lines(args, "short.tsv", 625)  # 500 to train on, 62 and 63 to validate and test
+    folder = pretrained_gpt2(args, rest)
     out = {}
     for name, pooling, seed in (("auto", "auto", 1), ("auto_kept", "auto", 2), ("mean", "mean", 1)):
         t = time.time()
@@ -310,18 +320,9 @@ def bench_recipe(args):
     to validate and 60% to test, and a GPT-2 pretrained here as a causal language model on the other example
     sequences. Each recipe is fine-tuned by train.py with every seed, then compared by compare.py, with paired
     bootstrap intervals, against plain fine-tuning and against the 6-mer baseline. Test macro AUROC."""
-    import model
-    path = os.path.join(args.tmp, "first.tsv")
-    with open(os.path.join(HERE, "data", "example", "example.tsv")) as f:
-        lines = f.readlines()
-    with open(path, "w") as f:
-        f.writelines(lines[:args.n + 1])
-    folder = os.path.join(args.tmp, "gpt2_pretrained")
-    torch.manual_seed(0)
+    path, rest = example_lines(args, "first.tsv", args.n)
     t = time.time()
-    pretrain_decoder(folder, lines[args.n + 1:], GPT2Config(vocab_size=4101, n_positions=512, n_embd=64, n_layer=2,
-                                                            n_head=2), model.KmerTokenizer(6, stride=6),
-                     args.pretrain_steps)
+    folder = pretrained_gpt2(args, rest)
     out = {"pretrain_seconds": time.time() - t, "train_sequences": int(0.3 * args.n)}
     steps_per_epoch = out["train_sequences"] // 16
     fill = {"warm": 2 * steps_per_epoch, "lr": args.lr, "low": args.lr / 10, "high": args.lr * 10}
