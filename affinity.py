@@ -32,7 +32,7 @@ def label_gradients(net, batches, labels_idx, pos_weight, device, autocast, seed
     try:
         for batch in batches:
             with autocast:
-                logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device), batch.get("windows"))
             y, m = batch["labels"].to(device), batch["mask"].to(device)
             loss = bce_with_logits(logits, y, m, pos_weight, reduction="none")
             for k, j in enumerate(labels_idx):

@@ -36,11 +36,14 @@ POOL_BYTES = 1 << 23  # files larger than this are tokenised by worker processes
 
 class Tokens:
     """Ragged token ids: row i is flat[offsets[rows[i]]:offsets[rows[i] + 1]]. flat is memory-mapped from the
-    cache file at path (or in memory when path is None), so a split costs no memory beyond its row index."""
+    cache file at path (or in memory when path is None), so a split costs no memory beyond its row index. With
+    counts (data.long_sequences: windows), row i is a sequence of counts[i] windows, the rows from rows[i] on."""
 
-    def __init__(self, flat, offsets, rows=None, path=None):
-        self.flat, self.offsets, self.path = flat, offsets, path
-        self.rows = np.arange(len(offsets) - 1) if rows is None else rows
+    def __init__(self, flat, offsets, rows=None, path=None, counts=None):
+        self.flat, self.offsets, self.path, self.counts = flat, offsets, path, counts
+        if rows is None:
+            rows = np.arange(len(offsets) - 1) if counts is None else np.r_[0, np.cumsum(counts)[:-1]]
+        self.rows = rows
 
     @classmethod
     def from_list(cls, arrays):
@@ -71,15 +74,22 @@ class Tokens:
     def __len__(self):
         return len(self.rows)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i):  # a sequence's tokens, or the list of its windows' tokens
+        if self.counts is not None:
+            return [self.window(i, w) for w in range(self.counts[i])]
         r = self.rows[i]
         return self.flat[self.offsets[r]:self.offsets[r + 1]]
 
-    def lengths(self):
-        return self.offsets[self.rows + 1] - self.offsets[self.rows]
+    def window(self, i, w):
+        r = self.rows[i] + w
+        return self.flat[self.offsets[r]:self.offsets[r + 1]]
+
+    def lengths(self):  # tokens per sequence, all its windows together
+        return self.offsets[self.rows + (1 if self.counts is None else self.counts)] - self.offsets[self.rows]
 
     def subset(self, idx):
-        return Tokens(self.flat, self.offsets, self.rows[idx], self.path)
+        return Tokens(self.flat, self.offsets, self.rows[idx], self.path,
+                      None if self.counts is None else self.counts[idx])
 
 
 class Bits:
@@ -123,9 +133,11 @@ class Split(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.tokens)
 
-    def __getitem__(self, key):
-        i, flip = (key, False) if np.ndim(key) == 0 else key
-        return i, (self.rc_tokens if flip else self.tokens)[i], self.labels[i].astype(np.float32), self.mask[i]
+    def __getitem__(self, key):  # i, or (i, reverse complement?), or (i, reverse complement?, window drawn)
+        i, flip, *window = (key, False) if np.ndim(key) == 0 else key
+        tokens = self.rc_tokens if flip else self.tokens
+        ids = tokens.window(i, window[0]) if window else tokens[i]
+        return i, ids, self.labels[i].astype(np.float32), self.mask[i]
 
     def subset(self, idx):
         return Split(self.tokens.subset(idx), self.labels.subset(idx), self.mask.subset(idx), self.ids[idx], self.path,
@@ -152,16 +164,24 @@ def tokenizer_digest(tokenizer):
         return digest(type(tokenizer).__name__, names, files=[os.path.join(d, f) for f in names])
 
 
-def encode_chunk(tokenizer, seqs, max_length, dtype):
-    """One chunk's tokens as (flat ids, lengths, truncated?): compact to send back from a worker process."""
+def encode_chunk(tokenizer, seqs, max_length, dtype, windows=None):
+    """One chunk's tokens as (flat ids, lengths, truncated?, windows per sequence or None): compact to send back
+    from a worker process. With windows (size, stride), a sequence counts as truncated when one of its windows is
+    (a window_size too large for max_length)."""
+    counts = None
+    if windows:
+        seqs, counts = data.cut_windows(seqs, *windows)
     ids, truncated = data.tokenize(tokenizer, seqs, max_length)
-    return np.concatenate(ids).astype(dtype), np.array([len(x) for x in ids]), truncated
+    if windows:
+        truncated = np.maximum.reduceat(truncated, np.r_[0, np.cumsum(counts)[:-1]])
+    return np.concatenate(ids).astype(dtype), np.array([len(x) for x in ids]), truncated, counts
 
 
-def build_cache(path, data_cfg, names, tokenizer, *, max_length, reverse, folder):
+def build_cache(path, data_cfg, names, tokenizer, *, max_length, reverse, folder, windows=None):
     """Streams the file in chunks: this process reads, validates and parses labels while worker processes
     tokenise (a fast Hugging Face tokenizer has threads of its own), and the tokens go straight to disk; with
-    reverse, the reverse complements' tokens too, in the same pass. The folder appears complete or not at all."""
+    reverse, the reverse complements' tokens too, in the same pass; with windows (size, stride), each sequence's
+    windows, and how many it has. The folder appears complete or not at all."""
     tmp = f"{folder}.tmp{os.getpid()}"
     try:
         os.makedirs(tmp, exist_ok=True)
@@ -175,6 +195,7 @@ def build_cache(path, data_cfg, names, tokenizer, *, max_length, reverse, folder
     pool = multiprocessing.Pool(workers) if workers else None
     streams = ["tokens", "rc_tokens"] if reverse else ["tokens"]
     lengths, labels, mask, ids, id_lines, truncated, form = [[] for _ in streams], [], [], [], [], [], {}
+    counts = []
     outs = []
     try:
         if names is None:
@@ -187,10 +208,11 @@ def build_cache(path, data_cfg, names, tokenizer, *, max_length, reverse, folder
         def write(chunk):
             lines, rids, y, m, results = chunk
             results = [r.get() for r in results] if pool else results
-            for out, n_tokens, (flat, n, _) in zip(outs, lengths, results):
+            for out, n_tokens, (flat, n, *_) in zip(outs, lengths, results):
                 out.write(flat.tobytes())
                 n_tokens.append(n)
             truncated.append(results[0][2])  # as read, not as reverse complemented
+            counts.append(results[0][3])  # a sequence and its reverse complement have as many windows
             if isinstance(rids[0], str):  # else the ids are the row numbers
                 ids.append(np.array(rids)), id_lines.append(np.array(lines))
             labels.append(np.packbits(y > 0.5, axis=1)), mask.append(np.packbits(m, axis=1))
@@ -202,7 +224,7 @@ def build_cache(path, data_cfg, names, tokenizer, *, max_length, reverse, folder
             lines, rids, seqs, cells = zip(*part)
             y, m = data.parse_labels(path, lines, cells, names, sep, form)
             per_stream = [list(seqs)] + ([[data.reverse_complement(x) for x in seqs]] if reverse else [])
-            args = [(tokenizer, x, max_length, dtype) for x in per_stream]
+            args = [(tokenizer, x, max_length, dtype, windows) for x in per_stream]
             jobs = [pool.apply_async(encode_chunk, a) if pool else encode_chunk(*a) for a in args]
             inflight.append((lines, rids, y, m, jobs))
             if len(inflight) > 2 * workers:
@@ -227,6 +249,8 @@ def build_cache(path, data_cfg, names, tokenizer, *, max_length, reverse, folder
     np.save(os.path.join(tmp, "labels.npy"), np.concatenate(labels))
     np.save(os.path.join(tmp, "mask.npy"), np.concatenate(mask))
     np.save(os.path.join(tmp, "truncated.npy"), np.concatenate(truncated))
+    if windows:
+        np.save(os.path.join(tmp, "windows.npy"), np.concatenate(counts))
     if len(ids):
         np.save(os.path.join(tmp, "ids.npy"), ids)
     with open(os.path.join(tmp, "meta.json"), "w") as f:
@@ -255,19 +279,27 @@ def load_file(path, data_cfg, names, tokenizer, reverse=False):
     tokens. Returns (split, names), names inferred when None."""
     data.check_file(path)  # a missing file is a data error, not a traceback from the digest
     settings = [data_cfg[k] for k in ("seq_col", "label_col", "label_cols", "multi_label_sep", "id_col")]
+    windows = config.windows(data_cfg)
     key = digest(CACHE_VERSION, names, reverse, data_cfg["max_length"], tokenizer_digest(tokenizer), settings,
-                 files=[path])
+                 *([windows] if windows else []), files=[path])
     folder = os.path.join(data_cfg["cache_dir"], f"{os.path.basename(path)}.{key[:16]}")
     if not os.path.isdir(folder):
         t0 = time.time()
-        build_cache(path, data_cfg, names, tokenizer, max_length=data_cfg["max_length"], reverse=reverse, folder=folder)
-        print(f"data: tokenised {path}{' and its reverse complements' if reverse else ''} into {folder} in "
+        build_cache(path, data_cfg, names, tokenizer, max_length=data_cfg["max_length"], reverse=reverse, folder=folder,
+                    windows=windows)
+        print(f"data: tokenised {path}{' and its reverse complements' if reverse else ''}"
+              f"{' as windows of %d bp, %d apart,' % windows if windows else ''} into {folder} in "
               f"{time.time() - t0:.1f} s; later runs map it", flush=True)
     with open(os.path.join(folder, "meta.json")) as f:
         meta = json.load(f)
     L, where = len(meta["names"]), lambda name: os.path.join(folder, name)
     tokens, rc_tokens = (Tokens.map(where(f"{name}.bin"), meta["dtype"], np.load(where(f"{name}_offsets.npy")))
                          if os.path.exists(where(f"{name}.bin")) else None for name in ("tokens", "rc_tokens"))
+    if windows:  # each sequence's windows: the rows from the sum of the counts before it on
+        for t in (tokens, rc_tokens):
+            if t is not None:
+                t.counts = np.load(where("windows.npy"))
+                t.rows = np.r_[0, np.cumsum(t.counts)[:-1]]
     # plain views of the mapped files: indexing an np.memmap costs several times more per row
     labels = Bits(np.load(where("labels.npy"), mmap_mode="r").view(np.ndarray), L)
     mask = Bits(np.load(where("mask.npy"), mmap_mode="r").view(np.ndarray), L)
@@ -330,6 +362,12 @@ def load_for_training(cfg, tokenizer, world):
         if name != "train" and not model_cfg["rc_average"]:
             split.rc_tokens = None  # the reverse complements were only wanted for training
         prevalence = " ".join(f"{n}={p:.1%}" for n, p in zip(names, data.prevalence(split.labels, split.mask)))
-        log(f"data: {name}: {len(split)} sequences from {split.path}, {split.truncated.sum()} truncated to "
-            f"{data_cfg['max_length']} tokens | {prevalence}")
+        if split.tokens.counts is None:
+            cut = f"{split.truncated.sum()} truncated to {data_cfg['max_length']} tokens"
+            if split.truncated.any():
+                cut += " (data.long_sequences=windows would read all of them)"
+        else:
+            cut = f"{split.tokens.counts.sum()} windows of {data_cfg['window_size']} bp, {split.truncated.sum()} " \
+                  f"with a window truncated to {data_cfg['max_length']} tokens"
+        log(f"data: {name}: {len(split)} sequences from {split.path}, {cut} | {prevalence}")
     return datasets, all_names, names

@@ -37,6 +37,12 @@ DEFAULTS = {
         "label_cols": None,  # wide form: one 0/1 column per label
         "multi_label_sep": ",",
         "max_length": 512,  # in tokens, special tokens included; longer sequences are truncated and counted
+        "long_sequences": "truncate",  # truncate | windows: a longer sequence as overlapping windows, all scored
+        "window_size": "auto",  # windows: bases per window; auto = the bases that max_length tokens hold
+        "window_stride": "auto",  # windows: bases between window starts; auto = half the window
+        "window_pooling": "max",  # windows: a sequence's score per label, the max or the mean of its windows'
+        "window_training": "all",  # windows: all = each step scores every window of its sequences (max or mean,
+        #                            as above); sample = one window per sequence, drawn anew each epoch
         "train_size": 0.8,
         "validation_size": 0.1,
         "test_size": 0.1,
@@ -352,6 +358,13 @@ def head_learning_rate(cfg):
     return train["learning_rate"] * (10 if pretrained else 1)
 
 
+def windows(data_cfg):
+    """(window size, stride) in bases under data.long_sequences: windows, else None. train.py resolves auto."""
+    if data_cfg.get("long_sequences", "truncate") != "windows":
+        return None
+    return data_cfg["window_size"], data_cfg["window_stride"]
+
+
 def choose(cfg, section, key, allowed):
     if cfg[section][key] not in allowed:
         raise ConfigError(f"config: {section}.{key} is '{cfg[section][key]}' (expected one of {', '.join(allowed)})")
@@ -377,6 +390,17 @@ def validate(cfg):
     choose(cfg, "training", "mixed_precision", ("auto", "no", "bf16", "fp16"))
     choose(cfg, "training", "optim", ("auto", "adamw_torch", "adamw_torch_fused"))
     choose(cfg, "training", "task_weighting", ("none", "uncertainty", "famo"))
+    choose(cfg, "data", "long_sequences", ("truncate", "windows"))
+    choose(cfg, "data", "window_pooling", ("max", "mean"))
+    choose(cfg, "data", "window_training", ("all", "sample"))
+    for key in ("window_size", "window_stride"):
+        value = data[key]
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"config: data.{key} must be auto or a positive number of bases (got {value!r})")
+    if isinstance(data["window_size"], int) and isinstance(data["window_stride"], int) and \
+            data["window_stride"] > data["window_size"]:
+        raise ConfigError(f"config: data.window_stride {data['window_stride']} is larger than data.window_size "
+                          f"{data['window_size']} (expected a stride of at most the window, or bases go unread)")
     if model["source"] != "scratch" and not model["name_or_path"]:
         raise ConfigError(f"config: model.source is '{model['source']}' but model.name_or_path is not set")
     if data["split_by"] not in (None, "chrom"):

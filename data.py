@@ -277,16 +277,44 @@ def tokenize(tokenizer, seqs, max_length, chunk=2048):
     return out, truncated
 
 
+def window_bases(tokenizer, max_length):
+    """data.window_size: auto. The bases that fill max_length tokens, special tokens included, read off how the
+    tokenizer tokenises two lengths of random DNA (the slope gives the bases per token, the rest the special tokens
+    and a k-mer's overhang). Exact where each token has a fixed number of bases (characters, k-mers); for BPE and
+    other tokenizers whose tokens vary, 90% of it, since real sequences tokenise a little denser or looser."""
+    rng = np.random.RandomState(0)
+    probe = "".join(rng.choice(list("ACGT"), 27720))  # a multiple of 1..12: whole k-mers at any k
+    n_long, n_short = (len(tokenizer([probe[:size]], add_special_tokens=True)["input_ids"][0])
+                       for size in (len(probe), len(probe) // 2))
+    per_token = (len(probe) - len(probe) // 2) / (n_long - n_short)
+    extra = n_long - len(probe) / per_token
+    size = (max_length - extra) * per_token
+    return int(size if abs(per_token - round(per_token)) < 1e-9 else 0.9 * size)
+
+
+def cut_windows(seqs, size, stride):
+    """data.long_sequences: windows. Each sequence as windows of size bases, stride apart, the last one ending at
+    the sequence's end, so that every base is in a window; a sequence no longer than size is its one window.
+    Returns the windows, in sequence order, and how many each sequence has."""
+    out, counts = [], np.zeros(len(seqs), np.int64)
+    for i, s in enumerate(seqs):
+        starts = list(range(0, max(len(s) - size, 0), stride)) + [max(len(s) - size, 0)]
+        out += [s[a:a + size] for a in starts]
+        counts[i] = len(starts)
+    return out, counts
+
+
 def batch_starts(n, size, min_size=1):
     """Where each batch of an epoch of n starts. A last batch smaller than min_size, too small to give every rank
     and micro-step a sequence, is left out (train.py reports it)."""
     return range(0, n - min_size + 1, size)
 
 
-def global_batches(n, size, seed, epoch, *, weights=None, flip=False, min_size=1, lengths=None):
+def global_batches(n, size, seed, epoch, *, weights=None, flip=False, min_size=1, lengths=None, windows=None):
     """The training order of one epoch as global batches of (index, reverse-complement?) pairs. It depends on the
     seed and the epoch only, never on the world size, so every scale sees the same batches and resume just skips
-    the first few. With weights, n draws with replacement (oversampling); with flip, a fair coin per draw.
+    the first few. With weights, n draws with replacement (oversampling); with flip, a fair coin per draw; with
+    windows (each sequence's count), a third column, the window drawn for the epoch.
     With lengths, each run of 50 batches is sorted by length before it is cut, so a batch holds similar lengths
     and pads little, and the batches are then shuffled, so the order stays random across batches."""
     g = torch.Generator().manual_seed(seed * 1000003 + epoch)
@@ -296,6 +324,9 @@ def global_batches(n, size, seed, epoch, *, weights=None, flip=False, min_size=1
         order = torch.multinomial(weights, n, replacement=True, generator=g)
     flips = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
     pairs = np.stack([order.numpy(), flips.numpy()], axis=1)
+    if windows is not None:  # data.window_training: sample: one window of each sequence, drawn per epoch
+        draw = torch.rand(n, generator=g, dtype=torch.float64).numpy()
+        pairs = np.c_[pairs, (draw * windows[pairs[:, 0]]).astype(np.int64)]
     if lengths is not None:
         mega = 50 * size
         for i in range(0, n, mega):
@@ -316,6 +347,10 @@ class Collate:
 
     def __call__(self, batch):
         index, ids, labels, mask = zip(*batch)
+        windows = None
+        if isinstance(ids[0], list):  # all the windows of each sequence: their logits are pooled per sequence
+            windows = torch.tensor([len(x) for x in ids])
+            ids = [w for x in ids for w in x]
         lengths = np.array([len(x) for x in ids])
         width = max(min(-(-lengths.max() // self.multiple) * self.multiple, self.max_width or np.inf), lengths.max())
         input_ids = np.full((len(ids), width), self.pad_id, np.int64)  # filled in numpy: far cheaper per row
@@ -326,9 +361,12 @@ class Collate:
                 input_ids[r, :len(x)] = x
         cols = np.arange(width)
         attention = cols >= width - lengths[:, None] if self.left else cols < lengths[:, None]
-        return {"index": torch.tensor(index), "input_ids": torch.from_numpy(input_ids),
-                "attention_mask": torch.from_numpy(attention.astype(np.int64)),
-                "labels": torch.from_numpy(np.stack(labels)), "mask": torch.from_numpy(np.stack(mask))}
+        batch = {"index": torch.tensor(index), "input_ids": torch.from_numpy(input_ids),
+                 "attention_mask": torch.from_numpy(attention.astype(np.int64)),
+                 "labels": torch.from_numpy(np.stack(labels)), "mask": torch.from_numpy(np.stack(mask))}
+        if windows is not None:
+            batch["windows"] = windows
+        return batch
 
 
 # -----------------------------------------------------------------------------
@@ -421,8 +459,39 @@ def make_conflict_example(path="data/conflict/conflict.tsv", n=6000, seed=0, mot
     return path
 
 
+LONG_LABELS = ["leaf", "root", "flower"]
+
+
+def make_long_example(path="data/long/long.tsv", n=4000, length=3000, seed=0, motif_len=12):
+    """Sequences longer than a model's window: length bases each, and a label (leaf about 30%, root 25%, flower
+    15%) where its motif is planted, at a place drawn uniformly over the whole sequence, so that a model that reads
+    only the first 500 bases sees about a sixth of them. Written like the example, with the planted sites beside it
+    (long.motifs.tsv)."""
+    rng = np.random.RandomState(seed)
+    consensus = rng.randint(0, 4, size=(len(LONG_LABELS), motif_len))
+    y = rng.rand(n, len(LONG_LABELS)) < np.array([0.30, 0.25, 0.15])
+    seqs, sites = [], []
+    for i in range(n):
+        s = rng.randint(0, 4, size=length)
+        labels = np.flatnonzero(y[i])
+        for j, slot in zip(labels, rng.permutation(length // motif_len)[:len(labels)]):
+            s[slot * motif_len:(slot + 1) * motif_len] = np.where(rng.rand(motif_len) < 0.95, consensus[j],
+                                                                  rng.randint(0, 4, motif_len))
+            sites.append((i + 1, LONG_LABELS[j], slot * motif_len, (slot + 1) * motif_len))
+        seqs.append("".join("ACGT"[b] for b in s))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write("sequence\tlabels\n")
+        f.writelines(s + "\t" + ",".join(LONG_LABELS[j] for j in np.flatnonzero(row)) + "\n" for s, row in zip(seqs, y))
+    with open(os.path.splitext(path)[0] + ".motifs.tsv", "w") as f:
+        f.write("row\tlabel\tstart\tend\n" + "".join("\t".join(map(str, site)) + "\n" for site in sites))
+    return path
+
+
 if __name__ == "__main__":  # the shipped example (python prepare.py --example writes the genome example)
     if sys.argv[1:2] == ["--conflict"]:  # python data.py --conflict: the negative-transfer case
         print(f"wrote {make_conflict_example(*sys.argv[2:3])} and its planted motifs")
+    elif sys.argv[1:2] == ["--long"]:  # python data.py --long: 3 kb sequences, for data.long_sequences
+        print(f"wrote {make_long_example(*sys.argv[2:3])} and its planted motifs")
     else:
         print(f"wrote {make_example(*sys.argv[1:2])} and its planted motifs")

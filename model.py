@@ -307,13 +307,26 @@ class MultiLabelModel(nn.Module):
                               f"returns (expected last_hidden_state, hidden_states, or a tuple starting with them)")
         return h.shape[-1]
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, windows=None):
+        """Logits (B, L); with windows (how many consecutive rows each sequence has), one row per sequence."""
         h = self.token_states(input_ids, attention_mask)
         mask = own_tokens(input_ids, attention_mask, self.marks) if self.pooling in ("mean", "max") else attention_mask
         x = self.dropout(pool(h, mask, self.pooling))
         if hasattr(self, "heads"):  # heads give their groups' logits; put them back in label order
-            return torch.cat([head(x) for head in self.heads], dim=1)[:, self.label_order]
-        return self.head(x)
+            logits = torch.cat([head(x) for head in self.heads], dim=1)[:, self.label_order]
+        else:
+            logits = self.head(x)
+        return logits if windows is None else pool_windows(logits, windows, self.window_pooling)
+
+
+def pool_windows(logits, windows, how):
+    """(W, L) logits of windows -> (B, L), the max or the mean over each sequence's windows, which are windows[b]
+    consecutive rows. Under max the gradient reaches the best window of each label only (multiple instances)."""
+    owner = torch.repeat_interleave(torch.arange(len(windows), device=logits.device), windows.to(logits.device),
+                                    output_size=len(logits))  # the size given: no wait for the device
+    out = logits.new_zeros(len(windows), logits.shape[1])
+    return out.scatter_reduce(0, owner[:, None].expand_as(logits), logits, "amax" if how == "max" else "mean",
+                              include_self=False)
 
 
 def head_groups(spec, names):
@@ -336,13 +349,15 @@ def head_groups(spec, names):
     return [g for g in groups if g] + ([rest] if rest else [])
 
 
-def build_model(backbone, names, model_cfg, tokenizer):
+def build_model(backbone, names, model_cfg, tokenizer, window_pooling="max"):
     """The full model as the config says: pooling (resolved, not auto), heads, then which parameters train
-    (model.finetune). A run saved without model.pool_added_tokens pooled over them: it is rebuilt as it learned."""
+    (model.finetune); window_pooling, data.window_pooling, pools the windows of a long sequence. A run saved
+    without model.pool_added_tokens pooled over them: it is rebuilt as it learned."""
     net = MultiLabelModel(backbone, len(names), model_cfg["pooling"], dropout=model_cfg["dropout"],
                           groups=head_groups(model_cfg["head_groups"], names),
                           padding_side=getattr(tokenizer, "padding_side", "right"),
                           marks=() if model_cfg.get("pool_added_tokens", True) else added_tokens(tokenizer))
+    net.window_pooling = window_pooling
     mode = model_cfg["finetune"]
     if mode in ("head", "lora"):
         for p in net.backbone.parameters():

@@ -90,7 +90,7 @@ def train_step(model, optimizer, scaler, micro_batches, *, measured, device, aut
         with (nullcontext() if sync else model.no_sync()):
             with autocast:
                 logits = model(batch["input_ids"].to(device, non_blocking=True),
-                               batch["attention_mask"].to(device, non_blocking=True))
+                               batch["attention_mask"].to(device, non_blocking=True), batch.get("windows"))
             y, m = batch["labels"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
             # DDP averages gradients over ranks, hence the * world: the sum over the global batch / measured
             if weighting is None:

@@ -87,14 +87,18 @@ def predict_logits(net, dataset, collate, batch_size, device, autocast):
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     mine = np.arange(rank, len(dataset), world)  # a strided shard: no padding duplicates, no drops
     mine = mine[np.argsort(dataset.tokens.lengths()[mine], kind="stable")]  # similar lengths pad less
-    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    if dataset.tokens.counts is None:
+        batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    else:  # batch_size windows at most (a sequence with more has a batch of its own), not sequences
+        fill = np.cumsum(dataset.tokens.counts[mine]) - 1
+        batches = np.split(mine, np.flatnonzero(np.diff(fill // batch_size)) + 1) if len(mine) else []
     training = net.training
     net.eval()
     index, out = [], []
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, generator=torch.Generator())
     for batch in progress_bar(loader, desc="scoring", unit="batch"):
         with autocast:
-            logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device), batch.get("windows"))
         index.append(batch["index"]), out.append(logits.float().cpu())
     net.train(training)
     index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
@@ -124,22 +128,24 @@ def evaluate(net, dataset, names, thresholds, collate, *, batch_size, device, au
 
 
 class Scorer:
-    """A trained model as a function of plain sequences: tokenised as in training (cut to its max_length), scored
-    in batches of similar lengths across ranks, optionally averaged with the reverse complements. It returns
-    (logits, a float32 tensor (n, L); how many were truncated). predict.py and interpret.py both score through it."""
+    """A trained model as a function of plain sequences: tokenised as in training (cut to its max_length, or into
+    its windows, (size, stride), whose logits the model pools), scored in batches of similar lengths across ranks,
+    optionally averaged with the reverse complements. It returns (logits, a float32 tensor (n, L); how many were
+    truncated). predict.py and interpret.py both score through it."""
 
-    def __init__(self, net, tokenizer, max_length, batch_size, device, rc_average=False):
+    def __init__(self, net, tokenizer, max_length, batch_size, device, rc_average=False, windows=None):
         self.net, self.tokenizer, self.max_length, self.batch_size = net, tokenizer, max_length, batch_size
-        self.device, self.rc_average = device, rc_average
+        self.device, self.rc_average, self.windows = device, rc_average, windows
         self.autocast = autocast(amp_dtype("auto", device), device)
         self.collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"))
         self.n_labels = net.n_labels
 
     def logits(self, seqs):
-        ids, truncated = data.tokenize(self.tokenizer, seqs, self.max_length)
-        n = len(ids)
-        split = cache.Split(cache.Tokens.from_list(ids), np.zeros((n, self.n_labels), np.float32),
-                            np.ones((n, self.n_labels), bool))
+        flat, lengths, truncated, counts = cache.encode_chunk(self.tokenizer, seqs, self.max_length, np.int64,
+                                                             self.windows)
+        n = len(seqs)
+        split = cache.Split(cache.Tokens(flat, np.r_[0, np.cumsum(lengths)], counts=counts),
+                            np.zeros((n, self.n_labels), np.float32), np.ones((n, self.n_labels), bool))
         return predict_logits(self.net, split, self.collate, self.batch_size, self.device, self.autocast), \
             int(truncated.sum())
 
@@ -162,7 +168,7 @@ def load_scorer(run, device=None, batch_size=None, rc_average=False):
     defaults = {**config.DEFAULTS["predict"], **run_cfg.get("predict", {})}
     rank, _, device = setup_device(device or defaults["device"])
     score = Scorer(net.to(device), tokenizer, run_cfg["data"]["max_length"], batch_size or defaults["batch_size"],
-                   device, rc_average or run_cfg["model"]["rc_average"])
+                   device, rc_average or run_cfg["model"]["rc_average"], config.windows(run_cfg["data"]))
     return score, ckpt, rank
 
 
@@ -183,7 +189,8 @@ def load_trained(path):
     backbone = AutoModel.from_config(AutoConfig.from_pretrained(os.path.join(run_dir, "backbone"),
                                                                 trust_remote_code=trust), trust_remote_code=trust)
     tokenizer = load_tokenizer(os.path.join(run_dir, "tokenizer"), trust)
-    net = build_model(backbone, ckpt["label_names"], model_cfg, tokenizer)
+    net = build_model(backbone, ckpt["label_names"], model_cfg, tokenizer,
+                      ckpt["config"]["data"].get("window_pooling", "max"))
     net.load_state_dict(ckpt["model"])
     merge_lora(net)  # LoRA updates folded into plain weights: same outputs, faster
     return net.eval(), tokenizer, ckpt
@@ -242,7 +249,8 @@ def choose_pooling(model_cfg, backbone, tokenizer, split, names, *, device, auto
     sizes = [k for k in PROBE_ROUNDS if k < 0.6 * len(rows)] + [len(rows)]  # no check just short of the end
     for size in sizes:
         for i in range(done, size, 32):
-            batch = collate([split[j] for j in rows[i:min(i + 32, size)]])
+            batch = collate([split[(j, False, 0) if split.tokens.counts is not None else j]  # windows: the first
+                             for j in rows[i:min(i + 32, size)]])
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             with autocast:
                 h = net.token_states(ids, mask).float()

@@ -304,7 +304,7 @@ def setup(cfg):
     thresholds = config.thresholds(0.5 if tune else task_cfg["threshold"], names)
     if train_cfg["gradient_checkpointing"]:
         enable_gradient_checkpointing(backbone)
-    net = build_model(backbone, names, model_cfg, tokenizer).to(device)
+    net = build_model(backbone, names, model_cfg, tokenizer, data_cfg["window_pooling"]).to(device)
     train_set = datasets["train"]
     multiple = data_cfg["pad_to_multiple_of"] or (8 if device.type == "cuda" else 1)  # tensor cores like 8
     collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"), multiple,
@@ -384,9 +384,11 @@ def epoch_batches(run):
     parts_per_step = run.world * accum
     epoch, position = divmod(run.step, run.steps_per_epoch)
     lengths = train_set.tokens.lengths() if data_cfg["group_by_length"] else None
+    sample = data_cfg["long_sequences"] == "windows" and data_cfg["window_training"] == "sample"
     batches = data.global_batches(len(train_set), train_cfg["per_device_train_batch_size"] * parts_per_step,
                                   train_cfg["seed"], epoch, weights=run.sample_weights, flip=data_cfg["rc_augment"],
-                                  min_size=parts_per_step, lengths=lengths)[position:]
+                                  min_size=parts_per_step, lengths=lengths,
+                                  windows=train_set.tokens.counts if sample else None)[position:]
     batches = batches[:run.total_steps - run.step]
     parts = [np.array_split(b, parts_per_step) for b in batches]
     mine = [p[k * run.world + run.rank] for p in parts for k in range(accum)]
@@ -453,6 +455,14 @@ def load_backbone_and_data(cfg, world, device, amp):
         log(f"note: data.max_length {data_cfg['max_length']} is more than the backbone's {limit} positions; "
             f"sequences are cut to {limit} tokens")
         data_cfg["max_length"] = limit
+    if data_cfg["long_sequences"] == "windows":  # resolved here, and saved with the run for predict.py
+        if data_cfg["window_size"] == "auto":
+            data_cfg["window_size"] = data.window_bases(tokenizer, data_cfg["max_length"])
+        if data_cfg["window_stride"] == "auto":
+            data_cfg["window_stride"] = max(data_cfg["window_size"] // 2, 1)
+        if data_cfg["window_stride"] > data_cfg["window_size"]:
+            raise config.ConfigError(f"config: data.window_stride {data_cfg['window_stride']} is larger than the "
+                                     f"window, {data_cfg['window_size']} bp (expected at most the window)")
     datasets, all_names, names = cache.load_for_training(cfg, tokenizer, world)
     task_cfg.update(label_map=dict(enumerate(all_names)), num_labels=len(all_names), label_names=None)
     if model_cfg["pooling"] == "auto":

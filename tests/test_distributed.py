@@ -82,12 +82,20 @@ def test_same_weights_at_any_scale(dataset):
         assert_same_weights(tmp / "1x8" / "last.pt", tmp / name / "last.pt")
 
 
-def test_oversampling_and_strand_flips_are_the_same_at_any_scale(dataset):
+WINDOWS = ["data.long_sequences=windows", "data.window_size=24", "data.window_stride=10"]
+
+
+@pytest.mark.parametrize("tag, extra", [("o", []), ("w", WINDOWS), ("s", [*WINDOWS, "data.window_training=sample"])])
+def test_oversampling_and_strand_flips_are_the_same_at_any_scale(dataset, tag, extra):
+    """Also with long sequences as windows: every window of a sequence pooled, or one drawn per epoch."""
     path, tmp = dataset
-    extra = ["data.oversample_rare=1", "data.rc_augment=true", "data.group_by_length=true"]
-    check(torchrun(*common(path, tmp / "o1x8", "training.per_device_train_batch_size=8", *extra)))
-    check(torchrun(*common(path, tmp / "o2x4", "training.per_device_train_batch_size=4", *extra), nproc=2))
-    assert_same_weights(tmp / "o1x8" / "last.pt", tmp / "o2x4" / "last.pt")
+    extra = ["data.oversample_rare=1", "data.rc_augment=true", "data.group_by_length=true", *extra]
+    check(torchrun(*common(path, tmp / f"{tag}1x8", "training.per_device_train_batch_size=8", *extra)))
+    check(torchrun(*common(path, tmp / f"{tag}2x4", "training.per_device_train_batch_size=4", *extra), nproc=2))
+    check(torchrun(*common(path, tmp / f"{tag}1x4x2", "training.per_device_train_batch_size=4",
+                           "training.gradient_accumulation_steps=2", *extra)))
+    assert_same_weights(tmp / f"{tag}1x8" / "last.pt", tmp / f"{tag}2x4" / "last.pt")
+    assert_same_weights(tmp / f"{tag}1x8" / "last.pt", tmp / f"{tag}1x4x2" / "last.pt")
 
 
 def test_distributed_evaluation_scores_every_sequence_once(dataset):
@@ -102,7 +110,8 @@ def test_distributed_evaluation_scores_every_sequence_once(dataset):
 
 
 @pytest.mark.parametrize("extra", [[], ["data.oversample_rare=1", "data.rc_augment=true",
-                                         "data.group_by_length=true"]])
+                                         "data.group_by_length=true"],
+                                   [*WINDOWS, "data.window_training=sample", "data.rc_augment=true"]])
 def test_resume_mid_epoch_gives_the_same_weights(dataset, extra):
     path, tmp = dataset
     tag = str(len(extra))
