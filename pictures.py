@@ -155,6 +155,42 @@ def cooccurrence_figure(matrix, names):
     return matrix_figure(matrix, names, "share of row label's sequences with the column label")
 
 
+def track_figure(title, first, values, names, thresholds, peaks=None, width=1200, panel=90):
+    """Browser-style tracks over a locus: per label, its scores (values[j], one per base from position first, in
+    [0, 1]) as a filled profile, each pixel column the maximum of its bases, the threshold as a dashed line, and the
+    true peaks (peaks[j], (start, end) pairs) as boxes beneath."""
+    length = len(values[0])
+    cols = np.minimum(np.arange(width) * length // width, length - 1)
+    edges = np.r_[cols, length]
+    band = 14 if peaks else 0
+    picture = Image.new("RGB", (LEFT + width + RIGHT, TOP + len(names) * (panel + band + 16) + AXIS), "white")
+    draw = ImageDraw.Draw(picture)
+    draw.text((10, 10), title, fill="black", font=font(16))
+    for j, name in enumerate(names):
+        top = TOP + j * (panel + band + 16)
+        column_max = np.maximum.reduceat(values[j], edges[:-1]) if length >= width else values[j][cols]
+        draw.text((10, top + panel // 2 - 7), name, fill="black", font=font(14))
+        draw.rectangle([LEFT, top, LEFT + width, top + panel], outline=(200, 200, 200))
+        for x, v in enumerate(np.clip(column_max, 0, 1)):
+            draw.line([(LEFT + x, top + panel), (LEFT + x, top + panel - int(v * panel))], fill=(36, 92, 196))
+        y = top + panel - int(thresholds[j] * panel)
+        for x in range(LEFT, LEFT + width, 8):
+            draw.line([(x, y), (x + 4, y)], fill=(214, 40, 40))
+        if peaks:
+            for a, b in peaks[j]:
+                x0, x1 = (LEFT + int(np.clip(p - first, 0, length) * width / length) for p in (a, b))
+                draw.rectangle([x0, top + panel + 4, max(x1, x0 + 1), top + panel + band], fill=(60, 60, 60))
+            draw.text((LEFT + width + 4, top + panel + 2), "peaks", fill=(60, 60, 60), font=font(10))
+    axis = TOP + len(names) * (panel + band + 16)
+    step = next(s for s in (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 10**6, 10**9)
+                if s * width / length >= 90)
+    for pos in range((first + step - 1) // step * step, first + length, step):
+        x = LEFT + int((pos - first) * width / length)
+        draw.line([(x, axis), (x, axis + 5)], fill="black")
+        draw.text((x - 20, axis + 7), f"{pos:,}", fill="black", font=font(11))
+    return picture
+
+
 def matrix_figure(matrix, names, title, signed=False):
     """A labels x labels matrix with the names on both axes and the values in the cells: shades of orange from 0
     to 1, or, signed, blue (-1) to white (0) to red (1); an unmeasured (nan) cell stays grey."""

@@ -4,17 +4,25 @@ Score new sequences with a trained model.
     python predict.py out/example data/new.fa -o predictions.tsv
     python predict.py out/example/last.pt windows.tsv.gz --rc-average --batch-size 256
     torchrun --nproc_per_node=8 predict.py out/example genome_windows.fa -o windows.tsv
+    python predict.py out/genome --genome data/genome/genome.fa --chroms Chr5 --tracks tracks/ --peaks
 
 Works offline from what train.py saved (config, tokenizer, backbone architecture, weights, thresholds). The output
 is a TSV in input order: id, one probability column per label, `predicted`, the labels at or above their
 thresholds, and, when the input has labels, `labels`, the true ones, and `unmeasured`, those without a value (NA);
 then the metrics are printed and saved beside the output (out.metrics.json), as are the thresholds used
 (out.thresholds.tsv).
+
+With --genome, it tiles regions of a genome (--regions BED, --chroms, or all of it) with the run's window every
+--stride bases, and writes each label's predictions along them into --tracks: a bigWig per label (and a bedGraph
+with --bedgraph, the merged stretches at or above the threshold as BED with --peaks), for IGV or a genome browser.
+Each base takes the score of the window whose central stride covers it (genomics/tracks.py says the rule).
 """
 import argparse
 import itertools
 import os
+import resource
 import sys
+import time
 
 import numpy as np
 import torch
@@ -26,6 +34,10 @@ import metrics
 import outputs
 from console import log, progress_bar
 from outputs import prediction_row
+from genomics.genome import Genome
+from genomics.intervals import Intervals, read_intervals
+from genomics.tracks import Tracks, claim_folder, tile
+from pictures import track_figure
 from scoring import end_process_group, load_scorer
 
 CHUNK = 8192  # sequences read, scored and written at a time: memory stays bounded on any input size
@@ -45,6 +57,11 @@ def parse_threshold(text):
 
 
 def predict(args):
+    if args.genome:
+        return tracks(args)
+    if args.input is None:
+        raise config.ConfigError("command line: give the sequences to score (a TSV, CSV or FASTA), or --genome to "
+                                 "write tracks (see python predict.py --help)")
     score, ckpt, rank = load_scorer(args.run, args.device, args.batch_size, args.rc_average)
     run_cfg, names = ckpt["config"], ckpt["label_names"]
     data_cfg = {**run_cfg["data"], "id_col": args.id_col} if args.id_col else run_cfg["data"]
@@ -120,9 +137,137 @@ def score_file(path, data_cfg, data_names, names, *, score, thresholds, out):
     return total, truncated, *(np.concatenate(x) for x in (all_labels, all_mask, all_probs)), duplicates
 
 
+def tracks(args):
+    """--genome: the regions tiled, scored a chunk at a time (sharded under torchrun) and written by rank 0."""
+    score, ckpt, rank = load_scorer(args.run, args.device, args.batch_size, args.rc_average)
+    run_cfg, names = ckpt["config"], ckpt["label_names"]
+    window = track_window(args, run_cfg)
+    stride = max(window // 4, 1) if args.stride is None else args.stride
+    if window < 1 or stride < 1:
+        raise config.ConfigError(f"command line: --window-size {window} and --stride {stride} must be positive (bp)")
+    if stride > window:
+        raise config.ConfigError(f"command line: --stride {stride} is larger than the window ({window} bp; expected "
+                                 f"at most the window, or bases go unscored)")
+    genome = Genome(args.genome, run_cfg["data"]["cache_dir"])
+    regions = track_regions(args, genome, window)
+    thresholds = config.thresholds(args.threshold if args.threshold is not None else ckpt["thresholds"], names,
+                                   "--threshold")
+    truth = true_peaks(run_cfg, names, genome)
+    writer = None
+    if rank == 0:
+        claim_folder(args.tracks, os.path.abspath(args.run), args.overwrite)
+        writer = Tracks(args.tracks, names, genome, bedgraph=args.bedgraph, peaks=thresholds if args.peaks else None,
+                        truth=truth)
+    total, cut, t0 = 0, 0, time.time()
+    bar = progress_bar(total=sum(len(range(a, b - window + 1, stride)) + 1 for _, a, b in regions), desc="tiling")
+    try:
+        for chrom, starts, first, last in tile(regions, window, stride):
+            seqs = [s.decode() for s in genome.sequences(chrom, starts, window)]
+            logits, n_cut = score(seqs)
+            if writer:
+                writer.add(chrom, first, last, torch.sigmoid(logits).numpy())
+            total, cut = total + len(seqs), cut + n_cut
+            bar.update(len(seqs))
+    except BaseException:  # a failed or interrupted run leaves no track behind
+        if writer:
+            writer.close(keep=False)
+        raise
+    bar.close()
+    seconds = time.time() - t0
+    if writer:
+        writer.close()
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    log(f"tracks: {total:,} windows of {window} bp every {stride} bp over {sum(b - a for _, a, b in regions):,} bp "
+        f"in {seconds:.1f} s ({total / max(seconds, 1e-9):,.0f} windows/s; peak memory {peak_rss:,.0f} MiB), "
+        f"written to {args.tracks}/: " + ", ".join(f"{n}.bw" for n in names) +
+        (" and .bedGraph" if args.bedgraph else "") + (" and .peaks.bed" if args.peaks else ""))
+    if cut:
+        log(f"warning: {cut} windows were longer than the run's data.max_length tokens and were truncated (expected "
+            f"a --window-size that the run's {run_cfg['data']['max_length']} tokens hold)")
+    if writer and truth is not None:
+        for name, (inside, outside, bases) in zip(names, writer.contrast()):
+            log(f"tracks: {name}: mean {inside:.3f} inside the run's {name} peaks ({bases:,} bp), {outside:.3f} "
+                f"outside: {inside / max(outside, 1e-9):.1f}x")
+    if writer and args.picture:
+        draw_locus(args, genome, names, truth, thresholds)
+    end_process_group()
+
+
+def track_window(args, run_cfg):
+    """--window-size, else the window of the prepare.py windows the run trained on, else the run's own windows."""
+    prepared = run_cfg.get("prepare") or {}
+    window = args.window_size or (prepared.get("window") if prepared.get("genome") else None) or \
+        (run_cfg["data"]["window_size"] if config.windows(run_cfg["data"]) else None)
+    if not window:
+        raise config.ConfigError(f"command line: {args.run} does not know its window (it was not trained on windows "
+                                 f"that prepare.py wrote): give --window-size in bp")
+    return window
+
+
+def track_regions(args, genome, window):
+    """[(chrom index, start, end)] in genome order, overlaps merged: --regions, --chroms, or every chromosome.
+    Regions shorter than the window cannot be tiled: they are left out, and said."""
+    if args.regions and args.chroms:
+        raise config.ConfigError("command line: give --regions or --chroms, not both")
+    if args.regions:
+        (chrom, start, end, _), _ = read_intervals(args.regions, genome, strict=True)
+    else:
+        chosen = args.chroms.split(",") if args.chroms else genome.names
+        unknown = [c for c in chosen if c not in genome.index]
+        if unknown:
+            raise config.ConfigError(f"command line: --chroms {unknown[0]} is not in {args.genome} (which names "
+                                     f"{', '.join(genome.names[:5])}{', ...' if len(genome.names) > 5 else ''})")
+        chrom = np.array([genome.index[c] for c in chosen])
+        start, end = np.zeros(len(chrom), np.int64), genome.lengths[chrom]
+    merged = Intervals(chrom, start, end, len(genome.names))
+    regions = [(c, a, b) for c, part in enumerate(merged.parts) for a, b in zip(*part[:2])]
+    short = [f"{genome.names[c]}:{a}-{b}" for c, a, b in regions if b - a < window]
+    if short:
+        log(f"tracks: {len(short)} regions shorter than the window ({window} bp) are left out: "
+            f"{', '.join(short[:5])}{', ...' if len(short) > 5 else ''}")
+    regions = [(c, int(a), int(b)) for c, a, b in regions if b - a >= window]
+    if not regions:
+        raise config.ConfigError(f"command line: no region is as long as the window ({window} bp)")
+    return regions
+
+
+def true_peaks(run_cfg, names, genome):
+    """Per label, the peaks the run was prepared from (prepare.peaks), when all are at hand, else None: the report
+    compares the scores inside them with those outside, and the picture draws them."""
+    peaks = (run_cfg.get("prepare") or {}).get("peaks") or {}
+    if not all(n in peaks and os.path.exists(peaks[n]) for n in names):
+        return None
+    return [Intervals(*read_intervals(peaks[n], genome)[0][:3], len(genome.names)) for n in names]
+
+
+def draw_locus(args, genome, names, truth, thresholds):
+    """--picture chr:start-end: each label's track over the locus, read back from its bigWig, with the run's
+    peaks beneath."""
+    import pyBigWig
+    chrom, _, span = args.picture.rpartition(":")
+    try:
+        start, end = (int(x.replace(",", "")) for x in span.split("-"))
+    except ValueError:
+        start = end = -1
+    if chrom not in genome.index or not 0 <= start < end <= genome.lengths[genome.index[chrom]]:
+        raise config.ConfigError(f"command line: --picture {args.picture} is not a locus of {args.genome} (expected "
+                                 f"chr:start-end on one of its chromosomes)")
+    values, boxes = [], []
+    for j, name in enumerate(names):
+        with pyBigWig.open(os.path.join(args.tracks, f"{name}.bw")) as bw:
+            values.append(np.nan_to_num(np.array(bw.values(chrom, start, end), np.float64)))
+        if truth is not None:
+            s, e = truth[j].parts[genome.index[chrom]][:2]
+            on = (e > start) & (s < end)
+            boxes.append(list(zip(s[on].tolist(), e[on].tolist())))
+    path = os.path.join(args.tracks, f"{chrom}_{start}-{end}.png")
+    track_figure(f"{chrom}:{start:,}-{end:,}", start, values, names, thresholds, boxes or None).save(path)
+    log(f"tracks: the picture of {args.picture} is {path}")
+
+
 def options(p):
     p.add_argument("run", help="a run folder (output_dir of train.py) or a checkpoint .pt")
-    p.add_argument("input", help="TSV/CSV with the training seq_col, or FASTA; optionally .gz")
+    p.add_argument("input", nargs="?", help="TSV/CSV with the training seq_col, or FASTA; optionally .gz")
     p.add_argument("-o", "--output", default="predictions.tsv")
     p.add_argument("--threshold", type=parse_threshold, default=None,
                    help="0.3 for every label, 0.3,0.5,... one per label, or leaf=0.3,root=0.5 (others 0.5); "
@@ -132,6 +277,19 @@ def options(p):
     p.add_argument("--rc-average", action="store_true", help="average with the reverse complement's probabilities")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's predict.batch_size (64)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N; default: the run's predict.device")
+    g = p.add_argument_group("tracks along a genome")
+    g.add_argument("--genome", help="a genome FASTA (plain or .gz): write tracks instead of scoring input")
+    g.add_argument("--regions", help="a BED of the regions to tile (default: every chromosome)")
+    g.add_argument("--chroms", help="chromosomes to tile, comma-separated, e.g. Chr5")
+    g.add_argument("--tracks", default="tracks", help="the folder of the tracks (default: tracks)")
+    g.add_argument("--window-size", type=int, default=None,
+                   help="bp per window; default: the window of the prepare.py windows the run trained on")
+    g.add_argument("--stride", type=int, default=None, help="bp between windows; default: a quarter of the window")
+    g.add_argument("--bedgraph", action="store_true", help="also write a bedGraph per label")
+    g.add_argument("--peaks", action="store_true", help="also write, per label, a BED of the merged stretches at or "
+                                                        "above its threshold")
+    g.add_argument("--picture", metavar="LOCUS", help="chr:start-end: draw every label's track over it")
+    g.add_argument("--overwrite", action="store_true", help="replace another run's tracks in --tracks")
 
 
 def main(argv):

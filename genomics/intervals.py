@@ -12,11 +12,11 @@ from data import DataError, check_file
 COORDINATES = re.compile(r"^(.+):(\d+)-(\d+)(\([+-.]\))?$")  # chr1:100-600, and bedtools' chr1:100-600(+)
 
 
-def read_intervals(path, genome):
+def read_intervals(path, genome, strict=False):
     """A BED (3 or more columns) or narrowPeak file as arrays (chrom index, start, end, summit): the summit is the
     narrowPeak's 10th column (an offset from start; -1 = none), else the centre. '#', 'track' and 'browser' lines
-    are skipped. A chromosome the genome lacks is counted, not an error, unless no line is on the genome.
-    Returns (arrays, {missing chromosome: lines})."""
+    are skipped. A chromosome the genome lacks is counted, not an error, unless no line is on the genome, or
+    strict. Returns (arrays, {missing chromosome: lines})."""
     check_file(path)
     chroms, starts, ends, summits, missing = [], [], [], [], {}
     index, lengths = genome.index, genome.lengths.tolist()
@@ -36,6 +36,10 @@ def read_intervals(path, genome):
                 raise DataError(f"{path}:{n}: start, end or summit is not an integer (expected 0-based BED "
                                 f"coordinates)") from None
             chrom = index.get(fields[0])
+            if chrom is None and strict:
+                raise DataError(f"{path}:{n}: chromosome '{fields[0]}' is not in the genome, which names "
+                                f"{', '.join(genome.names[:5])}{', ...' if len(genome.names) > 5 else ''} (expected "
+                                f"the same genome build and chromosome names)")
             if chrom is None:
                 missing[fields[0]] = missing.get(fields[0], 0) + 1
                 continue

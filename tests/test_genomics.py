@@ -1,6 +1,5 @@
 """The genomics wing and prepare.py: from a genome and peaks to labelled windows, chromosome hold-out splits, and
 the bad inputs of both."""
-import csv
 import gzip
 import os
 import subprocess
@@ -230,24 +229,6 @@ def test_bad_genomes_and_indexes_are_one_line(tmp_path, fasta, fai, message):
     p = run_prepare(tmp_path, tmp_path / "g.fa", {"b": str(tmp_path / "b.bed")})
     assert p.returncode == 2 and p.stderr.startswith(f"error: {tmp_path / message}"), p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
-
-
-def test_the_readme_genome_path_trains_with_a_chromosome_split(tmp_path):
-    """python prepare.py --example, prepare.py genome.yaml, then train.py genome.yaml, as the README runs them
-    (shorter: two epochs)."""
-    import train
-    folder = make_example(str(tmp_path / "genome"))
-    args = [f"data.path={tmp_path / 'w.tsv.gz'}", f"training.output_dir={tmp_path / 'out'}",
-            f"data.cache_dir={tmp_path / 'cache'}", "training.num_train_epochs=2"]
-    cfg = config.load(os.path.join(ROOT, "genome.yaml"), args)
-    cfg["prepare"].update(genome=f"{folder}/genome.fa", peaks={"leaf": f"{folder}/leaf.narrowPeak",
-                                                               "root": f"{folder}/root.bed",
-                                                               "flower": f"{folder}/flower.bed"})
-    prepare.prepare(cfg)
-    assert train.main([os.path.join(ROOT, "genome.yaml"), *args]) == 0
-    with open(tmp_path / "out" / "test_predictions.tsv") as f:
-        ids = [row["id"] for row in csv.DictReader(f, delimiter="\t")]
-    assert ids and all(i.startswith("Chr5:") for i in ids)
 
 
 def test_an_excluded_region_takes_its_windows_and_no_negative_touches_it(planted, capsys):
