@@ -40,9 +40,9 @@ DEFAULTS = {
         "long_sequences": "truncate",  # truncate | windows: a longer sequence as overlapping windows, all scored
         "window_size": "auto",  # windows: bases per window; auto = the bases that max_length tokens hold
         "window_stride": "auto",  # windows: bases between window starts; auto = half the window
-        "window_pooling": "max",  # windows: a sequence's score per label, the max or the mean of its windows'
-        "window_training": "all",  # windows: all = each step scores every window of its sequences (max or mean,
-        #                            as above); sample = one window per sequence, drawn anew each epoch
+        "window_pooling": "mean",  # windows: a sequence's logit per label, the mean or the max of its windows'
+        "window_training": "all",  # windows: all = each step scores every window of its sequences, pooled as
+        #                            above; sample = one window per sequence, drawn anew each epoch
         "train_size": 0.8,
         "validation_size": 0.1,
         "test_size": 0.1,

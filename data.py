@@ -462,10 +462,10 @@ def make_conflict_example(path="data/conflict/conflict.tsv", n=6000, seed=0, mot
 LONG_LABELS = ["leaf", "root", "flower"]
 
 
-def make_long_example(path="data/long/long.tsv", n=4000, length=3000, seed=0, motif_len=12):
+def make_long_example(path="data/long/long.tsv", n=6000, length=2000, seed=0, motif_len=12):
     """Sequences longer than a model's window: length bases each, and a label (leaf about 30%, root 25%, flower
     15%) where its motif is planted, at a place drawn uniformly over the whole sequence, so that a model that reads
-    only the first 500 bases sees about a sixth of them. Written like the example, with the planted sites beside it
+    only the first 500 bases sees about a quarter of them. Written like the example, with the planted sites beside it
     (long.motifs.tsv)."""
     rng = np.random.RandomState(seed)
     consensus = rng.randint(0, 4, size=(len(LONG_LABELS), motif_len))

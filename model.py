@@ -349,7 +349,7 @@ def head_groups(spec, names):
     return [g for g in groups if g] + ([rest] if rest else [])
 
 
-def build_model(backbone, names, model_cfg, tokenizer, window_pooling="max"):
+def build_model(backbone, names, model_cfg, tokenizer, window_pooling="mean"):
     """The full model as the config says: pooling (resolved, not auto), heads, then which parameters train
     (model.finetune); window_pooling, data.window_pooling, pools the windows of a long sequence. A run saved
     without model.pool_added_tokens pooled over them: it is rebuilt as it learned."""

@@ -190,7 +190,7 @@ def load_trained(path):
                                                                 trust_remote_code=trust), trust_remote_code=trust)
     tokenizer = load_tokenizer(os.path.join(run_dir, "tokenizer"), trust)
     net = build_model(backbone, ckpt["label_names"], model_cfg, tokenizer,
-                      ckpt["config"]["data"].get("window_pooling", "max"))
+                      ckpt["config"]["data"].get("window_pooling", "mean"))
     net.load_state_dict(ckpt["model"])
     merge_lora(net)  # LoRA updates folded into plain weights: same outputs, faster
     return net.eval(), tokenizer, ckpt
