@@ -150,6 +150,7 @@ def tracks(args):
                                  f"at most the window, or bases go unscored)")
     genome = Genome(args.genome, run_cfg["data"]["cache_dir"])
     regions = track_regions(args, genome, window)
+    locus = parse_locus(args.picture, genome, args.genome) if args.picture else None  # checked before the work
     thresholds = config.thresholds(args.threshold if args.threshold is not None else ckpt["thresholds"], names,
                                    "--threshold")
     truth = true_peaks(run_cfg, names, genome)
@@ -188,8 +189,8 @@ def tracks(args):
         for name, (inside, outside, bases) in zip(names, writer.contrast()):
             log(f"tracks: {name}: mean {inside:.3f} inside the run's {name} peaks ({bases:,} bp), {outside:.3f} "
                 f"outside: {inside / max(outside, 1e-9):.1f}x")
-    if writer and args.picture:
-        draw_locus(args, genome, names, truth, thresholds)
+    if writer and locus:
+        draw_locus(args.tracks, locus, genome, names, truth, thresholds)
     end_process_group()
 
 
@@ -240,29 +241,34 @@ def true_peaks(run_cfg, names, genome):
     return [Intervals(*read_intervals(peaks[n], genome)[0][:3], len(genome.names)) for n in names]
 
 
-def draw_locus(args, genome, names, truth, thresholds):
-    """--picture chr:start-end: each label's track over the locus, read back from its bigWig, with the run's
-    peaks beneath."""
-    import pyBigWig
-    chrom, _, span = args.picture.rpartition(":")
+def parse_locus(text, genome, path):
+    """--picture chr:start-end (commas allowed) -> (chrom, start, end) on the genome."""
+    chrom, _, span = text.rpartition(":")
     try:
         start, end = (int(x.replace(",", "")) for x in span.split("-"))
     except ValueError:
         start = end = -1
     if chrom not in genome.index or not 0 <= start < end <= genome.lengths[genome.index[chrom]]:
-        raise config.ConfigError(f"command line: --picture {args.picture} is not a locus of {args.genome} (expected "
-                                 f"chr:start-end on one of its chromosomes)")
+        raise config.ConfigError(f"command line: --picture {text} is not a locus of {path} (expected chr:start-end "
+                                 f"on one of its chromosomes)")
+    return chrom, start, end
+
+
+def draw_locus(folder, locus, genome, names, truth, thresholds):
+    """--picture: each label's track over the locus, read back from its bigWig, with the run's peaks beneath."""
+    import pyBigWig
+    chrom, start, end = locus
     values, boxes = [], []
     for j, name in enumerate(names):
-        with pyBigWig.open(os.path.join(args.tracks, f"{name}.bw")) as bw:
+        with pyBigWig.open(os.path.join(folder, f"{name}.bw")) as bw:
             values.append(np.nan_to_num(np.array(bw.values(chrom, start, end), np.float64)))
         if truth is not None:
             s, e = truth[j].parts[genome.index[chrom]][:2]
             on = (e > start) & (s < end)
             boxes.append(list(zip(s[on].tolist(), e[on].tolist())))
-    path = os.path.join(args.tracks, f"{chrom}_{start}-{end}.png")
+    path = os.path.join(folder, f"{chrom}_{start}-{end}.png")
     track_figure(f"{chrom}:{start:,}-{end:,}", start, values, names, thresholds, boxes or None).save(path)
-    log(f"tracks: the picture of {args.picture} is {path}")
+    log(f"tracks: the picture of {chrom}:{start}-{end} is {path}")
 
 
 def options(p):

@@ -101,6 +101,7 @@ def test_tracks_read_back_and_the_leaf_track_is_higher_in_leaf_peaks(genome_run,
     (["--chroms", "Chr5,chr5"], "command line: --chroms chr5 is not in"),
     (["--chroms", "Chr5", "--stride", "400"], "command line: --stride 400 is larger than the window (300 bp"),
     (["--chroms", "Chr5", "--tracks", "{foreign}"], "{foreign}: holds the tracks of another run (/elsewhere/run"),
+    (["--chroms", "Chr5", "--picture", "Chr5:249000-251000"], "command line: --picture Chr5:249000-251000 is not a "),
 ])
 def test_bad_track_inputs_are_one_line(genome_run, tmp_path, capsys, extra, message):
     tmp, folder = genome_run
