@@ -165,7 +165,8 @@ def track_figure(title, first, values, names, thresholds, peaks=None, width=1200
     band = 14 if peaks else 0
     picture = Image.new("RGB", (LEFT + width + RIGHT, TOP + len(names) * (panel + band + 16) + AXIS), "white")
     draw = ImageDraw.Draw(picture)
-    draw.text((10, 10), title, fill="black", font=font(16))
+    draw.text((10, 10), f"{title}    predicted probability (0 to 1); dashed: the label's threshold", fill="black",
+              font=font(16))
     for j, name in enumerate(names):
         top = TOP + j * (panel + band + 16)
         column_max = np.maximum.reduceat(values[j], edges[:-1]) if length >= width else values[j][cols]
@@ -180,7 +181,7 @@ def track_figure(title, first, values, names, thresholds, peaks=None, width=1200
             for a, b in peaks[j]:
                 x0, x1 = (LEFT + int(np.clip(p - first, 0, length) * width / length) for p in (a, b))
                 draw.rectangle([x0, top + panel + 4, max(x1, x0 + 1), top + panel + band], fill=(60, 60, 60))
-            draw.text((LEFT + width + 4, top + panel + 2), "peaks", fill=(60, 60, 60), font=font(10))
+            draw.text((10, top + panel + 2), "true peaks", fill=(60, 60, 60), font=font(10))
     axis = TOP + len(names) * (panel + band + 16)
     step = next(s for s in (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 10**6, 10**9)
                 if s * width / length >= 90)
