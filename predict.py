@@ -156,7 +156,8 @@ def tracks(args):
     truth = true_peaks(run_cfg, names, genome)
     writer = None
     if rank == 0:
-        claim_folder(args.tracks, os.path.abspath(args.run), args.overwrite)
+        run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run) or "."  # best.pt or the folder
+        claim_folder(args.tracks, os.path.abspath(run_dir), args.overwrite)
         writer = Tracks(args.tracks, names, genome, bedgraph=args.bedgraph, peaks=thresholds if args.peaks else None,
                         truth=truth)
     total, cut, t0 = 0, 0, time.time()
