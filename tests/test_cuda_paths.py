@@ -71,7 +71,7 @@ def test_pretrained_folder_whose_position_limit_is_not_a_multiple_of_8(tmp_path,
 
 
 class Tiny(torch.nn.Sequential):
-    def forward(self, input_ids, attention_mask):  # called as train_step calls the model
+    def forward(self, input_ids, attention_mask, windows=None):  # called as train_step calls the model
         return super().forward(input_ids * attention_mask)
 
 
