@@ -491,7 +491,7 @@ def make_long_example(path="data/long/long.tsv", n=6000, length=2000, seed=0, mo
 if __name__ == "__main__":  # the shipped example (python prepare.py --example writes the genome example)
     if sys.argv[1:2] == ["--conflict"]:  # python data.py --conflict: the negative-transfer case
         print(f"wrote {make_conflict_example(*sys.argv[2:3])} and its planted motifs")
-    elif sys.argv[1:2] == ["--long"]:  # python data.py --long: 3 kb sequences, for data.long_sequences
+    elif sys.argv[1:2] == ["--long"]:  # python data.py --long: 2 kb sequences, for data.long_sequences
         print(f"wrote {make_long_example(*sys.argv[2:3])} and its planted motifs")
     else:
         print(f"wrote {make_example(*sys.argv[1:2])} and its planted motifs")

@@ -22,7 +22,7 @@ CHUNK = 8192  # windows fetched, scored and written at a time: memory stays boun
 def tile(regions, window, stride, chunk=CHUNK):
     """regions: (chrom index, start, end) in genome order, not overlapping. Yields chunks of windows as arrays
     (chrom, window start, span start, span end), the span being the bases the window's score covers."""
-    parts = []
+    parts, held = [], 0  # held: the windows in parts, counted as they come (a BED may hold many small regions)
     for chrom, a, b in regions:
         starts = np.arange(a, b - window + 1, stride, dtype=np.int64)
         if starts[-1] + window < b:
@@ -31,11 +31,12 @@ def tile(regions, window, stride, chunk=CHUNK):
         first[0] = a
         last = np.r_[first[1:], b]
         parts.append((np.full(len(starts), chrom), starts, first, last))
-        while sum(len(p[0]) for p in parts) >= chunk:
+        held += len(starts)
+        while held >= chunk:
             merged = [np.concatenate(x) for x in zip(*parts)]
             yield [x[:chunk] for x in merged]
-            parts = [[x[chunk:] for x in merged]]
-    if parts and sum(len(p[0]) for p in parts):
+            parts, held = [[x[chunk:] for x in merged]], held - chunk
+    if held:
         yield [np.concatenate(x) for x in zip(*parts)]
 
 
