@@ -199,7 +199,8 @@ def build_cache(path, data_cfg, names, tokenizer, *, max_length, reverse, folder
     outs = []
     try:
         if names is None:
-            names = data.infer_label_names(path, (cell for *_, cell in data.iter_records(path, data_cfg)), sep, wide)
+            names = data.infer_label_names(path, ((line, cell) for line, *_, cell in
+                                                      data.iter_records(path, data_cfg)), sep, wide)
         if wide and len(wide) != len(names):
             raise DataError(f"{path}: data.label_cols names {len(wide)} columns for {len(names)} labels "
                             f"(expected one column per label of task.label_map)")
@@ -345,6 +346,20 @@ def select_labels(found, names, subset):
     return subset
 
 
+def check_positives(train, names):
+    """A label with no positive among the training split's measured entries cannot be learned, and its F1 of 0
+    would weigh on every macro figure: an error before any training, naming the labels and the way to leave them
+    out (task.labels), rather than a warning that a finished run's report repeats too late."""
+    positives, _ = data.label_counts(train.labels, train.mask)
+    empty = [n for n, p in zip(names, positives) if p == 0]
+    if empty:
+        kept = [n for n in names if n not in empty]
+        fix = f"leave them out with 'task.labels=[{','.join(kept)}]'" if kept else "check the label column"
+        raise DataError(f"{train.path}: no positive in the training split's {len(train)} sequences for "
+                        f"{', '.join(empty)} (expected at least one positive per label: {fix}, or check "
+                        f"data.multi_label_sep and the split)")
+
+
 def load_for_training(cfg, tokenizer, world):
     """The splits (None ones left out), the label names of the data and those trained on (task.labels). Rank 0 of
     each node tokenises into the cache while the others wait, then all map it."""
@@ -358,6 +373,7 @@ def load_for_training(cfg, tokenizer, world):
         dist.barrier()
     names = select_labels(found, all_names, task_cfg["labels"]) if task_cfg["labels"] else all_names
     datasets = {name: split for name, split in found.items() if split is not None}
+    check_positives(datasets["train"], names)
     for name, split in datasets.items():
         if name != "train" and not model_cfg["rc_average"]:
             split.rc_tokens = None  # the reverse complements were only wanted for training

@@ -20,6 +20,8 @@ IUPAC = "ACGTNRYSWKMBDHV"
 BAD_BASE = re.compile(f"[^{IUPAC}]")
 MISSING = {"", "NA", "NAN", "-1"}  # a multi-hot or wide label value that was not measured
 BINARY = {"0", "1"}
+SEPARATORS = re.compile(r"[,;|]|\s")  # what a label name never holds: it would be a separator of names
+JOINER = re.compile(r"[^\w.\-]+")  # between two label names, a separator other than the configured one
 COMPLEMENT = str.maketrans("ACGTNRYSWKMBDHV", "TGCANYRSWMKVHDB")
 
 
@@ -60,9 +62,10 @@ def is_fasta(path):
     return name.lower().endswith((".fa", ".fasta", ".fna", ".fas"))
 
 
-def read_table(path, columns, optional=()):
+def read_table(path, columns, optional=(), settings=None):
     """Rows of a delimited file with a header. Yields (line, {column: value}) for the named columns only;
-    an optional column that the file lacks reads as None."""
+    an optional column that the file lacks reads as None. settings names the config key of each column, for the
+    error of a missing one."""
     name = path[:-3] if path.endswith(".gz") else path
     delimiter = "," if name.lower().endswith(".csv") else "\t"
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
@@ -80,7 +83,9 @@ def read_table(path, columns, optional=()):
         seen.add(h)
     for c in columns:
         if c not in seen and c not in optional:
-            raise DataError(f"{path}:{reader.line_num}: no column '{c}' (columns present: {', '.join(header)})")
+            key = (settings or {}).get(c)
+            raise DataError(f"{path}:{reader.line_num}: no column '{c}' (columns present: {', '.join(header)}"
+                            f"{f'; {key} names it' if key else ''}){other_delimiter(header, delimiter)}")
     where = [header.index(c) if c in seen else None for c in columns]
     rows = 0
     for fields in reader:
@@ -95,37 +100,54 @@ def read_table(path, columns, optional=()):
         raise DataError(f"{path}:{reader.line_num + 1}: no data rows after the header (expected sequences)")
 
 
+def other_delimiter(header, delimiter):
+    """A hint where a header of one column splits on the other delimiter: a CSV named .tsv, or the other way."""
+    other, name = (",", "comma") if delimiter == "\t" else ("\t", "tab")
+    if len(header) == 1 and other in header[0]:
+        wanted = ".csv" if other == "," else ".tsv"
+        return f"; the header looks {name}-separated: name the file {wanted} (or .{wanted[1:]}.gz)"
+    return ""
+
+
 def read_fasta(path):
-    """Yields (line of the header, id, description, sequence); wrapped sequence lines are joined."""
-    head, seq = None, []
+    """Yields (line of the header, id, description, sequence, starts); wrapped sequence lines are joined, and
+    starts holds (position in the sequence, line) for each of its lines, so that an error names the line."""
+    head, seq, starts, size = None, [], [], 0
     for line_no, line in enumerate(read_lines(path), 1):
         line = line.strip()
         if not line:
             continue
         if line.startswith(">"):
             if head is not None:
-                yield (*head, "".join(seq))
+                yield (*head, "".join(seq), starts)
             parts = line[1:].split(None, 1)
             if not parts:
                 raise DataError(f"{path}:{line_no}: FASTA header without an id (expected '>id description')")
-            head, seq = (line_no, parts[0], parts[1] if len(parts) > 1 else ""), []
+            head, seq, starts, size = (line_no, parts[0], parts[1] if len(parts) > 1 else ""), [], [], 0
         elif head is None:
             raise DataError(f"{path}:{line_no}: sequence before any '>' header (expected FASTA)")
         else:
             seq.append(line)
+            starts.append((size, line_no))
+            size += len(line)
     if head is None:
         raise DataError(f"{path}:1: no FASTA records (expected '>id' lines followed by sequence)")
-    yield (*head, "".join(seq))
+    yield (*head, "".join(seq), starts)
 
 
-def clean_sequence(seq, path, line):
+def clean_sequence(seq, path, line, starts=None):
+    """The sequence uppercased and checked. starts, from read_fasta, gives the line each stretch of it is on."""
     seq = seq.upper()
     if not seq:
         raise DataError(f"{path}:{line}: empty sequence (expected at least one base)")
     bad = BAD_BASE.search(seq)
     if bad:
-        raise DataError(f"{path}:{line}: invalid character {bad.group()!r} at position {bad.start() + 1} of the "
-                        f"sequence (expected A, C, G, T, N or another IUPAC code)")
+        where = f"position {bad.start() + 1} of the sequence"
+        if starts:  # FASTA: the line the character is on, and where in it when the sequence is wrapped
+            first, line = max(s for s in starts if s[0] <= bad.start())
+            where = f"column {bad.start() - first + 1} ({where})" if len(starts) > 1 else where
+        raise DataError(f"{path}:{line}: invalid character {bad.group()!r} at {where} (expected A, C, G, T, N or "
+                        f"another IUPAC code)")
     return seq
 
 
@@ -134,18 +156,20 @@ def iter_records(path, data_cfg, labels_optional=False):
     form, or None when labels_optional and the file has none. The id is a string, the FASTA id or the value of
     the id column (data.id_col, else a column named id or name), or else an int, the row number from 1."""
     if is_fasta(path):
-        for line, rid, desc, seq in read_fasta(path):
+        for line, rid, desc, seq, starts in read_fasta(path):
             if "::" in rid:  # DanQPlant's >label_1,label_2::Chr1:100-1100, and >::Chr1:100-1100 for none
                 desc, rid = rid.split("::", 1)
             elif labels_optional:
                 desc = None  # a description is a label cell only where labels are expected
-            yield line, rid, clean_sequence(seq, path, line), desc
+            yield line, rid, clean_sequence(seq, path, line, starts), desc
         return
     wide = data_cfg["label_cols"]
     label_cols = list(wide) if wide else [data_cfg["label_col"]]
     id_cols = [data_cfg["id_col"]] if data_cfg["id_col"] else ["id", "name"]
     optional = (label_cols if labels_optional else []) + ([] if data_cfg["id_col"] else id_cols)
-    rows = read_table(path, [data_cfg["seq_col"], *label_cols, *id_cols], optional)
+    settings = {data_cfg["seq_col"]: "data.seq_col", data_cfg["id_col"]: "data.id_col",
+                **{c: "data.label_cols" if wide else "data.label_col" for c in label_cols}}
+    rows = read_table(path, [data_cfg["seq_col"], *label_cols, *id_cols], optional, settings)
     for n, (line, row) in enumerate(rows, 1):
         cells = [row[c] for c in label_cols]
         cell = None if None in cells else cells if wide else cells[0]
@@ -169,19 +193,40 @@ def looks_multi_hot(fields, names):
     return not (names and set(fields) & set(names))
 
 
-def infer_label_names(path, cells, sep, wide_cols):
-    """Label names when the config gives none: the wide columns, label_<i> for multi-hot, else sorted names."""
+def infer_label_names(path, records, sep, wide_cols):
+    """Label names when the config gives none: the wide columns, label_<i> for multi-hot, else the sorted names of
+    the (line, cell) records. A name that holds another separator, or that joins two other names, is an error: it
+    mostly means a data.multi_label_sep that is not the file's."""
     if wide_cols:
         return [str(c) for c in wide_cols]
-    found = set()
-    for cell in cells:
+    found = {}  # name: the first line it is on
+    for line, cell in records:
         fields = [x.strip() for x in cell.split(sep)] if cell else []
         if looks_multi_hot(fields, None):
             return [f"label_{i}" for i in range(len(fields))]
-        found.update(x for x in fields if x)
+        for x in fields:
+            if x:
+                found.setdefault(x, line)
     if not found:
         raise DataError(f"{path}: no labels found in the training data (expected label names in the label column)")
+    for x, line in found.items():
+        inside = SEPARATORS.search(x)
+        joined = joined_names(x, found)
+        if inside or joined:
+            why = f"holds {inside.group()!r}" if inside else f"joins the labels '{joined[0]}' and '{joined[1]}'"
+            raise DataError(f"{path}:{line}: the label '{x}' {why}, and the cells are split on data.multi_label_sep "
+                            f"{sep!r} (expected label names without ',', ';', '|' or spaces: set data.multi_label_sep "
+                            f"to the file's separator, or name the labels in task.label_map)")
     return sorted(found)
+
+
+def joined_names(x, names):
+    """(a, b) where the name x is two other names with a separator between them, as in 'leaf/root', else None."""
+    for a in names:
+        m = JOINER.match(x, len(a)) if a != x and x.startswith(a) else None
+        if m and x[m.end():] in names:
+            return a, x[m.end():]
+    return None
 
 
 def parse_value(v, path, line, what):
@@ -223,7 +268,8 @@ def parse_labels(path, lines, cells, names, sep, form=None):
                 continue
             if x not in index:
                 shown = ", ".join(names[:20]) + (", ..." if L > 20 else "")
-                raise DataError(f"{path}:{line}: unknown label '{x}' (known labels: {shown})")
+                hint = f"; check data.multi_label_sep, {sep!r}" if SEPARATORS.search(x) else ""
+                raise DataError(f"{path}:{line}: unknown label '{x}' (known labels: {shown}{hint})")
             y[r, index[x]] = 1.0
     return y, m
 

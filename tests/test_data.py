@@ -63,7 +63,8 @@ def test_fasta_with_labels_and_wrapped_lines(tmp_path):
 
 @pytest.mark.parametrize("name, text, kw, message", [
     ("m.tsv", None, {}, "m.tsv: no such file"),
-    ("col.tsv", "seq\tlabels\nACGT\ta\n", {}, "col.tsv:1: no column 'sequence' (columns present: seq, labels)"),
+    ("col.tsv", "seq\tlabels\nACGT\ta\n", {}, "col.tsv:1: no column 'sequence' (columns present: seq, labels; "
+                                             "data.seq_col names it)"),
     ("empty_seq.tsv", "sequence\tlabels\nACGT\ta\n\tb\n", {}, "empty_seq.tsv:3: empty sequence"),
     ("char.tsv", "sequence\tlabels\nACGT\ta\nACXT\tb\n", {}, "char.tsv:3: invalid character 'X' at position 3"),
     ("unk.tsv", "sequence\tlabels\nACGT\ta\nACGT\tz\n", {"names": ["a", "b"]},
@@ -77,7 +78,7 @@ def test_fasta_with_labels_and_wrapped_lines(tmp_path):
     ("dup.tsv", "sequence\tlabels\tsequence\nA\ta\tC\n", {}, "dup.tsv:1: duplicate column name 'sequence'"),
     ("fields.tsv", "sequence\tlabels\nACGT\ta\textra\n", {}, "fields.tsv:2: 3 fields (expected 2"),
     ("wide.tsv", "sequence\tleaf\nACGT\tyes\n", {"label_cols": ["leaf"]}, "wide.tsv:2: label value 'yes'"),
-    ("bad.fa", ">s1\nACGU\n", {}, "bad.fa:1: invalid character 'U'"),
+    ("bad.fa", ">s1\nACGU\n", {}, "bad.fa:2: invalid character 'U' at position 4 of the sequence"),
 ])
 def test_bad_input_is_one_line_with_path_and_line(tmp_path, name, text, kw, message):
     path = str(tmp_path / name) if text is None else write_file(tmp_path, name, text)

@@ -25,7 +25,7 @@ def masked(tmp_path_factory):
             cells = ["1" if n in labels.split(",") else "0" for n in "abc"]
             if i % 7 == 0:
                 cells[i % 3] = "NA"
-            f.write(f"{seq}\t{';'.join(cells)}\n")
+            f.write(f"{seq}\t{','.join(cells)}\n")  # joined by data.multi_label_sep
     return str(path), tmp
 
 
