@@ -7,6 +7,7 @@ Every key the code reads is listed in DEFAULTS below, so this file doubles as th
 An unknown key is an error naming the closest known one: a typo must never be silently ignored.
 """
 import difflib
+import math
 import re
 import sys
 
@@ -53,7 +54,7 @@ DEFAULTS = {
         "test_chroms": None,  # e.g. [chr8, chr9]
         "oversample_rare": 0,  # ALPHA > 0 samples a sequence with weight (1/prevalence of its rarest label)^ALPHA
         "rc_augment": False,  # train on the reverse complement with probability 0.5
-        "group_by_length": False,  # batches of similar lengths (sorted runs of 50 batches): far less padding
+        "group_by_length": True,  # batches of similar lengths (sorted runs of 50 batches): far less padding
         "cache_dir": "cache",  # token caches, one folder per data file, tokenizer and max_length; safe to delete
         "pad_to_multiple_of": None,  # batch widths rounded up to this (never past max_length); null = 8 on CUDA
     },
@@ -74,7 +75,7 @@ DEFAULTS = {
         "kmer": 6,
         "kmer_stride": 1,  # 1 = overlapping k-mers; larger strides make shorter, faster, coarser sequences
         "n_layer": 2,
-        "n_head": 4,
+        "n_head": 2,
         "n_embd": 64,
     },
     "training": {
@@ -82,12 +83,14 @@ DEFAULTS = {
         "overwrite_output_dir": False,  # false: an output_dir that holds another run's results is an error
         "run_name": None,  # TensorBoard's name of the run, a folder of logging_dir; null = the start time
         "logging_dir": None,  # null = output_dir/tensorboard; each run writes into logging_dir/run_name
-        "num_train_epochs": 3,
+        "num_train_epochs": "auto",  # auto: enough epochs for MIN_STEPS optimizer steps, at least 5 and at most
+        #                              100; early stopping (below) ends the run sooner once validation stops improving
         "max_steps": -1,  # > 0 overrides num_train_epochs
-        "per_device_train_batch_size": 16,
-        "per_device_eval_batch_size": 64,
+        "per_device_train_batch_size": 64,  # 16 for a pretrained backbone (PRETRAINED below)
+        "per_device_eval_batch_size": 128,
         "gradient_accumulation_steps": 1,
-        "learning_rate": 5e-5,  # the backbone's (the top layer's, with layer_decay), and the head's unless
+        "learning_rate": 3e-3,  # the scratch model's; 5e-5 for a pretrained backbone (PRETRAINED below). The
+        #                         backbone's (the top layer's, with layer_decay), and the head's unless
         #                         head_learning_rate says otherwise
         "head_learning_rate": "auto",  # auto: 10x learning_rate for a pretrained backbone that trains (measured
         #                                best on few sequences; see docs/models.md), else learning_rate | a number
@@ -98,16 +101,16 @@ DEFAULTS = {
         #                            2023): how the labels' losses are weighed; see optim.TaskWeighting
         "task_affinity": False,  # at each evaluation, the cosines of the labels' loss gradients on the backbone
         #                          (one backward pass per label and batch): task_affinity.tsv, TensorBoard, groups
-        "weight_decay": 0.0,
+        "weight_decay": 0.01,
         "adam_beta1": 0.9,
         "adam_beta2": 0.999,
         "adam_epsilon": 1e-8,
         "max_grad_norm": 1.0,
         "warmup_steps": 0,
-        "warmup_ratio": 0.0,
-        "lr_scheduler_type": "linear",  # linear | cosine | constant
-        "pos_weight": None,  # null | auto | [w, ...] | {label: w}
-        "logging_steps": 50,
+        "warmup_ratio": 0.05,
+        "lr_scheduler_type": "cosine",  # linear | cosine | constant
+        "pos_weight": "sqrt",  # null | auto (negatives/positives) | sqrt (its square root) | [w, ...] | {label: w}
+        "logging_steps": 25,
         "evaluation_strategy": "epoch",  # epoch | steps | no (HF's newer name, eval_strategy, is read too)
         "eval_steps": None,  # null = logging_steps
         "save_strategy": "epoch",  # epoch | steps | no
@@ -116,7 +119,8 @@ DEFAULTS = {
         "load_best_model_at_end": True,
         "metric_for_best_model": "f1_macro",
         "greater_is_better": None,  # null = False for a loss, True otherwise (as in HF)
-        "early_stopping_patience": None,  # stop after this many evaluations without improvement; null = never
+        "early_stopping_patience": "auto",  # stop after this many evaluations without improvement; null = never;
+        #                                     auto: 5, and at least MIN_STEPS / 4 steps, where the run evaluates
         "early_stopping_threshold": 0.0,  # the improvement of metric_for_best_model that counts (as in HF)
         "seed": 42,
         "deterministic": False,
@@ -152,6 +156,18 @@ DEFAULTS = {
     },
 }
 
+# Where a pretrained backbone is fine-tuned (model.source other than scratch), a key that the config leaves unset
+# takes its default from here instead: a pretrained backbone only adapts, at a rate that would barely move a model
+# from scratch, and it takes more memory per sequence. Its new head still learns at 10x (head_learning_rate auto).
+PRETRAINED = {
+    "training": {
+        "learning_rate": 5e-5,
+        "per_device_train_batch_size": 16,
+    },
+}
+
+MIN_STEPS = 600  # num_train_epochs auto: the optimizer steps a run takes at least (within 5 to 100 epochs)
+
 # Section aliases used by DNALLM's configs.
 ALIASES = {"finetune": "training", "inference": "predict"}
 
@@ -184,7 +200,8 @@ def closest(key, known):
 
 
 def merge(cfg, section, values, where, warn):
-    """Merge one section's user values into cfg, refusing unknown keys. where(key) names where a key was given."""
+    """Merge one section's user values into cfg, refusing unknown keys. where(key) names where a key was given.
+    Returns the keys set."""
     known = cfg[section]
     ignored, given = [], {}
     for key, value in values.items():
@@ -202,6 +219,7 @@ def merge(cfg, section, values, where, warn):
     if ignored:
         warn(f"warning: {where(None)}: ignoring keys that mean nothing here: "
              + ", ".join(f"{section}.{k}" for k in ignored))
+    return {(section, key) for key in given if key in known}
 
 
 def parse_override(arg):
@@ -260,6 +278,7 @@ def locate(message, path=None, overrides=()):
 def load(path=None, overrides=(), warn=lambda msg: print(msg, file=sys.stderr)):
     """Defaults <- YAML file <- overrides. Returns the resolved, validated config as a nested dict."""
     cfg = {section: dict(values) for section, values in DEFAULTS.items()}
+    given = set()  # (section, key) that the file or the command line set
     if path is not None:
         user, lines = read_yaml(path)
         for section, values in user.items():
@@ -270,13 +289,17 @@ def load(path=None, overrides=(), warn=lambda msg: print(msg, file=sys.stderr)):
                 continue
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}:{lines[name, None]}: section '{section}' must be a mapping of key: value")
-            merge(cfg, name, values, lambda key, name=name: f"{path}:{lines.get((name, key), lines[name, None])}"
-                  if key else path, warn)
+            def where(key, name=name):
+                return f"{path}:{lines.get((name, key), lines[name, None])}" if key else path
+            given |= merge(cfg, name, values, where, warn)
     for arg in overrides:
         section, key, value = parse_override(arg)
         if section not in cfg:
             raise ConfigError(f"command line '{arg}': unknown section '{section}'{closest(section, cfg)}")
-        merge(cfg, section, {key: value}, lambda _, arg=arg: f"command line '{arg}'", warn)
+        given |= merge(cfg, section, {key: value}, lambda _, arg=arg: f"command line '{arg}'", warn)
+    if cfg["model"]["source"] != "scratch":
+        for section, values in PRETRAINED.items():
+            cfg[section].update({k: v for k, v in values.items() if (section, k) not in given})
     try:
         validate(cfg)
     except ConfigError as e:
@@ -358,6 +381,28 @@ def head_learning_rate(cfg):
     return train["learning_rate"] * (10 if pretrained else 1)
 
 
+def epochs(train_cfg, steps_per_epoch):
+    """training.num_train_epochs, auto resolved: the epochs that make MIN_STEPS optimizer steps, at least 5 and at
+    most 100. A few hundred sequences are a few steps an epoch, and a fixed epoch count would stop them long before
+    they learn; early stopping ends a run that has."""
+    given = train_cfg["num_train_epochs"]
+    return given if given != "auto" else min(max(math.ceil(MIN_STEPS / steps_per_epoch), 5), 100)
+
+
+def patience(train_cfg, validates, steps_per_epoch):
+    """training.early_stopping_patience, auto resolved where the run evaluates on a validation split (validates):
+    5 evaluations, and at least a quarter of MIN_STEPS, so that the short epochs of a few hundred sequences do not
+    stop a run on the noise of a small validation split before it learns. Else none."""
+    given = train_cfg["early_stopping_patience"]
+    if given != "auto":
+        return given
+    if not validates or train_cfg["evaluation_strategy"] == "no":
+        return None
+    every = (train_cfg["eval_steps"] or train_cfg["logging_steps"]) if train_cfg["evaluation_strategy"] == "steps" \
+        else steps_per_epoch
+    return max(5, math.ceil(MIN_STEPS / 4 / every))
+
+
 def windows(data_cfg):
     """(window size, stride) in bases under data.long_sequences: windows, else None. train.py resolves auto."""
     if data_cfg.get("long_sequences", "truncate") != "windows":
@@ -412,6 +457,12 @@ def validate(cfg):
         raise ConfigError("config: set data.path (one file to split) or data.train (and validation/test)")
     if data["path"] is not None and data["train"] is not None:
         raise ConfigError("config: set either data.path or data.train, not both")
+    sep = data["multi_label_sep"]
+    if not isinstance(sep, str) or not sep.strip():
+        raise ConfigError(f"config: data.multi_label_sep is {sep!r}, empty or blank (expected the character that "
+                          f"joins label names, such as ','. To use '|', quote it: multi_label_sep: \"|\" in YAML, "
+                          f"where a bare | starts a block of text, and 'data.multi_label_sep=\"|\"' on the command "
+                          f"line)")
     fractions = [data["train_size"], data["validation_size"], data["test_size"]]
     if any(not isinstance(x, (int, float)) or x < 0 for x in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ConfigError(f"config: data.train_size + validation_size + test_size must be 1 (got {fractions})")
@@ -438,11 +489,15 @@ def validate(cfg):
     if warm and model["finetune"] == "head":
         raise ConfigError("config: training.head_warmup_steps with model.finetune 'head': the backbone never "
                           "trains, so there is nothing to warm the head up for (set one of them)")
+    epochs = train["num_train_epochs"]
+    if epochs != "auto" and (isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs <= 0):
+        raise ConfigError(f"config: training.num_train_epochs must be auto or a positive number (got {epochs!r})")
     patience = train["early_stopping_patience"]
-    if patience is not None and (not isinstance(patience, int) or patience < 1):
-        raise ConfigError(f"config: training.early_stopping_patience must be null or a positive integer "
+    if patience not in (None, "auto") and (isinstance(patience, bool) or not isinstance(patience, int) or
+                                           patience < 1):
+        raise ConfigError(f"config: training.early_stopping_patience must be auto, null or a positive integer "
                           f"(got {patience!r})")
-    if patience and train["evaluation_strategy"] == "no":
+    if patience not in (None, "auto") and train["evaluation_strategy"] == "no":
         raise ConfigError("config: training.early_stopping_patience needs evaluations (set "
                           "training.evaluation_strategy to epoch or steps)")
     if train["bf16"] and train["fp16"]:
@@ -454,4 +509,4 @@ def validate(cfg):
 if __name__ == "__main__":  # python config.py: every key, with its default and what it does
     with open(__file__) as f:
         source = f.read()
-    print(source[source.index("DEFAULTS = {"):source.index("\n}\n") + 2])
+    print(source[source.index("DEFAULTS = {"):source.index("MIN_STEPS")].rstrip())

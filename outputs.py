@@ -283,20 +283,42 @@ def log_eval(writer, step, result, seconds, progress):
         f"auroc_macro {result['auroc_macro']:.4f} | {seconds:.1f} s | {progress.timing(step)}")
 
 
-def hint_no_calls(result, probs, split, names, thresholds):
-    """A line for the labels that have positives in the split but no sequence at or above their threshold: their
-    F1, precision and recall read 0 whatever the model ranks. None when there are none."""
+CHANCE = 0.6  # a validation macro AUROC below this: the model ranks about as well as a coin
+
+
+def closing_notes(result, probs, split, names, thresholds, cfg, step, steps_per_epoch):
+    """What an evaluation shows that a setting may mend, said once after training: a model near chance, and labels
+    with positives that no sequence reaches the threshold of. Each line suggests only settings the run does not
+    already have, with the values it used."""
+    notes, train = [], cfg["training"]
+    if result["auroc_macro"] < CHANCE:
+        scratch = cfg["model"]["source"] == "scratch"
+        rate = (config.DEFAULTS if scratch else config.PRETRAINED)["training"]["learning_rate"]
+        kind = "a model from scratch" if scratch else "a pretrained backbone"
+        fixes = [f"training.learning_rate={rate:g}, the default for {kind}"] if train["learning_rate"] != rate else []
+        epochs = -(-config.MIN_STEPS // steps_per_epoch)  # that make MIN_STEPS
+        if step < config.MIN_STEPS:
+            fixes.append(f"at least {config.MIN_STEPS} steps (" + (
+                f"training.max_steps={config.MIN_STEPS}" if train["max_steps"] > 0 else
+                f"training.num_train_epochs={epochs}" if train["num_train_epochs"] < epochs else
+                "training.early_stopping_patience=null: early stopping ended this run") + ")")
+        fixes.append(f"the 6-mer baseline, to see whether the labels can be read from these sequences at all "
+                     f"(python compare.py --baseline {train['output_dir']})")
+        notes.append(f"note: validation auroc_macro {result['auroc_macro']:.3f} at step {step}: the model ranks about "
+                     f"as well as chance. It trained {step} steps ({step / steps_per_epoch:.1f} epochs of "
+                     f"{steps_per_epoch} steps) of {train['per_device_train_batch_size']} sequences per device at "
+                     f"learning_rate {train['learning_rate']:.2e}. Try " + "; ".join(fixes))
     labels, mask = np.asarray(split.labels, bool), np.asarray(split.mask, bool)
     silent = [n for j, n in enumerate(names)
               if (labels[:, j] & mask[:, j]).any() and not ((probs[:, j] >= thresholds[j]) & mask[:, j]).any()]
-    if not silent:
-        return None
-    shown = ", ".join(silent[:5]) + (", ..." if len(silent) > 5 else "")
-    return (f"note: at the last evaluation, no validation sequence reaches the threshold of {len(silent)} of "
-            f"{len(names)} labels ({shown}): "
-            f"their F1, precision and recall read 0 while the ranking may be good (auroc_macro "
-            f"{result['auroc_macro']:.4f}). Set task.threshold=tuned (each label's F1-best threshold on the "
-            f"validation split) or training.pos_weight=sqrt to lift rare labels")
+    fixes = ([] if train["pos_weight"] else ["training.pos_weight=sqrt to lift rare labels"])
+    if silent and cfg["task"]["threshold"] != "tuned":  # tuned thresholds are set after training
+        shown = ", ".join(silent[:5]) + (", ..." if len(silent) > 5 else "")
+        fixes.insert(0, "task.threshold=tuned (each label's F1-best threshold on the validation split)")
+        notes.append(f"note: at the last evaluation, no validation sequence reaches the threshold of {len(silent)} "
+                     f"of {len(names)} labels ({shown}): their F1, precision and recall read 0 while the ranking may "
+                     f"be good (auroc_macro {result['auroc_macro']:.4f}). Set " + ", or ".join(fixes))
+    return notes
 
 
 def write_thresholds(out_dir, thresholds):

@@ -148,7 +148,7 @@ def train(cfg):
     strategy, save_strategy = train_cfg["evaluation_strategy"], train_cfg["save_strategy"]
     eval_every = (train_cfg["eval_steps"] or train_cfg["logging_steps"]) if strategy == "steps" else None
     has_val = "validation" in run.datasets and strategy != "no"
-    stopping, hint, since = 0, None, time.time()
+    stopping, notes, since = 0, [], time.time()
     log(f"training: {run.total_steps} steps of {train_cfg['per_device_train_batch_size'] * run.world * accum} "
         f"sequences ({run.steps_per_epoch} steps per epoch), {accum} micro-steps per step")
     progress = Progress(run.step, run.total_steps)
@@ -200,9 +200,9 @@ def train(cfg):
                         if run.affinity:
                             run.measure_affinity(step, since)
                         since = time.time()
-                        # a model that ranks well can still call nothing positive: said once, after the last one
-                        hint = outputs.hint_no_calls(result, probs, run.datasets["validation"], run.names,
-                                                     run.thresholds)
+                        # what the last evaluation shows that a setting may mend: said once, after training
+                        notes = outputs.closing_notes(result, probs, run.datasets["validation"], run.names,
+                                                      run.thresholds, run.cfg, step, run.steps_per_epoch)
                         new_best = run.selection.update(result, step)
                         if new_best and save_strategy == "no":
                             run.best_state = {k: v.detach().clone() for k, v in run.net.state_dict().items()}
@@ -214,8 +214,8 @@ def train(cfg):
                     if stopping or run.selection.stop:
                         break
         progress.close()
-        if hint:
-            log(hint)
+        for line in notes:
+            log(line)
         if run.affinity:
             run.suggest_grouping()
         if stopping:
@@ -294,7 +294,24 @@ def setup(cfg):
     amp = autocast(dtype, device)
 
     # data and model
-    backbone, tokenizer, source_dir, datasets, names = load_backbone_and_data(cfg, world, device, amp)
+    backbone, tokenizer, source_dir, datasets, names = load_backbone_and_data(cfg, world)
+    train_set = datasets["train"]
+    # the length of the run; epochs and patience auto are resolved here and saved with the run
+    parts_per_step = world * train_cfg["gradient_accumulation_steps"]  # every global batch is cut into this many
+    steps_per_epoch = count_steps_per_epoch(len(train_set), train_cfg["per_device_train_batch_size"] * parts_per_step,
+                                            parts_per_step)
+    auto = train_cfg["num_train_epochs"] == "auto" and train_cfg["max_steps"] <= 0
+    train_cfg["num_train_epochs"] = config.epochs(train_cfg, steps_per_epoch)
+    train_cfg["early_stopping_patience"] = config.patience(train_cfg, "validation" in datasets, steps_per_epoch)
+    total_steps = count_total_steps(train_cfg, steps_per_epoch)
+    if auto:
+        patience = train_cfg["early_stopping_patience"]
+        stop = f"; early stopping after {patience} evaluations without a better validation " \
+               f"{train_cfg['metric_for_best_model']}" if patience else ""
+        log(f"num_train_epochs auto: {train_cfg['num_train_epochs']} epochs of {steps_per_epoch} steps (at least "
+            f"{config.MIN_STEPS} steps, within 5 to 100 epochs){stop}")
+    if model_cfg["pooling"] == "auto":
+        auto_pooling(cfg, backbone, tokenizer, source_dir, datasets, names, device, amp, world)
     train_cfg["run_name"] = train_cfg["run_name"] or ckpt and ckpt["config"]["training"].get("run_name") or \
         time.strftime("%Y-%m-%d_%H-%M-%S")  # a resumed run continues its TensorBoard folder
     metric = config.check_metric(train_cfg["metric_for_best_model"], names)
@@ -305,7 +322,6 @@ def setup(cfg):
     if train_cfg["gradient_checkpointing"]:
         enable_gradient_checkpointing(backbone)
     net = build_model(backbone, names, model_cfg, tokenizer, data_cfg["window_pooling"]).to(device)
-    train_set = datasets["train"]
     multiple = data_cfg["pad_to_multiple_of"] or (8 if device.type == "cuda" else 1)  # tensor cores like 8
     collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"), multiple,
                            data_cfg["max_length"])
@@ -322,10 +338,6 @@ def setup(cfg):
     weighting = TaskWeighting(train_cfg["task_weighting"], len(names)).to(device) \
         if train_cfg["task_weighting"] != "none" else None
     optimizer = make_optimizer(net, train_cfg, device, head_lr, weighting)
-    parts_per_step = world * train_cfg["gradient_accumulation_steps"]  # every global batch is cut into this many
-    steps_per_epoch = count_steps_per_epoch(len(train_set), train_cfg["per_device_train_batch_size"] * parts_per_step,
-                                            parts_per_step)
-    total_steps = count_total_steps(train_cfg, steps_per_epoch)
     scheduler = make_scheduler(optimizer, train_cfg, total_steps)
     log_learning_rates(optimizer, train_cfg, total_steps, head_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -444,10 +456,10 @@ class StopSignal:
 # -----------------------------------------------------------------------------
 # setup
 
-def load_backbone_and_data(cfg, world, device, amp):
+def load_backbone_and_data(cfg, world):
     """The backbone, its tokenizer and folder, the splits and the label names trained on. What loading finds goes
     into the config that the run folder saves, so that predict.py reads the same: the position limit of the
-    backbone, the labels of the data, and the pooling auto chose by reading the training data."""
+    backbone, the windows, and the labels of the data."""
     task_cfg, data_cfg, model_cfg = cfg["task"], cfg["data"], cfg["model"]
     backbone, tokenizer, source_dir = load_backbone(model_cfg, data_cfg["max_length"])
     limit = position_limit(backbone.config)
@@ -465,17 +477,22 @@ def load_backbone_and_data(cfg, world, device, amp):
                                      f"window, {data_cfg['window_size']} bp (expected at most the window)")
     datasets, all_names, names = cache.load_for_training(cfg, tokenizer, world)
     task_cfg.update(label_map=dict(enumerate(all_names)), num_labels=len(all_names), label_names=None)
-    if model_cfg["pooling"] == "auto":
-        train_cfg = cfg["training"]  # the probe reads at most 15% of the sequences the run trains on: its
-        planned = train_cfg["max_steps"] * train_cfg["per_device_train_batch_size"] * world * \
-            train_cfg["gradient_accumulation_steps"] if train_cfg["max_steps"] > 0 else \
-            len(datasets["train"]) * train_cfg["num_train_epochs"]  # forward costs a third of a step's
-        model_cfg["pooling"], why = choose_pooling(model_cfg, backbone, tokenizer, datasets["train"], names,
-                                                   device=device, autocast=amp, seed=train_cfg["seed"],
-                                                   n=min(1000, max(128, int(0.15 * planned))),
-                                                   cache_file=pooling_cache(cfg, source_dir, datasets, names))
-        log(f"pooling: auto chose {model_cfg['pooling']}: {why}")
     return backbone, tokenizer, source_dir, datasets, names
+
+
+def auto_pooling(cfg, backbone, tokenizer, source_dir, datasets, names, device, amp, world):
+    """model.pooling auto: the pooling that the frozen backbone's states of training sequences read best, saved
+    with the run for predict.py. The probe reads at most 15% of the sequences the run trains on: its forward
+    passes cost a third of a step's."""
+    model_cfg, train_cfg = cfg["model"], cfg["training"]
+    planned = train_cfg["max_steps"] * train_cfg["per_device_train_batch_size"] * world * \
+        train_cfg["gradient_accumulation_steps"] if train_cfg["max_steps"] > 0 else \
+        len(datasets["train"]) * train_cfg["num_train_epochs"]
+    model_cfg["pooling"], why = choose_pooling(model_cfg, backbone, tokenizer, datasets["train"], names,
+                                               device=device, autocast=amp, seed=train_cfg["seed"],
+                                               n=min(1000, max(128, int(0.15 * planned))),
+                                               cache_file=pooling_cache(cfg, source_dir, datasets, names))
+    log(f"pooling: auto chose {model_cfg['pooling']}: {why}")
 
 
 def log_learning_rates(optimizer, train_cfg, total_steps, head_lr):
