@@ -1,6 +1,6 @@
 """
-What a person watching a run sees: log lines (from rank 0 only), progress bars (on a terminal only), and the
-elapsed time and ETA of the step loop.
+What a person watching a run sees: log lines (from rank 0 only), progress bars (on a terminal), a progress line
+every half minute in a log file, and the elapsed time and ETA of the step loop.
 """
 import sys
 import time
@@ -8,19 +8,61 @@ import time
 import torch.distributed as dist
 from tqdm import tqdm
 
+QUIET = 30  # seconds: off a terminal, a progress line is written once this long has passed without a log line
+last_line = [time.time()]  # when the last log line was written
+
 
 def log(*args):
     """A console line, from rank 0 only. tqdm.write keeps a progress bar on the terminal below the line."""
     if not dist.is_initialized() or dist.get_rank() == 0:
         tqdm.write(" ".join(map(str, args)), file=sys.stdout)
         sys.stdout.flush()
+        last_line[0] = time.time()
+
+
+class LogLines:
+    """In place of a progress bar off a terminal (a log file, CI, a batch job): no bar, but a plain line, what is
+    done, the rate and the ETA, whenever QUIET seconds pass without another log line. A long step is never silent
+    in a log, and a log already busy with lines gets none."""
+    disable = True  # as a tqdm that draws nothing
+
+    def __init__(self, iterable=None, total=None, initial=0, desc=None, unit="seq"):
+        self.iterable, self.total, self.n, self.initial = iterable, total, initial, initial
+        self.desc, self.unit, self.t0 = desc or "progress", unit, time.time()
+
+    def __iter__(self):
+        for x in self.iterable:
+            yield x
+            self.update()
+
+    def update(self, n=1):
+        self.n += n
+        now = time.time()
+        if now - last_line[0] >= QUIET:
+            rate = (self.n - self.initial) / max(now - self.t0, 1e-9)
+            left = f", ETA {clock((self.total - self.n) / rate)}" if self.total and rate > 0 else ""
+            done = f"{self.n:,}/{self.total:,}" if self.total else f"{self.n:,}"
+            log(f"{self.desc}: {done} {self.unit}s | {rate:,.1f} {self.unit}/s | {clock(now - self.t0)} "
+                f"elapsed{left}")
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        pass
 
 
 def progress_bar(iterable=None, total=None, initial=0, desc=None, unit="seq"):
-    """A progress bar on a terminal, on rank 0; nothing in a log file or CI, where the log lines say as much."""
-    show = sys.stderr.isatty() and (not dist.is_initialized() or dist.get_rank() == 0)
-    return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, disable=not show, leave=False,
-                dynamic_ncols=True)
+    """A progress bar on a terminal, on rank 0; elsewhere a LogLines, whose lines are rank 0's too."""
+    tty = sys.stderr.isatty() and (not dist.is_initialized() or dist.get_rank() == 0)
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    if not tty:
+        return LogLines(iterable, total, initial, desc, unit)
+    return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
 
 
 def clock(seconds):

@@ -181,7 +181,7 @@ def tracks(args):
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     log(f"tracks: {total:,} windows of {window} bp every {stride} bp over {sum(b - a for _, a, b in regions):,} bp "
         f"in {seconds:.1f} s ({total / max(seconds, 1e-9):,.0f} windows/s; peak memory {peak_rss:,.0f} MiB), "
-        f"written to {args.tracks}/: " + ", ".join(f"{n}.bw" for n in names) +
+        f"written to {os.path.join(args.tracks, '')}: " + ", ".join(f"{n}.bw" for n in names) +
         (" and .bedGraph" if args.bedgraph else "") + (" and .peaks.bed" if args.peaks else ""))
     if cut:
         log(f"warning: {cut} windows were longer than the run's data.max_length tokens and were truncated (expected "
