@@ -16,7 +16,7 @@ KEYS = ["tokenize_seqs_per_s", "train_samples_per_s", "train_tokens_per_s", "bar
 def test_bench_json_has_every_figure(backbone):
     p = subprocess.run([sys.executable, "bench.py", "--json", "--n", "400", "--steps", "3", "--rounds", "1",
                         "--batch-size", "8", "--eval-n", "50", "--metrics-rows", "5000", "--backbone", backbone],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+                       cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     result = json.loads(p.stdout.strip().splitlines()[-1])
     assert all(k in result for k in KEYS), set(KEYS) - set(result)
@@ -28,7 +28,7 @@ def test_bench_json_has_every_figure(backbone):
 
 def test_bench_pooling_reports_every_pooling_and_what_auto_chose():
     p = subprocess.run([sys.executable, "bench.py", "--pooling", "--json", "--n", "200", "--pretrain-steps", "5"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     result = json.loads(p.stdout.strip().splitlines()[-1])
     runs = [f"{family}_{how}_auroc" for family in ("bert", "gpt2", "llama", "gpt2_pretrained")

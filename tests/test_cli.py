@@ -79,7 +79,7 @@ def test_ctrl_c_during_setup_is_one_line_and_130(tsv, tmp_path, monkeypatch, cap
 ])
 def test_cli_errors_are_one_line_with_exit_status_2(tmp_path, args, message):
     p = subprocess.run([sys.executable, "train.py", "config.yaml", *args,
-                        f"training.output_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                        f"training.output_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.strip().startswith(message), p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1

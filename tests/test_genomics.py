@@ -193,8 +193,7 @@ def run_prepare(tmp_path, genome_path, peaks):
     yaml = tmp_path / "p.yaml"
     yaml.write_text(f"prepare:\n  genome: {genome_path}\n  peaks: {peaks}\n  window: 100\ndata:\n"
                     f"  path: {tmp_path / 'out.tsv'}\n  cache_dir: {tmp_path / 'cache'}\n")
-    return subprocess.run([sys.executable, "prepare.py", str(yaml)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "prepare.py", str(yaml)], cwd=ROOT, capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("bed, message", [

@@ -95,8 +95,7 @@ def hub_run(tmp_path, source, name, **env):
     return subprocess.run([sys.executable, "train.py", "config.yaml", f"data.path={tsv}", "task.label_map=null",
                            "task.num_labels=null", f"model.source={source}", f"model.name_or_path={name}", *TINY,
                            "training.max_steps=1", f"training.output_dir={tmp_path / 'out'}",
-                           f"data.cache_dir={tmp_path / 'cache'}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=env)
+                           f"data.cache_dir={tmp_path / 'cache'}"], cwd=ROOT, capture_output=True, text=True, env=env)
 
 
 @pytest.mark.parametrize("source", ["huggingface", "modelscope"])
