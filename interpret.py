@@ -111,6 +111,8 @@ def motifs(args, score, names, data_cfg, rank, db):
     top = {j: np.sort(np.argsort(-probs[:, j], kind="stable")[:n]) for j in labels}  # each label's highest
     chosen = sorted(set(np.concatenate(list(top.values())).tolist()))  # one mutagenesis serves every label
     hyp, truncated = [], 0
+    log(f"motifs: mutagenesis of {len(chosen)} sequences, the top {n} of each of {len(labels)} labels, then "
+        f"TF-MoDISco per label")
     for i in progress_bar(chosen, desc="mutagenesis"):
         ref, mutants, cut = mutagenesis(score, seqs[i])
         hyp.append(hypothetical((mutants - ref)[:, :, labels].numpy()))
@@ -122,7 +124,7 @@ def motifs(args, score, names, data_cfg, rank, db):
     if rank != 0:
         return
     found, where = [], {i: r for r, i in enumerate(chosen)}
-    for k, j in enumerate(labels):
+    for k, j in enumerate(progress_bar(labels, desc="TF-MoDISco", unit="label")):
         rows = [where[i] for i in top[j].tolist()]
         try:
             arrays = stack([seqs[chosen[r]] for r in rows], [hyp[r][:, :, k] for r in rows])

@@ -58,9 +58,10 @@ def test_tracks_read_back_and_the_leaf_track_is_higher_in_leaf_peaks(genome_run,
     tmp, folder = genome_run
     out = tmp / "tracks"
     assert predict.main([str(tmp / "out"), "--genome", f"{folder}/genome.fa", "--chroms", "Chr5", "--tracks",
-                         str(out), "--peaks", "--bedgraph", "--picture", "Chr5:100000-130000"]) == 0
+                         f"{out}/", "--peaks", "--bedgraph", "--picture", "Chr5:100000-130000"]) == 0
     log = capsys.readouterr().out
     assert "tracks: 3,331 windows of 300 bp every 75 bp over 250,000 bp" in log
+    assert f"written to {out}/: leaf.bw" in log  # one slash, however the folder was given
     assert sorted(os.listdir(out)) == ["Chr5_100000-130000.png", *sorted(
         f"{n}{ext}" for n in ("leaf", "root", "flower") for ext in (".bedGraph", ".bw", ".peaks.bed")), "tracks.json"]
     # the values read back through pyBigWig are the probabilities of the windows, scored here again
