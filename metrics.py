@@ -1,7 +1,8 @@
 """
 Multi-label metrics in NumPy. They agree with scikit-learn (zero_division=0):
 f1/precision/recall with average='macro'|'micro', accuracy_score (subset accuracy) on indicator arrays,
-hamming_loss, and per-label roc_auc_score / average_precision_score averaged over labels that have both classes.
+hamming_loss, matthews_corrcoef per label (0 where it is undefined), and per-label roc_auc_score /
+average_precision_score averaged over labels that have both classes.
 A mask (True = measured) leaves unmeasured entries out of every count.
 """
 import json
@@ -12,8 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 SUMMARY = ("accuracy", "f1_macro", "f1_micro", "precision_macro", "precision_micro", "recall_macro", "recall_micro",
-           "hamming_loss", "auroc_macro", "auprc_macro")  # compute_metrics' keys over all labels
-PER_LABEL = ("f1", "precision", "recall", "auroc", "auprc")  # and per label, as f1/<label>, with support/<label>
+           "mcc_macro", "hamming_loss", "auroc_macro", "auprc_macro")  # compute_metrics' keys over all labels
+# The metrics of each label, in the order of every table (the printed one, per_label.tsv), as <name>/<label> in the
+# results and TensorBoard, with support/<label>. A new one is its name here and its array in compute_metrics.
+PER_LABEL = ("precision", "recall", "f1", "mcc", "auroc", "auprc")
 CHUNK = 1 << 16  # rows at a time, so boolean temporaries stay small on genome-scale arrays
 BLOCK = 32  # labels ranked at a time by one thread
 
@@ -71,18 +74,23 @@ def compute_metrics(labels, probs, label_names=None, threshold=0.5, mask=None):
         m = np.ones_like(t) if mask is None else np.asarray(mask[i:i + CHUNK], bool)
         if mask is not None:
             t, p = t & m, p & m
-        per_label = [np.add.reduce(x.view(np.uint8), 0, dtype=np.int64) for x in (p & t, p, t)]
+        per_label = [np.add.reduce(x.view(np.uint8), 0, dtype=np.int64) for x in (p & t, p, t, m)]
         has_any = m.any(1)
         return per_label, int(has_any.sum()), int((((p == t) | ~m).all(1) & has_any).sum()), int(m.sum())
 
     with ThreadPoolExecutor(min(os.cpu_count() or 1, 8)) as pool:  # numpy lets go of the GIL in these loops
         parts = list(pool.map(count, range(0, n, CHUNK)))
-    tp, predicted, true = (sum(p[0][k] for p in parts) if parts else np.zeros(L, np.int64) for k in range(3))
+    tp, predicted, true, entries = (sum(p[0][k] for p in parts) if parts else np.zeros(L, np.int64)
+                                    for k in range(4))
     fp, fn = predicted - tp, true - tp
+    tn = entries - tp - fp - fn
     rows, rows_right, measured = (sum(p[k] for p in parts) for k in (1, 2, 3))
 
     precision, recall = safe_div(tp, tp + fp), safe_div(tp, tp + fn)
     f1 = safe_div(2 * tp, 2 * tp + fp + fn)
+    # Matthews' correlation of calls and truth, in floats: the product of four counts overflows int64 at genome scale
+    tp_, fp_, fn_, tn_ = (np.asarray(x, np.float64) for x in (tp, fp, fn, tn))
+    mcc = safe_div(tp_ * tn_ - fp_ * fn_, np.sqrt((tp_ + fp_) * (tp_ + fn_) * (tn_ + fp_) * (tn_ + fn_)))
     out = {
         "accuracy": float(safe_div(rows_right, rows)),
         "f1_macro": float(f1.mean()),
@@ -91,6 +99,7 @@ def compute_metrics(labels, probs, label_names=None, threshold=0.5, mask=None):
         "precision_micro": float(safe_div(tp.sum(), tp.sum() + fp.sum())),
         "recall_macro": float(recall.mean()),
         "recall_micro": float(safe_div(tp.sum(), tp.sum() + fn.sum())),
+        "mcc_macro": float(mcc.mean()),
         "hamming_loss": float(safe_div(fp.sum() + fn.sum(), measured)),
     }
     auroc, auprc = np.full(L, np.nan), np.full(L, np.nan)
@@ -107,12 +116,9 @@ def compute_metrics(labels, probs, label_names=None, threshold=0.5, mask=None):
     defined = ~np.isnan(auroc)
     out["auroc_macro"] = float(auroc[defined].mean()) if defined.any() else float("nan")
     out["auprc_macro"] = float(auprc[defined].mean()) if defined.any() else float("nan")
+    per_label = {"precision": precision, "recall": recall, "f1": f1, "mcc": mcc, "auroc": auroc, "auprc": auprc}
     for j, name in enumerate(names):
-        out[f"f1/{name}"] = float(f1[j])
-        out[f"precision/{name}"] = float(precision[j])
-        out[f"recall/{name}"] = float(recall[j])
-        out[f"auroc/{name}"] = float(auroc[j])
-        out[f"auprc/{name}"] = float(auprc[j])
+        out.update({f"{k}/{name}": float(per_label[k][j]) for k in PER_LABEL})
         out[f"support/{name}"] = int(tp[j] + fn[j])
     return out
 
@@ -120,12 +126,12 @@ def compute_metrics(labels, probs, label_names=None, threshold=0.5, mask=None):
 def per_label_text(names, result, split="this"):
     """The per-label table printed at the end of a run. A label without positives in the split is marked, with a
     warning line: its F1 of 0 counts in f1_macro, as in scikit-learn, while its AUROC and AUPRC are undefined."""
-    lines = [f"{'label':<20} {'support':>8} {'precision':>9} {'recall':>7} {'f1':>7} {'auroc':>7} {'auprc':>7}"]
+    widths = [max(len(k), 7) for k in PER_LABEL]
+    lines = [f"{'label':<20} {'support':>8} " + " ".join(f"{k:>{w}}" for k, w in zip(PER_LABEL, widths))]
     for n in names:
         mark = " *" if result[f"support/{n}"] == 0 else ""
-        lines.append(f"{n:<20} {result[f'support/{n}']:>8} {result[f'precision/{n}']:>9.4f} "
-                     f"{result[f'recall/{n}']:>7.4f} {result[f'f1/{n}']:>7.4f} {result[f'auroc/{n}']:>7.4f} "
-                     f"{result[f'auprc/{n}']:>7.4f}{mark}")
+        lines.append(f"{n:<20} {result[f'support/{n}']:>8} " +
+                     " ".join(f"{result[f'{k}/{n}']:>{w}.4f}" for k, w in zip(PER_LABEL, widths)) + mark)
     empty = [n for n in names if result[f"support/{n}"] == 0]
     if empty:
         lines.append(f"warning: * no positives in the {split} split for {', '.join(empty)}: an F1 of 0 that counts "
@@ -169,10 +175,10 @@ def tune_thresholds(labels, probs, mask=None, default=0.5):
 def save_per_label(path, names, result, prevalence, thresholds):
     """per_label.tsv: one row per label with its support, prevalence, scores and threshold."""
     with open(path, "w") as f:
-        f.write("label\tsupport\tprevalence\tprecision\trecall\tf1\tauroc\tauprc\tthreshold\n")
+        f.write("\t".join(["label", "support", "prevalence", *PER_LABEL, "threshold"]) + "\n")
         for j, n in enumerate(names):
             row = [n, str(result[f"support/{n}"]), f"{prevalence[j]:.4f}"]
-            row += [f"{result[f'{k}/{n}']:.4f}" for k in ("precision", "recall", "f1", "auroc", "auprc")]
+            row += [f"{result[f'{k}/{n}']:.4f}" for k in PER_LABEL]
             f.write("\t".join(row + [f"{thresholds[j]:g}"]) + "\n")
 
 

@@ -141,3 +141,30 @@ def test_float32_probabilities_at_a_threshold_decide_as_in_float64(monkeypatch):
     want = metrics.compute_metrics(labels, probs.astype(np.float64), threshold=[0.1, 0.7])
     assert {k: v for k, v in got.items() if "au" not in k} == {k: v for k, v in want.items() if "au" not in k}
     assert got["recall/0"] == 0.5 and got["recall/1"] == 0.5
+
+
+def test_mcc_per_label_and_macro_agree_with_scikit_learn_with_a_mask_and_undefined_labels():
+    from sklearn.metrics import matthews_corrcoef
+    rng = np.random.default_rng(3)
+    labels = rng.random((300, 5)) < [0.3, 0.05, 0.5, 0.2, 0.0]  # the last label has no positive: MCC 0
+    probs = np.clip(labels * 0.4 + rng.random((300, 5)) * 0.7, 0, 1)
+    probs[:, 3] = 0.1  # nothing called: MCC 0, as scikit-learn gives
+    mask = rng.random((300, 5)) > 0.1
+    m = compute_metrics(labels, probs, list("abcde"), [0.5, 0.5, 0.6, 0.5, 0.5], mask)
+    want = [matthews_corrcoef(labels[mask[:, j], j], probs[mask[:, j], j] >= t)
+            for j, t in enumerate([0.5, 0.5, 0.6, 0.5, 0.5])]
+    assert [m[f"mcc/{c}"] for c in "abcde"] == pytest.approx(want, abs=1e-12)
+    assert want[0] > 0.3 and want[3] == want[4] == 0  # a real correlation, and the two undefined ones
+    assert m["mcc_macro"] == pytest.approx(np.mean(want), abs=1e-12)
+
+
+def test_every_per_label_metric_is_in_the_results_the_table_and_per_label_tsv(tmp_path):
+    labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    probs = np.array([[0.9, 0.2], [0.1, 0.8], [0.7, 0.3], [0.2, 0.6]])
+    m = compute_metrics(labels, probs, ["a", "b"])
+    assert {k.split("/")[0] for k in m if "/" in k} == {*metrics.PER_LABEL, "support"}
+    header = metrics.per_label_text(["a", "b"], m).splitlines()[0].split()
+    assert header == ["label", "support", *metrics.PER_LABEL]
+    metrics.save_per_label(str(tmp_path / "p.tsv"), ["a", "b"], m, np.array([0.5, 0.5]), np.array([0.5, 0.5]))
+    assert (tmp_path / "p.tsv").read_text().splitlines()[0].split("\t") == \
+        ["label", "support", "prevalence", *metrics.PER_LABEL, "threshold"]

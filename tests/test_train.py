@@ -41,7 +41,8 @@ def test_short_run_learns_and_writes_every_output(tmp_path):
     assert rows[0] == ["id", *names, "predicted", "labels", "unmeasured"] and len(rows) == 201
     with open(out / "per_label.tsv") as f:
         header = f.readline().rstrip("\n").split("\t")
-    assert header == ["label", "support", "prevalence", "precision", "recall", "f1", "auroc", "auprc", "threshold"]
+    assert header == ["label", "support", "prevalence", "precision", "recall", "f1", "mcc", "auroc", "auprc",
+                      "threshold"]
     ckpt = torch.load(out / "last.pt", weights_only=True)
     for key in ("model", "optimizer", "scheduler", "scaler", "step", "epoch", "config", "label_names", "thresholds",
                 "rng"):
@@ -142,7 +143,7 @@ def test_every_switch_together(tmp_path):
     with open(out / "per_label.tsv") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert [r["label"] for r in rows] == ["a", "b", "rare"]
-    assert set(rows[0]) == {"label", "support", "prevalence", "precision", "recall", "f1", "auroc", "auprc",
+    assert set(rows[0]) == {"label", "support", "prevalence", "precision", "recall", "f1", "mcc", "auroc", "auprc",
                             "threshold"}
     assert int(rows[2]["support"]) >= 1  # the rare label made it into the stratified test split
     thresholds = torch.load(out / "last.pt", weights_only=True)["thresholds"]
