@@ -10,14 +10,13 @@ task.labels runs for compare.py.
 import numpy as np
 import torch
 
-from model import bce_with_logits
 
 SKETCH = 1 << 16  # gradients longer than this are count-sketched to it: inner products are kept in expectation
 MAX_LABELS = 64  # more labels than this: a seeded sample of them at each evaluation, the matrix filled over time
 JOIN = 0.05  # groups join while their mean cosine is above this: a cosine near 0 is no reason to share a head
 
 
-def label_gradients(net, batches, labels_idx, pos_weight, device, autocast, seed=0):
+def label_gradients(net, batches, labels_idx, loss_fn, device, autocast, seed=0):
     """(len(labels_idx), D): each label's loss gradient on the backbone's trained parameters, summed over the
     batches (in eval mode: no dropout), sketched to SKETCH dimensions when longer."""
     params = [p for p in net.backbone.parameters() if p.requires_grad]
@@ -34,7 +33,7 @@ def label_gradients(net, batches, labels_idx, pos_weight, device, autocast, seed
             with autocast:
                 logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device), batch.get("windows"))
             y, m = batch["labels"].to(device), batch["mask"].to(device)
-            loss = bce_with_logits(logits, y, m, pos_weight, reduction="none")
+            loss = loss_fn(logits, y, m)
             for k, j in enumerate(labels_idx):
                 n = m[:, j].sum()
                 if n == 0:
@@ -56,12 +55,12 @@ class Affinity:
         L = len(names)
         self.total, self.count = np.zeros((L, L)), np.zeros((L, L))
 
-    def measure(self, net, batches, pos_weight, device, autocast, step):
+    def measure(self, net, batches, loss_fn, device, autocast, step):
         """Adds one evaluation's cosines; returns how many labels were measured."""
         L = len(self.names)
         chosen = np.arange(L) if L <= MAX_LABELS else \
             np.sort(np.random.RandomState(self.seed + step).choice(L, MAX_LABELS, replace=False))
-        grads = label_gradients(net, batches, chosen.tolist(), pos_weight, device, autocast, self.seed)
+        grads = label_gradients(net, batches, chosen.tolist(), loss_fn, device, autocast, self.seed)
         unit = grads / grads.norm(dim=1, keepdim=True).clamp(min=1e-12)
         cos = (unit @ unit.T).double().numpy()
         measured = (grads.norm(dim=1) > 0).numpy()

@@ -110,6 +110,8 @@ DEFAULTS = {
         "warmup_ratio": 0.05,
         "lr_scheduler_type": "cosine",  # linear | cosine | constant
         "pos_weight": "sqrt",  # null | auto (negatives/positives) | sqrt (its square root) | [w, ...] | {label: w}
+        "loss": "bce",  # bce | focal: each entry's loss (model.entry_loss, model.LOSSES)
+        "focal_gamma": 2.0,  # focal: the power of (1 - p) that weighs down the entries already right; 0 = bce
         "logging_steps": 25,
         "evaluation_strategy": "epoch",  # epoch | steps | no (HF's newer name, eval_strategy, is read too)
         "eval_steps": None,  # null = logging_steps
@@ -483,6 +485,9 @@ def validate(cfg):
         if value not in (None, "auto") and (isinstance(value, bool) or not isinstance(value, (int, float)) or
                                             not ok(value)):
             raise ConfigError(f"config: training.{key} must be {expected} (got {value!r})")
+    gamma = train["focal_gamma"]
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma < 0:
+        raise ConfigError(f"config: training.focal_gamma must be a number >= 0 (got {gamma!r})")
     warm = train["head_warmup_steps"]
     if isinstance(warm, bool) or not isinstance(warm, int) or warm < 0:
         raise ConfigError(f"config: training.head_warmup_steps must be an integer >= 0 (got {warm!r})")

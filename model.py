@@ -374,24 +374,36 @@ def build_model(backbone, names, model_cfg, tokenizer, window_pooling="mean"):
     return net
 
 
-def bce_with_logits(logits, targets, mask=None, pos_weight=None, reduction="mean"):
-    """Binary cross-entropy on logits, written out. With x the logit, y the target and w the positive weight:
-        loss = w*y*softplus(-x) + (1-y)*softplus(x),  softplus(z) = max(z, 0) + log1p(exp(-|z|))
-    which never exponentiates a large positive number, so it is exact at |x| = 100 in float32.
-    'mean' averages over measured entries only (mask True)."""
+LOSSES = ("bce", "focal")  # training.loss: a new loss is its branch in entry_loss and its name here
+
+
+def check_names(cfg):
+    """The settings that name one of this module's lists, checked where the list lives (config.py, the ground,
+    cannot import it), before a run does any work."""
+    for section, key, names in (("training", "loss", LOSSES),):
+        if cfg[section][key] not in names:
+            raise ConfigError(f"config: {section}.{key} is '{cfg[section][key]}' (expected one of {', '.join(names)})")
+
+
+def entry_loss(logits, targets, mask=None, *, pos_weight=None, kind="bce", gamma=2.0):
+    """The loss of every (sequence, label) entry, 0 where it was not measured (mask False): the project's one loss.
+    The training step sums it over the global batch, evaluation averages it over the measured entries, and task
+    affinity takes each label's; the run passes its kind, gamma and pos_weight (w) once, as a partial.
+    - bce: binary cross-entropy written out, w*y*softplus(-x) + (1-y)*softplus(x) for the logit x and target y,
+      with softplus(z) = max(z, 0) + log1p(exp(-|z|)), which never exponentiates a large positive number, so it
+      is exact at |x| = 100 in float32.
+    - focal (Lin et al. 2017): each term times (1-p)^gamma for a positive, p^gamma for a negative, p = sigmoid(x),
+      so that the entries the model already gets right weigh less; gamma 0 is bce. The factors are exp(-gamma *
+      softplus(+-x)), stable like the rest."""
     x, y = logits.float(), targets.float()
     log1p_exp = torch.log1p(torch.exp(-x.abs()))
-    sp_neg, sp_pos = F.relu(-x) + log1p_exp, F.relu(x) + log1p_exp  # softplus(-x), softplus(x)
+    sp_neg, sp_pos = F.relu(-x) + log1p_exp, F.relu(x) + log1p_exp  # softplus(-x) = -log p, softplus(x) = -log(1-p)
     w = 1.0 if pos_weight is None else pos_weight.to(x)
-    loss = w * y * sp_neg + (1 - y) * sp_pos
-    if mask is not None:
-        loss = loss * mask
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "none":
-        return loss
-    count = mask.sum() if mask is not None else torch.tensor(float(loss.numel()))
-    return loss.sum() / count.clamp(min=1)
+    positive, negative = w * y * sp_neg, (1 - y) * sp_pos
+    if kind == "focal":
+        positive, negative = positive * torch.exp(-gamma * sp_pos), negative * torch.exp(-gamma * sp_neg)
+    loss = positive + negative
+    return loss if mask is None else loss * mask
 
 
 def resolve_pos_weight(spec, names, positives, measured):

@@ -15,7 +15,6 @@ from cli import Failed
 from config import ConfigError
 from data import batch_starts
 from console import log
-from model import bce_with_logits
 
 
 def make_optimizer(net, train_cfg, device, head_lr=None, weighting=None):
@@ -75,8 +74,8 @@ def layer_scales(backbone, decay):
     return {name: decay ** (n - d) for name, d in depth.items()}
 
 
-def train_step(model, optimizer, scaler, micro_batches, *, measured, device, autocast, pos_weight=None,
-               max_grad_norm=None, weighting=None, label_measured=None):
+def train_step(model, optimizer, scaler, micro_batches, *, measured, device, autocast, loss_fn, max_grad_norm=None,
+               weighting=None, label_measured=None):
     """One optimizer step over this rank's micro-batches of a global batch with `measured` label entries in all.
     The all-reduce runs on the last micro-batch only. Returns the loss on this rank, the grad norm, and 1 where a
     non-finite gradient skipped the update: all tensors, so that nothing waits for the device. With a weighting
@@ -94,10 +93,10 @@ def train_step(model, optimizer, scaler, micro_batches, *, measured, device, aut
             y, m = batch["labels"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
             # DDP averages gradients over ranks, hence the * world: the sum over the global batch / measured
             if weighting is None:
-                loss = bce_with_logits(logits, y, m, pos_weight, reduction="sum") * world / measured
+                loss = loss_fn(logits, y, m).sum() * world / measured
                 plain = loss
             else:
-                per_label = bce_with_logits(logits, y, m, pos_weight, reduction="none").sum(0) * world
+                per_label = loss_fn(logits, y, m).sum(0) * world
                 label_sums = per_label.detach() if label_sums is None else label_sums + per_label.detach()
                 plain = per_label.sum() / measured
                 loss = weighting.loss(per_label / label_measured, last=k == len(micro_batches) - 1)

@@ -27,7 +27,7 @@ import outputs
 from console import progress_bar
 from config import ConfigError
 from lora import merge_lora
-from model import auto_pooling, bce_with_logits, build_model, load_tokenizer, own_tokens, pool
+from model import auto_pooling, build_model, entry_loss, load_tokenizer, own_tokens, pool
 
 
 def setup_device(device_cfg):
@@ -112,15 +112,16 @@ def predict_logits(net, dataset, collate, batch_size, device, autocast):
     return logits
 
 
-def evaluate(net, dataset, names, thresholds, collate, *, batch_size, device, autocast, pos_weight=None):
-    """(metrics with the loss, probabilities) of a labelled split, scored across ranks."""
+def evaluate(net, dataset, names, thresholds, collate, *, batch_size, device, autocast, loss_fn=entry_loss):
+    """(metrics with the loss, the mean over measured entries of loss_fn, the run's; probabilities) of a labelled
+    split, scored across ranks."""
     logits = predict_logits(net, dataset, collate, batch_size, device, autocast)
     if dataset.rc_tokens is not None:  # model.rc_average: average both strands' probabilities
         rc = cache.Split(dataset.rc_tokens, dataset.labels, dataset.mask)
         p = (torch.sigmoid(logits) + torch.sigmoid(predict_logits(net, rc, collate, batch_size, device, autocast))) / 2
         logits = torch.logit(p, eps=1e-7)
     labels, mask = np.asarray(dataset.labels, np.float32), np.asarray(dataset.mask, bool)
-    loss = bce_with_logits(logits, torch.from_numpy(labels), torch.from_numpy(mask), pos_weight).item()
+    loss = (loss_fn(logits, torch.from_numpy(labels), torch.from_numpy(mask)).sum() / max(mask.sum(), 1)).item()
     probs = torch.sigmoid(logits).numpy()
     result = metrics.compute_metrics(labels, probs, names, thresholds, mask)
     result["loss"] = loss

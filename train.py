@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -33,7 +34,8 @@ import metrics
 import outputs
 from affinity import JOIN, Affinity, grouping_lines, suggest_groups
 from console import Progress, log
-from model import build_model, enable_gradient_checkpointing, load_backbone, position_limit, resolve_pos_weight
+from model import (build_model, check_names, enable_gradient_checkpointing, entry_loss, load_backbone, position_limit,
+                   resolve_pos_weight)
 from optim import (Selection, TaskWeighting, check_finite, count_steps_per_epoch, count_total_steps, make_optimizer,
                    make_scheduler, train_step)
 from outputs import log_eval, log_train
@@ -54,7 +56,7 @@ class Run:
     datasets: dict  # train, and validation and test where there are such splits
     names: list  # the labels trained on
     collate: data.Collate
-    pos_weight: object  # a tensor on the device, or None
+    loss_fn: object  # each (sequence, label) entry's loss: model.entry_loss with the run's settings
     thresholds: np.ndarray
     net: torch.nn.Module
     model: torch.nn.Module
@@ -82,7 +84,7 @@ class Run:
         train_set, size = self.datasets["train"], self.cfg["training"]["per_device_train_batch_size"]
         rows = np.random.RandomState(self.cfg["training"]["seed"]).permutation(len(train_set))[:2 * size]
         batches = [self.collate([train_set[i] for i in rows[k:k + size]]) for k in range(0, len(rows), size)]
-        n = self.affinity.measure(self.net, batches, self.pos_weight, self.device, self.amp, step)
+        n = self.affinity.measure(self.net, batches, self.loss_fn, self.device, self.amp, step)
         seconds = time.time() - t
         log(f"task affinity: {n} labels x {len(batches)} batches, {n * len(batches)} backward passes in "
             f"{seconds:.2f} s ({seconds / max(t - since, 1e-9):.1%} of the training time since the last evaluation)")
@@ -117,7 +119,7 @@ class Run:
     def evaluate(self, split):
         return evaluate(self.net, self.datasets[split], self.names, self.thresholds, self.collate,
                         batch_size=self.cfg["training"]["per_device_eval_batch_size"], device=self.device,
-                        autocast=self.amp, pos_weight=self.pos_weight)
+                        autocast=self.amp, loss_fn=self.loss_fn)
 
     def save(self, last, best=False, snapshot=False):
         """last.pt and/or best.pt from rank 0; snapshot: also a step-<n>.pt copy (save_total_limit)."""
@@ -172,7 +174,7 @@ def train(cfg):
                     per_label = torch.from_numpy(np.maximum(counts, 1).astype(np.float32)).to(run.device) \
                         if run.weighting else None  # each label's measured entries, for its mean loss
                     loss, grad_norm, bad = train_step(run.model, run.optimizer, run.scaler, micro, measured=measured,
-                                                      device=run.device, autocast=run.amp, pos_weight=run.pos_weight,
+                                                      device=run.device, autocast=run.amp, loss_fn=run.loss_fn,
                                                       max_grad_norm=train_cfg["max_grad_norm"],
                                                       weighting=run.weighting, label_measured=per_label)
                     loss_sum += loss
@@ -280,6 +282,7 @@ def setup(cfg):
     folder, the data and the model, the optimizer and schedule, the state of a resumed run, then the run folder and
     TensorBoard."""
     task_cfg, data_cfg, model_cfg, train_cfg = cfg["task"], cfg["data"], cfg["model"], cfg["training"]
+    check_names(cfg)
     rank, world, device = setup_device(train_cfg["device"])
     seed_everything(train_cfg["seed"])
     if train_cfg["deterministic"]:
@@ -330,6 +333,7 @@ def setup(cfg):
     if pos_weight is not None:
         log("pos_weight: " + " ".join(f"{n}={w:.2f}" for n, w in zip(names, pos_weight.tolist())))
         pos_weight = pos_weight.to(device)
+    loss_fn = partial(entry_loss, pos_weight=pos_weight, kind=train_cfg["loss"], gamma=train_cfg["focal_gamma"])
     outputs.log_model(net, model_cfg, names, device, world)
     sample_weights = oversampling(train_set, data_cfg["oversample_rare"], names)
 
@@ -371,7 +375,7 @@ def setup(cfg):
         outputs.write_run_folder(cfg, device, tokenizer, backbone, source_dir)
         writer = outputs.open_tensorboard(train_cfg, train_set, names, step)
     return Run(cfg=cfg, rank=rank, world=world, device=device, amp=amp, datasets=datasets, names=names,
-               collate=collate, pos_weight=pos_weight, thresholds=thresholds, net=net, model=model,
+               collate=collate, loss_fn=loss_fn, thresholds=thresholds, net=net, model=model,
                optimizer=optimizer, scheduler=scheduler, scaler=scaler, selection=selection,
                steps_per_epoch=steps_per_epoch, total_steps=total_steps, step=step, writer=writer,
                sample_weights=sample_weights, frozen=frozen,

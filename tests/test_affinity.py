@@ -7,7 +7,7 @@ import affinity
 import config
 import train
 from helpers import NO_DROPOUT, read_tsv, train_args
-from model import KmerTokenizer, build_model
+from model import KmerTokenizer, build_model, entry_loss
 from transformers import AutoModel, BertConfig
 
 
@@ -37,7 +37,7 @@ def test_identical_labels_agree_and_opposite_ones_conflict():
     # labels 0 and 1 are the same truth; label 2 is the same truth too, so its head (the opposite of label 0's)
     # asks the backbone for the opposite of what label 0 asks: a conflict
     measure = affinity.Affinity(["a", "b", "c"], seed=0)
-    measure.measure(net, [batch(np.stack([y, y, y], 1).tolist(), s) for s in (1, 2)], None, torch.device("cpu"),
+    measure.measure(net, [batch(np.stack([y, y, y], 1).tolist(), s) for s in (1, 2)], entry_loss, torch.device("cpu"),
                     torch.autocast("cpu", enabled=False), step=1)
     m = measure.matrix
     assert m[0, 1] > 0.99 and m[0, 2] < -0.9, m
@@ -63,7 +63,7 @@ def test_many_labels_are_sampled_and_large_backbones_sketched(monkeypatch):
     y = (np.random.default_rng(1).random((16, 6)) < 0.5).astype(float).tolist()
     measure = affinity.Affinity([f"l{j}" for j in range(6)], seed=0)
     for step in range(1, 4):
-        assert measure.measure(net, [batch(y)], None, torch.device("cpu"), torch.autocast("cpu", enabled=False),
+        assert measure.measure(net, [batch(y)], entry_loss, torch.device("cpu"), torch.autocast("cpu", enabled=False),
                                step) == 4
     m = measure.matrix
     assert np.isfinite(np.diag(m)).sum() == 6 and np.allclose(np.diag(m), 1, atol=1e-5)  # every label was sampled
