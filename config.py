@@ -61,9 +61,10 @@ DEFAULTS = {
     "model": {
         "source": "scratch",  # scratch | local | huggingface | modelscope
         "name_or_path": None,
-        "pooling": "auto",  # auto | mean | cls | last | max; auto: max for the scratch model, else the pooling the
-        #                     frozen backbone's states of training sequences read best; the run logs its choice
-        "pool_added_tokens": False,  # mean and max also over the CLS, SEP, BOS or EOS added (as runs before it did)
+        "pooling": "auto",  # auto | mean | max | cls | last | attention (model.POOLINGS); auto: max for the scratch
+        #                     model, else the pooling the frozen backbone's states of training sequences read best
+        "pool_added_tokens": False,  # mean, max and attention also read the CLS, SEP, BOS or EOS added (as runs
+        #                              before this key did)
         "dropout": 0.1,  # the head's
         "backbone_dropout": None,  # a number overrides every dropout of the backbone; null keeps pretrained values
         "trust_remote_code": False,
@@ -430,7 +431,6 @@ def validate(cfg):
         if train[key] is False:  # YAML 1.1 reads a bare `no` as false
             train[key] = "no"
     choose(cfg, "model", "source", ("scratch", "local", "huggingface", "modelscope"))
-    choose(cfg, "model", "pooling", ("auto", "mean", "cls", "last", "max"))
     choose(cfg, "training", "evaluation_strategy", ("epoch", "steps", "no"))
     choose(cfg, "training", "save_strategy", ("epoch", "steps", "no"))
     choose(cfg, "training", "lr_scheduler_type", ("linear", "cosine", "constant"))

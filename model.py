@@ -17,7 +17,6 @@ from config import ConfigError
 from lora import add_lora
 
 KMER_FILE = "kmer_tokenizer.json"
-POOLINGS = ("mean", "cls", "last", "max")
 ROBERTA_STYLE = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "esm", "data2vec-text", "longformer"}
 
 
@@ -227,19 +226,63 @@ def own_tokens(input_ids, attention_mask, marks):
     return torch.where(own.any(1, keepdim=True), own, attention_mask.bool()).to(attention_mask.dtype)
 
 
-def pool(h, mask, how):
-    """(B, T, H) token states -> (B, H). mask is 1 on real tokens; padding may be on either side."""
-    m = mask.unsqueeze(-1).to(h.dtype)
-    if how == "mean":
+# -----------------------------------------------------------------------------
+# poolings: (B, T, H) token states and the mask of the tokens to read (1; padding may be on either side) -> (B, H)
+
+class MeanPool(nn.Module):
+    """The mean of the sequence's own tokens."""
+    own = True  # reads the sequence's own tokens, not the CLS, SEP, BOS or EOS the tokenizer adds
+
+    def __init__(self, width):
+        super().__init__()
+
+    def forward(self, h, mask):
+        m = mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp(min=1)
-    if how == "max":
-        return h.masked_fill(m == 0, torch.finfo(h.dtype).min).max(1).values
-    T = mask.shape[1]
-    if how == "cls":  # the first real token
-        pos = mask.int().argmax(1)
-    else:  # "last": the last real token, whichever side the padding is on
-        pos = T - 1 - mask.int().flip(1).argmax(1)
-    return h[torch.arange(h.shape[0], device=h.device), pos]
+
+
+class MaxPool(MeanPool):
+    """The largest value of each feature over the sequence's own tokens: finds short motifs fastest."""
+
+    def forward(self, h, mask):
+        return h.masked_fill(mask.unsqueeze(-1) == 0, torch.finfo(h.dtype).min).max(1).values
+
+
+class ClsPool(MeanPool):
+    """The first real token (a CLS token, where the tokenizer adds one)."""
+    own = False
+
+    def forward(self, h, mask):
+        return h[torch.arange(len(h), device=h.device), mask.int().argmax(1)]
+
+
+class LastPool(ClsPool):
+    """The last real token, whichever side the padding is on (an appended SEP or EOS included)."""
+
+    def forward(self, h, mask):
+        return h[torch.arange(len(h), device=h.device), mask.shape[1] - 1 - mask.int().flip(1).argmax(1)]
+
+
+class AttentionPool(MeanPool):
+    """A learned score per token, a softmax over the sequence's own tokens, and the states weighted by it: the
+    model learns which tokens to read. Its weights are new, and learn with the head."""
+
+    def __init__(self, width):
+        super().__init__(width)
+        self.score = nn.Linear(width, 1)
+
+    def forward(self, h, mask):
+        scores = self.score(h).squeeze(-1).float().masked_fill(mask == 0, float("-inf"))
+        return (torch.softmax(scores, 1).unsqueeze(-1).to(h.dtype) * h).sum(1)
+
+
+# model.pooling: a new pooling is its class above and its name here
+POOLINGS = {"mean": MeanPool, "max": MaxPool, "cls": ClsPool, "last": LastPool, "attention": AttentionPool}
+
+
+def pool(h, mask, how):
+    """h pooled by the pooling named how, one without weights (the auto probe's, and the tests')."""
+    return POOLINGS[how](h.shape[-1])(h, mask)
 
 
 class MultiLabelModel(nn.Module):
@@ -248,14 +291,14 @@ class MultiLabelModel(nn.Module):
 
     def __init__(self, backbone, num_labels, pooling, *, dropout=0.1, groups=None, padding_side="right", marks=()):
         super().__init__()
+        if getattr(backbone, "pooler", None) is not None:
+            backbone.pooler = None  # we pool ourselves; an unused pooler would also stall DDP's gradient sync
         if pooling not in POOLINGS:
             raise ConfigError(f"config: model.pooling is '{pooling}' (expected one of {', '.join(POOLINGS)}; train.py "
                               f"resolves auto before building the model)")
-        if getattr(backbone, "pooler", None) is not None:
-            backbone.pooler = None  # we pool ourselves; an unused pooler would also stall DDP's gradient sync
         self.backbone, self.pooling, self.n_labels = backbone, pooling, num_labels
-        # mean and max pool over the sequence's own tokens, not the CLS, SEP, BOS or EOS the tokenizer adds, nor
-        # padding; last is the last token, an appended SEP or EOS included (trained from scratch, it summarises best)
+        # a pooling that reads the sequence's own tokens leaves out the CLS, SEP, BOS or EOS the tokenizer adds (as
+        # the padding); last reads the last token, an appended SEP or EOS included (from scratch, it summarises best)
         self.register_buffer("marks", torch.tensor(sorted(marks), dtype=torch.long), persistent=False)
         self.dropout = nn.Dropout(dropout)
         takes = inspect.signature(backbone.forward).parameters
@@ -266,6 +309,7 @@ class MultiLabelModel(nn.Module):
             getattr(backbone.config, "model_type", None) not in ROBERTA_STYLE
         self.hidden_states = False
         H = self.token_width("output_hidden_states" in takes)
+        self.pool = POOLINGS[pooling](H)
         if groups:
             self.heads = nn.ModuleList(nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.Linear(H, len(g))) for g in groups)
             order = [i for g in groups for i in g]
@@ -310,8 +354,8 @@ class MultiLabelModel(nn.Module):
     def forward(self, input_ids, attention_mask, windows=None):
         """Logits (B, L); with windows (how many consecutive rows each sequence has), one row per sequence."""
         h = self.token_states(input_ids, attention_mask)
-        mask = own_tokens(input_ids, attention_mask, self.marks) if self.pooling in ("mean", "max") else attention_mask
-        x = self.dropout(pool(h, mask, self.pooling))
+        mask = own_tokens(input_ids, attention_mask, self.marks) if self.pool.own else attention_mask
+        x = self.dropout(self.pool(h, mask))
         if hasattr(self, "heads"):  # heads give their groups' logits; put them back in label order
             logits = torch.cat([head(x) for head in self.heads], dim=1)[:, self.label_order]
         else:
@@ -380,7 +424,7 @@ LOSSES = ("bce", "focal")  # training.loss: a new loss is its branch in entry_lo
 def check_names(cfg):
     """The settings that name one of this module's lists, checked where the list lives (config.py, the ground,
     cannot import it), before a run does any work."""
-    for section, key, names in (("training", "loss", LOSSES),):
+    for section, key, names in (("model", "pooling", ("auto", *POOLINGS)), ("training", "loss", LOSSES)):
         if cfg[section][key] not in names:
             raise ConfigError(f"config: {section}.{key} is '{cfg[section][key]}' (expected one of {', '.join(names)})")
 

@@ -22,7 +22,9 @@ def make_optimizer(net, train_cfg, device, head_lr=None, weighting=None):
     parameters, and a skip of non-finite steps without waiting) by default on CUDA. When the head learns at a rate
     of its own (head_lr, the resolved training.head_learning_rate, differs from learning_rate), or layer_decay or
     head_warmup_steps is set, the head's parameters and the backbone's (one group per layer with layer_decay) are
-    groups of their own, each marked with its part; otherwise there are two groups, as before these settings."""
+    groups of their own, each marked with its part; otherwise there are two groups, as before these settings.
+    The head is every new layer, everything but the backbone: the heads and a pooling's weights (attention), which
+    start from nothing as the heads do."""
     lr = train_cfg["learning_rate"]
     head_lr = lr if head_lr is None else head_lr
     trained = [(n, p) for n, p in net.named_parameters() if p.requires_grad]

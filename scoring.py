@@ -27,7 +27,7 @@ import outputs
 from console import progress_bar
 from config import ConfigError
 from lora import merge_lora
-from model import auto_pooling, build_model, entry_loss, load_tokenizer, own_tokens, pool
+from model import POOLINGS, auto_pooling, build_model, entry_loss, load_tokenizer, own_tokens, pool
 
 
 def setup_device(device_cfg):
@@ -257,7 +257,7 @@ def choose_pooling(model_cfg, backbone, tokenizer, split, names, *, device, auto
                 h = net.token_states(ids, mask).float()
             own = own_tokens(ids, mask, net.marks)
             for how in ways:
-                states[how].append(pool(h, own if how in ("mean", "max") else mask, how).cpu())
+                states[how].append(pool(h, own if POOLINGS[how].own else mask, how).cpu())
         done = size
         scores, separated = read_poolings(states, split, rows[:size], names, seed, last=size == sizes[-1])
         if separated:

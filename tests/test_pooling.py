@@ -9,7 +9,7 @@ import transformers
 import cache
 import config
 import zoo
-from model import auto_pooling, build_model, load_backbone, load_tokenizer, own_tokens, pool
+from model import POOLINGS, auto_pooling, build_model, load_backbone, load_tokenizer, own_tokens, pool
 from model import added_tokens
 from scoring import choose_pooling
 
@@ -26,7 +26,7 @@ def test_mean_pools_a_sep_appending_decoder_over_its_own_tokens(tmp_path):
     with torch.no_grad():
         states = net.token_states(ids, torch.ones_like(ids))
         assert torch.allclose(net(ids, torch.ones_like(ids)), net.head(states[:, :-1].mean(1)), atol=1e-6)
-        net.pooling = "last"  # the last token, the SEP included: trained from scratch, it summarises best
+        net.pool = POOLINGS["last"](1)  # the last token, the SEP included: from scratch, it summarises best
         assert torch.allclose(net(ids, torch.ones_like(ids)), net.head(states[:, -1]), atol=1e-6)
         old = {k: v for k, v in model_cfg.items() if k != "pool_added_tokens"}  # a run saved before the key
         net = build_model(backbone, ["a"], dict(old, pooling="mean", dropout=0.0), tok).eval()
@@ -92,3 +92,48 @@ class OneHot(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None):
         return (torch.nn.functional.one_hot(input_ids, 8).float() + self.unused,)
+
+
+def test_attention_pooling_reads_only_the_tokens_it_may_and_starts_as_any_weighted_mean():
+    pool_ = POOLINGS["attention"](4)
+    h = torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        pool_.score.weight.zero_()  # equal scores: the plain mean of the tokens read
+        assert torch.allclose(pool_(h, mask), pool(h, mask, "mean"), atol=1e-6)
+        pool_.score.weight.normal_()
+        moved = h.clone()
+        moved[0, 3:], moved[1, 0] = 1e4, -1e4  # what is masked out changes nothing
+        assert torch.allclose(pool_(h, mask), pool_(moved, mask), atol=1e-5)
+
+
+def test_an_attention_pooling_run_trains_its_scores_with_the_head_and_predicts(tsv, tmp_path, capsys):
+    import predict
+    import train
+    from helpers import train_args
+    out = tmp_path / "att"
+    assert train.main(train_args(tsv, out, "model.pooling=attention", "training.max_steps=6",
+                                 "training.head_learning_rate=1e-2")) == 0
+    assert "learning rates: head 1.00e-02" in capsys.readouterr().out
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert "pool.score.weight" in state["model"] and state["config"]["model"]["pooling"] == "attention"
+    import optim  # the optimizer's groups: the pooling's weights learn at the head's rate
+    from model import build_model, load_backbone
+    cfg = state["config"]
+    backbone, tok, _ = load_backbone(cfg["model"], cfg["data"]["max_length"])
+    model = build_model(backbone, ["a", "b", "c"], cfg["model"], tok)
+    groups = optim.make_optimizer(model, cfg["training"], torch.device("cpu"), 1e-2).param_groups
+    head = {id(p) for g in groups if g["part"] == "head" for p in g["params"]}
+    assert id(model.pool.score.weight) in head and groups[0]["lr"] == 1e-2
+    fa = tmp_path / "x.fa"
+    fa.write_text(">s1\nACGTACGTAGCTAGCTAGCATCGA\n")
+    assert predict.main([str(out), str(fa), "-o", str(tmp_path / "p.tsv")]) == 0
+    assert len((tmp_path / "p.tsv").read_text().splitlines()) == 2
+
+
+def test_a_pooling_that_is_not_known_is_one_line_naming_every_choice(tsv, tmp_path, capsys):
+    import train
+    from helpers import train_args
+    assert train.main(train_args(tsv, tmp_path / "o", "model.pooling=average")) == 2
+    assert capsys.readouterr().err == "error: command line 'model.pooling=average': model.pooling is 'average' " \
+                                      "(expected one of auto, mean, max, cls, last, attention)\n"
