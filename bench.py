@@ -311,6 +311,8 @@ RECIPES = {  # the arms of --recipe: what each sets beside training.learning_rat
     "both": ["training.learning_rate={low}", "training.head_learning_rate={lr}", "training.head_warmup_steps={warm}"],
     "head lr x 10 (default)": [],
     "warm-up, head lr x 10": ["training.head_warmup_steps={warm}"],
+    "mean pooling": ["model.pooling=mean"],  # the default recipe, with the pooling fixed instead of auto
+    "attention pooling": ["model.pooling=attention"],
 }
 PLAIN = "one rate"  # plain fine-tuning, as a Trainer does it: one learning rate for the whole model
 
@@ -355,7 +357,8 @@ def bench_recipe(args):
         out[f"{name}_vs_6mer"] = macro("--baseline", *dirs)
         if name != PLAIN:
             out[f"{name}_vs_{PLAIN}"] = macro(*dirs, "--vs", *runs[PLAIN])
-    for a, b in (("head lr x 10 (default)", "one rate x 10"), ("warm-up, head lr x 10", "head lr x 10 (default)")):
+    for a, b in (("head lr x 10 (default)", "one rate x 10"), ("warm-up, head lr x 10", "head lr x 10 (default)"),
+                 ("attention pooling", "mean pooling")):
         out[f"{a}_vs_{b}"] = macro(*runs[a], "--vs", *runs[b])
     return out
 
