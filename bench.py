@@ -36,6 +36,7 @@ import config
 import data
 import metrics
 import optim
+from console import progress_bar
 from model import build_model, load_backbone
 from scoring import autocast, predict_logits
 
@@ -248,7 +249,7 @@ def bench_pooling(args):
     configs = {"bert": BertConfig(vocab_size=4101, max_position_embeddings=512, **size), "gpt2": small_gpt2(),
                "llama": LlamaConfig(vocab_size=4101, max_position_embeddings=512, num_key_value_heads=1, **size)}
     out = {}
-    for family in [*configs, "gpt2_pretrained"]:
+    for family in progress_bar([*configs, "gpt2_pretrained"], desc="bench --pooling", unit="backbone"):
         if family == "gpt2_pretrained":
             folder = pretrained_gpt2(args, rest)
         else:
@@ -328,25 +329,25 @@ def bench_recipe(args):
     out = {"pretrain_seconds": time.time() - t, "train_sequences": int(0.3 * args.n)}
     steps_per_epoch = out["train_sequences"] // 16
     fill = {"warm": 2 * steps_per_epoch, "lr": args.lr, "low": args.lr / 10, "high": args.lr * 10}
-    runs = {}
-    for name, extra in RECIPES.items():
-        runs[name] = []
-        for seed in range(1, args.seeds + 1):
-            out_dir = os.path.join(args.tmp, f"{''.join(c if c.isalnum() else '_' for c in name)}_{seed}")
-            t = time.time()
-            command("train.py", "config.yaml", f"data.path={path}", f"data.cache_dir={args.tmp}/cache",
-                    "data.train_size=0.3", "data.validation_size=0.1", "data.test_size=0.6", "model.source=local",
-                    f"model.name_or_path={folder}", "model.pooling=auto", f"training.output_dir={out_dir}",
-                    f"training.seed={seed}", f"training.learning_rate={args.lr}", "training.num_train_epochs=15",
-                    "training.per_device_train_batch_size=16", "training.metric_for_best_model=auroc_macro",
-                    "training.early_stopping_patience=3", "training.logging_steps=1000", "training.save_strategy=no",
-                    "task.threshold=tuned", *(x.format(**fill) for x in extra))
-            out[f"{name}_seconds_{seed}"] = time.time() - t
-            runs[name].append(out_dir)
-            with open(os.path.join(out_dir, "test_metrics.json")) as f:
-                m = json.load(f)
-            for key in ("test_f1_macro", "test_f1_macro@0.5"):  # F1 at thresholds tuned on validation, and at 0.5
-                out.setdefault(f"{name}_{key[5:]}", []).append(m[key])
+    runs = {name: [] for name in RECIPES}
+    for name, seed in progress_bar([(n, s) for n in RECIPES for s in range(1, args.seeds + 1)],
+                                   desc="bench --recipe", unit="run"):
+        extra = RECIPES[name]
+        out_dir = os.path.join(args.tmp, f"{''.join(c if c.isalnum() else '_' for c in name)}_{seed}")
+        t = time.time()
+        command("train.py", "config.yaml", f"data.path={path}", f"data.cache_dir={args.tmp}/cache",
+                "data.train_size=0.3", "data.validation_size=0.1", "data.test_size=0.6", "model.source=local",
+                f"model.name_or_path={folder}", "model.pooling=auto", f"training.output_dir={out_dir}",
+                f"training.seed={seed}", f"training.learning_rate={args.lr}", "training.num_train_epochs=15",
+                "training.per_device_train_batch_size=16", "training.metric_for_best_model=auroc_macro",
+                "training.early_stopping_patience=3", "training.logging_steps=1000", "training.save_strategy=no",
+                "task.threshold=tuned", *(x.format(**fill) for x in extra))
+        out[f"{name}_seconds_{seed}"] = time.time() - t
+        runs[name].append(out_dir)
+        with open(os.path.join(out_dir, "test_metrics.json")) as f:
+            m = json.load(f)
+        for key in ("test_f1_macro", "test_f1_macro@0.5"):  # F1 at thresholds tuned on validation, and at 0.5
+            out.setdefault(f"{name}_{key[5:]}", []).append(m[key])
 
     def macro(*argv):  # compare.py's macro AUROC row: (A, A's sd, B, B's sd, A - B, low, high, called)
         table = json.loads(command("compare.py", *argv, "--json").splitlines()[-1])
