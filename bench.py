@@ -55,8 +55,8 @@ def random_tsv(path, n, lo, hi, num_labels, seed=0):
 
 
 def padding_fraction(lengths, batches):
-    real = sum(lengths[b[:, 0]].sum() for b in batches)
-    return 1 - real / sum(lengths[b[:, 0]].max() * len(b) for b in batches)
+    real = sum(lengths[b["index"]].sum() for b in batches)
+    return 1 - real / sum(lengths[b["index"]].max() * len(b) for b in batches)
 
 
 def peak_rss_mb():
@@ -105,7 +105,7 @@ def bench(args):
         # per token: 6 flops per weight (forward and backward) plus attention (as in the PaLM paper's appendix)
         embeddings = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Embedding))
         weights = sum(p.numel() for p in net.parameters()) - embeddings
-        width = np.mean([lengths[b[:, 0]].max() for b in batches])
+        width = np.mean([lengths[b["index"]].max() for b in batches])
         per_token = 6 * weights + 12 * args.n_layer * args.n_embd * width
         peak = next(v for k, v in PEAK_FLOPS.items() if k in out["device"])
         out["mfu"] = out["train_tokens_per_s"] * per_token / peak
@@ -136,7 +136,7 @@ def time_training(args, net, cfg, split, batches, *, collate, dtype, amp, device
     model = torch.compile(net) if args.compile else net  # as train.py compiles it
     optimizer = optim.make_optimizer(net, cfg["training"], device)  # fused on CUDA
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ready = [{k: v.to(device) for k, v in collate([split[i] for i in b[:, 0]]).items()} for b in batches]
+    ready = [{k: v.to(device) for k, v in collate([split[i] for i in b["index"]]).items()} for b in batches]
 
     def bare_step(batch):
         """The same batch, collated and on the device beforehand, a plain loss, no clipping."""
@@ -160,7 +160,7 @@ def time_training(args, net, cfg, split, batches, *, collate, dtype, amp, device
                 t = time.time()
                 batch = next(loader)
                 waited += time.time() - t
-                optim.train_step(model, optimizer, scaler, [batch], measured=int(split.mask[b[:, 0]].sum()),
+                optim.train_step(model, optimizer, scaler, [batch], measured=int(split.mask[b["index"]].sum()),
                                  device=device, autocast=amp, max_grad_norm=1.0)
                 sync(device)
                 t2 = time.time()
@@ -172,7 +172,7 @@ def time_training(args, net, cfg, split, batches, *, collate, dtype, amp, device
     rounds(1)  # warm-up: allocator, kernels, torch.compile
     elapsed, bare_elapsed, waited = rounds(args.rounds)
     samples = args.rounds * sum(len(b) for b in batches)
-    tokens = args.rounds * sum(split.tokens.lengths()[b[:, 0]].sum() for b in batches)
+    tokens = args.rounds * sum(split.tokens.lengths()[b["index"]].sum() for b in batches)
     return {"train_samples_per_s": samples / elapsed, "train_tokens_per_s": tokens / elapsed,
             "data_wait_fraction": waited / elapsed, "bare_samples_per_s": samples / bare_elapsed,
             "loop_vs_bare": bare_elapsed / elapsed}

@@ -122,7 +122,7 @@ class Bits:
 class Split(torch.utils.data.Dataset):
     """Token ids, labels (n, L) and mask (n, L) of one split, as Bits or arrays; ids are the FASTA ids, the id
     column's values or the row numbers from 1. rc_tokens, when set, are the reverse complements' tokens. Items are
-    (index, tokens, labels, mask); a training sampler asks for (index, reverse complement?) pairs."""
+    (index, tokens, labels, mask); a training sampler asks for data.ROW keys (the strand, the window)."""
 
     def __init__(self, tokens, labels, mask, ids=None, path=None, *, rc_tokens=None, truncated=None, key=None):
         self.tokens, self.labels, self.mask, self.path, self.rc_tokens = tokens, labels, mask, path, rc_tokens
@@ -133,10 +133,11 @@ class Split(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.tokens)
 
-    def __getitem__(self, key):  # i, or (i, reverse complement?), or (i, reverse complement?, window drawn)
-        i, flip, *window = (key, False) if np.ndim(key) == 0 else key
+    def __getitem__(self, key):  # an index, or a data.ROW (the strand, and the window or all of them)
+        i, flip, window = (key["index"], key["flip"], key["window"]) if isinstance(key, np.void) else \
+            (key, False, data.ALL)
         tokens = self.rc_tokens if flip else self.tokens
-        ids = tokens.window(i, window[0]) if window else tokens[i]
+        ids = tokens[i] if window == data.ALL else tokens.window(i, window)
         return i, ids, self.labels[i].astype(np.float32), self.mask[i]
 
     def subset(self, idx):

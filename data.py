@@ -356,11 +356,22 @@ def batch_starts(n, size, min_size=1):
     return range(0, n - min_size + 1, size)
 
 
+# What a training batch is made of: rows that each name a sequence of the split (index), the strand to read
+# (flip: its reverse complement) and, under data.window_training sample, the one window to read (ALL: every one).
+ROW = np.dtype([("index", np.int64), ("flip", np.bool_), ("window", np.int64)])
+ALL = -1
+
+
+def row(index, flip=False, window=ALL):
+    """One ROW: the key a Split is indexed by (a plain index reads the sequence as it is, all its windows)."""
+    return np.array((index, flip, window), ROW)[()]
+
+
 def global_batches(n, size, seed, epoch, *, weights=None, flip=False, min_size=1, lengths=None, windows=None):
-    """The training order of one epoch as global batches of (index, reverse-complement?) pairs. It depends on the
-    seed and the epoch only, never on the world size, so every scale sees the same batches and resume just skips
-    the first few. With weights, n draws with replacement (oversampling); with flip, a fair coin per draw; with
-    windows (each sequence's count), a third column, the window drawn for the epoch.
+    """The training order of one epoch as global batches, arrays of ROW. It depends on the seed and the epoch only,
+    never on the world size, so every scale sees the same batches and resume just skips the first few. With
+    weights, n draws with replacement (oversampling); with flip, a fair coin per draw; with windows (each
+    sequence's count), the window drawn for the epoch.
     With lengths, each run of 50 batches is sorted by length before it is cut, so a batch holds similar lengths
     and pads little, and the batches are then shuffled, so the order stays random across batches."""
     g = torch.Generator().manual_seed(seed * 1000003 + epoch)
@@ -368,17 +379,18 @@ def global_batches(n, size, seed, epoch, *, weights=None, flip=False, min_size=1
         order = torch.randperm(n, generator=g)
     else:
         order = torch.multinomial(weights, n, replacement=True, generator=g)
-    flips = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
-    pairs = np.stack([order.numpy(), flips.numpy()], axis=1)
+    rows = np.zeros(n, ROW)
+    rows["index"], rows["window"] = order.numpy(), ALL
+    rows["flip"] = (torch.rand(n, generator=g) < 0.5).numpy() if flip else False
     if windows is not None:  # data.window_training: sample: one window of each sequence, drawn per epoch
         draw = torch.rand(n, generator=g, dtype=torch.float64).numpy()
-        pairs = np.c_[pairs, (draw * windows[pairs[:, 0]]).astype(np.int64)]
+        rows["window"] = (draw * windows[rows["index"]]).astype(np.int64)
     if lengths is not None:
         mega = 50 * size
         for i in range(0, n, mega):
-            chunk = pairs[i:i + mega]
-            pairs[i:i + mega] = chunk[np.argsort(-lengths[chunk[:, 0]], kind="stable")]
-    batches = [pairs[i:i + size] for i in batch_starts(n, size, min_size)]
+            chunk = rows[i:i + mega]
+            rows[i:i + mega] = chunk[np.argsort(-lengths[chunk["index"]], kind="stable")]
+    batches = [rows[i:i + size] for i in batch_starts(n, size, min_size)]
     if lengths is not None:
         batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
     return batches

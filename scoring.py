@@ -250,8 +250,8 @@ def choose_pooling(model_cfg, backbone, tokenizer, split, names, *, device, auto
     sizes = [k for k in PROBE_ROUNDS if k < 0.6 * len(rows)] + [len(rows)]  # no check just short of the end
     for size in sizes:
         for i in range(done, size, 32):
-            batch = collate([split[(j, False, 0) if split.tokens.counts is not None else j]  # windows: the first
-                             for j in rows[i:min(i + 32, size)]])
+            windows = split.tokens.counts is not None  # then the first window of each
+            batch = collate([split[data.row(j, window=0) if windows else j] for j in rows[i:min(i + 32, size)]])
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             with autocast:
                 h = net.token_states(ids, mask).float()

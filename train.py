@@ -169,7 +169,7 @@ def train(cfg):
                     waited = time.time() - t_wait
                     # normalise by the measured entries of the whole global batch, so the loss (and gradient) is
                     # the same whatever the world size and accumulation
-                    counts = np.asarray(train_set.mask[b[:, 0]]).sum(0)
+                    counts = np.asarray(train_set.mask[b["index"]]).sum(0)
                     measured = max(int(counts.sum()), 1)
                     per_label = torch.from_numpy(np.maximum(counts, 1).astype(np.float32)).to(run.device) \
                         if run.weighting else None  # each label's measured entries, for its mean loss

@@ -197,20 +197,20 @@ def test_select_labels_keeps_a_subset_in_order(tmp_path):
 
 def padding_fraction(batches, lengths):
     """Share of padded positions when each batch is padded to its longest sequence."""
-    padded = sum(len(b) * lengths[b[:, 0]].max() for b in batches)
-    return 1 - sum(lengths[b[:, 0]].sum() for b in batches) / padded
+    padded = sum(len(b) * lengths[b["index"]].max() for b in batches)
+    return 1 - sum(lengths[b["index"]].sum() for b in batches) / padded
 
 
 def test_group_by_length_pads_little_and_keeps_every_sequence_once():
     lengths = np.random.RandomState(0).randint(200, 2001, size=5000)
     plain = data.global_batches(5000, 32, seed=0, epoch=0)
     grouped = data.global_batches(5000, 32, seed=0, epoch=0, lengths=lengths)
-    assert sorted(np.concatenate(grouped)[:, 0].tolist()) == list(range(5000))
+    assert sorted(np.concatenate(grouped)["index"].tolist()) == list(range(5000))
     assert padding_fraction(grouped, lengths) <= 0.10 < padding_fraction(plain, lengths)
     again = data.global_batches(5000, 32, seed=0, epoch=0, lengths=lengths)
     assert all(np.array_equal(a, b) for a, b in zip(grouped, again))
     # the batch order is still shuffled: lengths do not run down monotonically across batches
-    maxima = [lengths[b[:, 0]].max() for b in grouped]
+    maxima = [lengths[b["index"]].max() for b in grouped]
     assert maxima != sorted(maxima, reverse=True)
 
 

@@ -75,12 +75,13 @@ def test_an_epoch_draws_one_window_per_sequence_from_the_seed():
     b = data.global_batches(6, 3, seed=1, epoch=0, windows=counts)
     c = data.global_batches(6, 3, seed=1, epoch=1, windows=counts)
     rows = np.concatenate(a)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and rows.shape == (6, 3)
-    assert ((0 <= rows[:, 2]) & (rows[:, 2] < counts[rows[:, 0]])).all()
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and rows.shape == (6,) and rows.dtype == data.ROW
+    assert ((0 <= rows["window"]) & (rows["window"] < counts[rows["index"]])).all()
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
-    # without windows the order is the one every earlier run had
+    # without windows the order is the one every earlier run had, and every window is read
     plain = data.global_batches(6, 3, seed=1, epoch=0)
-    assert all(np.array_equal(x[:, :2], y) for x, y in zip(a, plain))
+    assert all(np.array_equal(x[["index", "flip"]], y[["index", "flip"]]) for x, y in zip(a, plain))
+    assert (np.concatenate(plain)["window"] == data.ALL).all()
 
 
 @pytest.mark.parametrize("training", ["all", "sample"])
