@@ -37,7 +37,7 @@ import data
 import metrics
 import optim
 from console import progress_bar
-from model import build_model, load_backbone
+from model import build_model, entry_loss, load_backbone
 from scoring import autocast, predict_logits
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -161,7 +161,7 @@ def time_training(args, net, cfg, split, batches, *, collate, dtype, amp, device
                 batch = next(loader)
                 waited += time.time() - t
                 optim.train_step(model, optimizer, scaler, [batch], measured=int(split.mask[b["index"]].sum()),
-                                 device=device, autocast=amp, max_grad_norm=1.0)
+                                 device=device, autocast=amp, loss_fn=entry_loss, max_grad_norm=1.0)
                 sync(device)
                 t2 = time.time()
                 bare_step(ready_batch)

@@ -12,7 +12,7 @@ import data
 import optim
 import outputs
 import train
-from model import enable_gradient_checkpointing, load_backbone, position_limit
+from model import enable_gradient_checkpointing, entry_loss, load_backbone, position_limit
 from helpers import NO_DROPOUT, ROOT, TINY, assert_same_weights, char_tokenizer, write_config
 
 FAST = ["task.label_map=null", "task.num_labels=null", *TINY]
@@ -89,7 +89,7 @@ def one_step(model, optimizer, scaler, x, bad=False):
     batch = {"input_ids": x * (float("nan") if bad else 1.0), "attention_mask": torch.ones(2, 4), "labels": labels,
              "mask": torch.ones(2, 2, dtype=torch.bool)}
     return optim.train_step(model, optimizer, scaler, [batch], measured=4, device=torch.device("cpu"),
-                            autocast=torch.autocast("cpu", enabled=False), max_grad_norm=1.0)
+                            autocast=torch.autocast("cpu", enabled=False), loss_fn=entry_loss, max_grad_norm=1.0)
 
 
 @pytest.mark.parametrize("fused, scale", [(False, False), (True, False), (True, True)])
