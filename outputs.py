@@ -316,8 +316,8 @@ def closing_notes(result, probs, split, names, thresholds, cfg, step, steps_per_
         shown = ", ".join(silent[:5]) + (", ..." if len(silent) > 5 else "")
         fixes.insert(0, "task.threshold=tuned (each label's F1-best threshold on the validation split)")
         notes.append(f"note: at the last evaluation, no validation sequence reaches the threshold of {len(silent)} "
-                     f"of {len(names)} labels ({shown}): their F1, precision and recall read 0 while the ranking may "
-                     f"be good (auroc_macro {result['auroc_macro']:.4f}). Set " + ", or ".join(fixes))
+                     f"of {len(names)} labels ({shown}): their F1, precision and recall read 0 whatever the "
+                     f"ranking (auroc_macro {result['auroc_macro']:.4f}). Set " + ", or ".join(fixes))
     return notes
 
 

@@ -88,6 +88,8 @@ def test_a_model_near_chance_is_told_its_rate_and_steps_and_nothing_it_already_h
     notes = outputs.closing_notes(result, probs, split, ["a", "b"], np.full(2, 0.5), cfg, 40, 8)
     assert "learning_rate=" not in notes[0] and "early_stopping_patience=null" in notes[0]
     silent = np.array([[0.2, 0.1], [0.1, 0.2]])  # nothing called: pos_weight is set (sqrt), so only tuned
+    both = outputs.closing_notes(result, silent, split, ["a", "b"], np.full(2, 0.5), cfg, 40, 8)
+    assert "as well as chance" in both[0] and "read 0 whatever the ranking (auroc_macro 0.5100)" in both[1]
     notes = outputs.closing_notes({"auroc_macro": 0.9}, silent, split, ["a", "b"], np.full(2, 0.5), cfg, 600, 8)
     assert len(notes) == 1 and "task.threshold=tuned" in notes[0] and "pos_weight" not in notes[0]
     cfg["task"]["threshold"] = "tuned"
