@@ -494,15 +494,14 @@ def validate(cfg):
     if warm and model["finetune"] == "head":
         raise ConfigError("config: training.head_warmup_steps with model.finetune 'head': the backbone never "
                           "trains, so there is nothing to warm the head up for (set one of them)")
-    epochs = train["num_train_epochs"]
-    if epochs != "auto" and (isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs <= 0):
-        raise ConfigError(f"config: training.num_train_epochs must be auto or a positive number (got {epochs!r})")
-    patience = train["early_stopping_patience"]
-    if patience not in (None, "auto") and (isinstance(patience, bool) or not isinstance(patience, int) or
-                                           patience < 1):
+    n_epochs = train["num_train_epochs"]  # the names epochs and patience are the functions that resolve auto
+    if n_epochs != "auto" and (isinstance(n_epochs, bool) or not isinstance(n_epochs, (int, float)) or n_epochs <= 0):
+        raise ConfigError(f"config: training.num_train_epochs must be auto or a positive number (got {n_epochs!r})")
+    evals = train["early_stopping_patience"]
+    if evals not in (None, "auto") and (isinstance(evals, bool) or not isinstance(evals, int) or evals < 1):
         raise ConfigError(f"config: training.early_stopping_patience must be auto, null or a positive integer "
-                          f"(got {patience!r})")
-    if patience not in (None, "auto") and train["evaluation_strategy"] == "no":
+                          f"(got {evals!r})")
+    if evals not in (None, "auto") and train["evaluation_strategy"] == "no":
         raise ConfigError("config: training.early_stopping_patience needs evaluations (set "
                           "training.evaluation_strategy to epoch or steps)")
     if train["bf16"] and train["fp16"]:

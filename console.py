@@ -44,6 +44,7 @@ class LogLines:
             done = f"{self.n:,}/{self.total:,}" if self.total else f"{self.n:,}"
             log(f"{self.desc}: {done} {self.unit}s | {rate:,.1f} {self.unit}/s | {clock(now - self.t0)} "
                 f"elapsed{left}")
+            last_line[0] = now  # also where log writes nothing (ranks other than 0): the next line in QUIET s
 
     def close(self):
         pass

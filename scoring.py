@@ -248,9 +248,9 @@ def choose_pooling(model_cfg, backbone, tokenizer, split, names, *, device, auto
     ways = ["mean", "max", "last"] + (["cls"] if rule == "cls" else [])
     states, done = {how: [] for how in ways}, 0
     sizes = [k for k in PROBE_ROUNDS if k < 0.6 * len(rows)] + [len(rows)]  # no check just short of the end
+    windows = split.tokens.counts is not None  # then the first window of each sequence is read
     for size in sizes:
         for i in range(done, size, 32):
-            windows = split.tokens.counts is not None  # then the first window of each
             batch = collate([split[data.row(j, window=0) if windows else j] for j in rows[i:min(i + 32, size)]])
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             with autocast:
