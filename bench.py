@@ -27,7 +27,6 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from transformers import AutoModel, GPT2Config
 
 import cache
@@ -37,7 +36,7 @@ import data
 import metrics
 import optim
 from console import progress_bar
-from model import build_model, entry_loss, load_backbone
+from model import build_model, load_backbone
 from scoring import autocast, predict_logits
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -82,10 +81,14 @@ def bench(args):
     # the token cache, built from the file as train.py builds it
     backbone, tokenizer, _ = load_backbone(cfg["model"], args.max_length)
     cfg["model"]["pooling"] = "max"  # what pooling: auto picks for the scratch encoder, and "last" for a decoder
+    folder = None
     if args.backbone == "gpt2":  # a decoder with a BPE-sized vocabulary, like plant-dnagpt-BPE; k-mer ids fit in it
         backbone = AutoModel.from_config(GPT2Config(vocab_size=max(8000, len(tokenizer)), n_positions=args.max_length,
                                                     n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head))
         cfg["model"]["pooling"] = "last"
+        folder = os.path.join(args.tmp, "gpt2")  # for train.py, which loads it as a user's local model
+        backbone.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
     t = time.time()
     split, names = cache.load_file(path, cfg["data"], None, tokenizer)
     out["tokenize_seqs_per_s"] = args.n / (time.time() - t)
@@ -100,7 +103,7 @@ def bench(args):
     collate = data.Collate(tokenizer.pad_token_id, tokenizer.padding_side, 8 if device.type == "cuda" else 1,
                            args.max_length)
     batches = grouped[:args.steps]
-    out.update(time_training(args, net, cfg, split, batches, collate=collate, dtype=dtype, amp=amp, device=device))
+    out.update(time_training(args, net, cfg, split, batches, collate=collate, amp=amp, device=device, folder=folder))
     if device.type == "cuda" and dtype and any(k in out["device"] for k in PEAK_FLOPS):
         # per token: 6 flops per weight (forward and backward) plus attention (as in the PaLM paper's appendix)
         embeddings = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Embedding))
@@ -131,51 +134,56 @@ def bench(args):
     return out
 
 
-def time_training(args, net, cfg, split, batches, *, collate, dtype, amp, device):
-    """train.py's step function, fed by its DataLoader and collate, against a bare step on the same batches."""
+def time_training(args, net, cfg, split, batches, *, collate, amp, device, folder):
+    """train.py's step loop as a user runs it, in its own process (its DataLoader, collate and train_step, logging
+    every --steps steps), against a bare step in this process on the same data, batches of the same size grouped by
+    length. train.py's first --steps steps (warm-up, compile) are left out. The bare rounds run half before and
+    half after it, so that a machine that speeds up or slows down during the measurement favours neither."""
     model = torch.compile(net) if args.compile else net  # as train.py compiles it
     optimizer = optim.make_optimizer(net, cfg["training"], device)  # fused on CUDA
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
     ready = [{k: v.to(device) for k, v in collate([split[i] for i in b["index"]]).items()} for b in batches]
 
-    def bare_step(batch):
-        """The same batch, collated and on the device beforehand, a plain loss, no clipping."""
-        with amp:
-            logits = model(batch["input_ids"], batch["attention_mask"])
-        scaler.scale(F.binary_cross_entropy_with_logits(logits.float(), batch["labels"])).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    def rounds(n):
-        """train.py's way (its DataLoader and collate, then train_step: masked loss, clipping, the skip of a
-        non-finite step) and the bare step take turns batch by batch, so that a machine that speeds up or slows
-        down during the measurement favours neither. Returns the seconds of each, and of the loop's waits."""
-        loop_s = bare_s = waited = 0.0
+    def bare_rounds(n):
+        """The same batches, collated and on the device beforehand, a plain loss, no clipping. Returns the
+        seconds."""
+        sync(device)
+        t = time.time()
         for _ in range(n):
-            loader = iter(DataLoader(split, batch_sampler=batches, collate_fn=collate, num_workers=args.workers,
-                                     pin_memory=device.type == "cuda"))
-            for b, ready_batch in zip(batches, ready):
-                sync(device)
-                t = time.time()
-                batch = next(loader)
-                waited += time.time() - t
-                optim.train_step(model, optimizer, scaler, [batch], measured=int(split.mask[b["index"]].sum()),
-                                 device=device, autocast=amp, loss_fn=entry_loss, max_grad_norm=1.0)
-                sync(device)
-                t2 = time.time()
-                bare_step(ready_batch)
-                sync(device)
-                loop_s, bare_s = loop_s + t2 - t, bare_s + time.time() - t2
-        return loop_s, bare_s, waited
+            for batch in ready:
+                with amp:
+                    logits = model(batch["input_ids"], batch["attention_mask"])
+                scaler.scale(F.binary_cross_entropy_with_logits(logits.float(), batch["labels"])).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        return time.time() - t
 
-    rounds(1)  # warm-up: allocator, kernels, torch.compile
-    elapsed, bare_elapsed, waited = rounds(args.rounds)
-    samples = args.rounds * sum(len(b) for b in batches)
-    tokens = args.rounds * sum(split.tokens.lengths()[b["index"]].sum() for b in batches)
-    return {"train_samples_per_s": samples / elapsed, "train_tokens_per_s": tokens / elapsed,
-            "data_wait_fraction": waited / elapsed, "bare_samples_per_s": samples / bare_elapsed,
-            "loop_vs_bare": bare_elapsed / elapsed}
+    bare_rounds(1)  # warm-up: allocator, kernels, torch.compile
+    bare_s = bare_rounds(args.rounds // 2)
+    model_keys = ["model.source=local", f"model.name_or_path={folder}"] if folder else \
+        [f"model.{k}={cfg['model'][k]}" for k in ("n_layer", "n_embd", "n_head", "kmer_stride")]
+    log = command("train.py", "config.yaml", f"data.path={cfg['data']['path']}", f"data.cache_dir={args.tmp}/cache",
+                  f"data.max_length={args.max_length}", "data.train_size=1", "data.validation_size=0",
+                  "data.test_size=0", *model_keys, "model.dropout=0", f"model.pooling={cfg['model']['pooling']}",
+                  "task.label_map=null", "task.num_labels=null", f"training.device={args.device}",
+                  f"training.per_device_train_batch_size={args.batch_size}",
+                  f"training.max_steps={args.steps * (args.rounds + 1)}", f"training.logging_steps={args.steps}",
+                  "training.evaluation_strategy=no", "training.save_strategy=no",
+                  f"training.mixed_precision={ {'fp32': 'no'}.get(args.dtype, args.dtype)}",
+                  f"training.torch_compile={str(args.compile).lower()}", f"training.num_workers={args.workers}",
+                  f"training.output_dir={args.tmp}/loop")
+    bare_s += bare_rounds(args.rounds - args.rounds // 2)
+    logged = [line.split(" | ") for line in log.splitlines() if line.startswith("step ") and " seq/s" in line]
+    rates = [float(p[5].split()[0].replace(",", "")) for p in logged[1:]]  # after the first stretch: warm-up
+    waits = [float(p[6].split()[-1].rstrip("%")) / 100 for p in logged[1:]]
+    if not rates:
+        raise cli.Failed(f"train.py logged no step after its warm-up: {log.strip()[-500:]}")
+    loop = len(rates) / sum(1 / r for r in rates)  # the rate over the stretches: each of the same steps
+    bare = args.rounds * sum(len(b) for b in batches) / bare_s
+    return {"train_samples_per_s": loop, "train_tokens_per_s": loop * split.tokens.lengths().mean(),
+            "data_wait_fraction": float(np.mean(waits)), "bare_samples_per_s": bare, "loop_vs_bare": loop / bare}
 
 
 def bench_prepare(args):

@@ -406,6 +406,15 @@ def patience(train_cfg, validates, steps_per_epoch):
     return max(5, math.ceil(MIN_STEPS / 4 / every))
 
 
+def overlay(cfg, values):
+    """A copy of cfg with values ({"section.key": value}) set in it: a user's settings with what a run resolved."""
+    out = {section: dict(keys) for section, keys in cfg.items()}
+    for key, value in values.items():
+        section, name = key.split(".", 1)
+        out[section][name] = value
+    return out
+
+
 def windows(data_cfg):
     """(window size, stride) in bases under data.long_sequences: windows, else None. train.py resolves auto."""
     if data_cfg.get("long_sequences", "truncate") != "windows":

@@ -1,12 +1,10 @@
 """
-The optimizer, its step and its schedule: AdamW with weight decay on matrices only (fused on CUDA), one optimizer
-step over a rank's micro-batches (AMP, accumulation without all-reduce, clipping, the skip of a non-finite step,
-and the check at logging steps that stops a run whose steps stay non-finite), the number of steps in an epoch and
-in the run, and the learning rate at each step (warmup, then linear, cosine or constant). And the choice of the
-best evaluation, with early stopping.
+The optimizer and its schedule: AdamW with weight decay on matrices only (fused on CUDA), the learning rate at each
+step (warmup, then linear, cosine or constant), the number of steps in an epoch and in the run, the weighting of
+the labels' losses, the check at logging steps that stops a run whose steps stay non-finite, and the choice of the
+best evaluation, with early stopping. The step itself is train.py's.
 """
 import math
-from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -76,59 +74,6 @@ def layer_scales(backbone, decay):
     return {name: decay ** (n - d) for name, d in depth.items()}
 
 
-def train_step(model, optimizer, scaler, micro_batches, *, measured, device, autocast, loss_fn, max_grad_norm=None,
-               weighting=None, label_measured=None):
-    """One optimizer step over this rank's micro-batches of a global batch with `measured` label entries in all.
-    The all-reduce runs on the last micro-batch only. Returns the loss on this rank, the grad norm, and 1 where a
-    non-finite gradient skipped the update: all tensors, so that nothing waits for the device. With a weighting
-    (TaskWeighting), each label's loss is its mean over its label_measured entries of the global batch, and the
-    labels are summed with its weights; the loss returned stays the plain one, comparable across weightings."""
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    total = torch.zeros((), device=device)
-    label_sums = None
-    for k, batch in enumerate(micro_batches):
-        sync = k == len(micro_batches) - 1 or world == 1
-        with (nullcontext() if sync else model.no_sync()):
-            with autocast:
-                logits = model(batch["input_ids"].to(device, non_blocking=True),
-                               batch["attention_mask"].to(device, non_blocking=True), batch.get("windows"))
-            y, m = batch["labels"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
-            # DDP averages gradients over ranks, hence the * world: the sum over the global batch / measured
-            if weighting is None:
-                loss = loss_fn(logits, y, m).sum() * world / measured
-                plain = loss
-            else:
-                per_label = loss_fn(logits, y, m).sum(0) * world
-                label_sums = per_label.detach() if label_sums is None else label_sums + per_label.detach()
-                plain = per_label.sum() / measured
-                loss = weighting.loss(per_label / label_measured, last=k == len(micro_batches) - 1)
-            scaler.scale(loss).backward()
-        total += plain.detach() / world
-    if weighting is not None:
-        weighting.sync(world)
-    scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
-    bad = (~torch.isfinite(grad_norm)).float()  # the same on every rank: gradients are already all-reduced
-    if scaler.is_enabled():  # fp16: the scaler skips a non-finite step on the device and lowers its scale
-        scaler.step(optimizer)
-        scaler.update()
-        bad = torch.zeros_like(bad)  # overflows while the scale settles are expected, not an error
-    elif optimizer.defaults.get("fused"):
-        optimizer.found_inf = bad  # the fused kernel skips the update itself, as it does for a GradScaler
-        optimizer.step()
-        del optimizer.found_inf
-    elif not bad:  # waits for the device; the fused optimizer, the default on CUDA, does not
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if weighting is not None:  # this step's loss per label, over the whole global batch
-        losses = label_sums / label_measured
-        if world > 1:
-            dist.all_reduce(losses)
-            losses /= world
-        weighting.step(losses)
-    return total, grad_norm, bad
-
-
 class TaskWeighting(torch.nn.Module):
     """training.task_weighting: how the labels' losses are summed, beyond 'none' (each measured entry counts
     once, as in the plain loss).
@@ -173,8 +118,11 @@ class TaskWeighting(torch.nn.Module):
             dist.all_reduce(self.s.grad)
             self.s.grad /= world
 
-    def step(self, losses):
-        """After the optimizer's step, with this step's loss per label."""
+    def step(self, losses, world):
+        """After the optimizer's step, with this step's loss per label on this rank's share of the global batch."""
+        if world > 1:
+            dist.all_reduce(losses)
+            losses /= world
         losses = losses.detach().float()
         finite = torch.isfinite(losses).all()
         if self.famo is not None:

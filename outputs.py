@@ -265,7 +265,7 @@ def log_train(writer, step, steps_per_epoch, loss, grad_norm, *, lr, progress):
     loss, grad_norm, seconds = loss.item(), grad_norm.item(), time.time() - progress.t0
     rate = progress.seen / seconds
     log(f"step {step}/{progress.total} | epoch {step / steps_per_epoch:.2f} | loss {loss:.4f} | lr {lr:.2e} | "
-        f"grad norm {grad_norm:.3f} | {rate:.0f} seq/s | data wait {progress.waited / seconds:.1%} | "
+        f"grad norm {grad_norm:.3f} | {rate:,.1f} seq/s | data wait {progress.waited / seconds:.1%} | "
         f"{progress.timing(step)}")
     if writer:
         for k, v in (("loss", loss), ("lr", lr), ("grad_norm", grad_norm), ("samples_per_s", rate)):

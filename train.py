@@ -9,14 +9,18 @@ Values are YAML (task.threshold=[0.5,0.3]). Every key, with its default and what
 
 train() is the run: setup() makes what the loop needs (a Run: the data, the model, the optimizer, the state
 resumed), then the step loop (AMP, accumulation, clipping, schedule, eval, early stopping, checkpoints), then the
-test. The pieces a first reading can skip live below it and elsewhere: one optimizer step in optim.py, the
-checkpoints, logs and test report in outputs.py, the scoring of a split in scoring.py, the token cache in cache.py.
+test. train_step() below it is one optimizer step, read top to bottom: the micro-batches, autocast, the loss, the
+scaled backward, clipping and the update. The pieces a first reading can skip live further down and elsewhere: the
+optimizer and schedule in optim.py, the checkpoints, logs and test report in outputs.py, the scoring of a split in
+scoring.py, the token cache in cache.py.
 """
 import hashlib
+import math
 import os
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -37,7 +41,7 @@ from console import Progress, log
 from model import (build_model, check_names, enable_gradient_checkpointing, entry_loss, load_backbone, position_limit,
                    resolve_pos_weight)
 from optim import (Selection, TaskWeighting, check_finite, count_steps_per_epoch, count_total_steps, make_optimizer,
-                   make_scheduler, train_step)
+                   make_scheduler)
 from outputs import log_eval, log_train
 from pictures import matrix_figure
 from scoring import (amp_dtype, autocast, choose_pooling, end_process_group, evaluate, loader_workers,
@@ -48,7 +52,8 @@ from scoring import (amp_dtype, autocast, choose_pooling, end_process_group, eva
 class Run:
     """What the step loop needs, made by setup(). net is the model whose weights are saved and scored; model is
     net as it trains (in DDP, compiled). step moves on as the loop does."""
-    cfg: dict
+    cfg: dict  # the user's settings with the values setup resolved
+    resolved: dict  # those values, {"section.key": value}
     rank: int
     world: int
     device: torch.device
@@ -74,6 +79,7 @@ class Run:
     frozen: list = None  # the backbone's parameters that wait for the end of the head warm-up
     affinity: object = None  # training.task_affinity: the labels' gradient cosines, measured at evaluations
     weighting: object = None  # training.task_weighting other than none: a TaskWeighting
+    evaluated_at: float = 0.0  # when the last evaluation ended (or training started): task affinity's cost
 
     def measure_affinity(self, step, since):
         """The labels' gradient cosines on two fixed training batches, on rank 0 (the others wait at the next
@@ -145,15 +151,11 @@ class Run:
 def train(cfg):
     """A run from its config to its test report. Returns the exit status: 0, or 128 + the signal that stopped it."""
     run = setup(cfg)
-    train_cfg, train_set = cfg["training"], run.datasets["train"]
+    train_cfg = run.cfg["training"]
     accum = train_cfg["gradient_accumulation_steps"]
-    strategy, save_strategy = train_cfg["evaluation_strategy"], train_cfg["save_strategy"]
-    eval_every = (train_cfg["eval_steps"] or train_cfg["logging_steps"]) if strategy == "steps" else None
-    has_val = "validation" in run.datasets and strategy != "no"
-    stopping, notes, since = 0, [], time.time()
     log(f"training: {run.total_steps} steps of {train_cfg['per_device_train_batch_size'] * run.world * accum} "
         f"sequences ({run.steps_per_epoch} steps per epoch), {accum} micro-steps per step")
-    progress = Progress(run.step, run.total_steps)
+    progress, stopping, notes = Progress(run.step, run.total_steps), 0, []
     # the step loop. Nothing in it waits for the device except at logging, evaluation and saving steps.
     try:
         with StopSignal(run.world, run.device) as stop:
@@ -162,61 +164,33 @@ def train(cfg):
             while run.step < run.total_steps and not stopping and not run.selection.stop:
                 batches, loader = epoch_batches(run)
                 for b in batches:
-                    t_wait = time.time()
+                    t = time.time()
                     micro = [next(loader) for _ in range(accum)]
                     if run.frozen and run.step >= train_cfg["head_warmup_steps"]:
                         run.thaw()
-                    waited = time.time() - t_wait
-                    # normalise by the measured entries of the whole global batch, so the loss (and gradient) is
-                    # the same whatever the world size and accumulation
-                    counts = np.asarray(train_set.mask[b["index"]]).sum(0)
-                    measured = max(int(counts.sum()), 1)
-                    per_label = torch.from_numpy(np.maximum(counts, 1).astype(np.float32)).to(run.device) \
-                        if run.weighting else None  # each label's measured entries, for its mean loss
-                    loss, grad_norm, bad = train_step(run.model, run.optimizer, run.scaler, micro, measured=measured,
-                                                      device=run.device, autocast=run.amp, loss_fn=run.loss_fn,
-                                                      max_grad_norm=train_cfg["max_grad_norm"],
-                                                      weighting=run.weighting, label_measured=per_label)
+                    waited = time.time() - t
+                    loss, grad_norm, bad = train_step(run, micro, *measured_entries(run, b["index"]))
                     loss_sum += loss
                     skipped += bad
                     in_a_row = (in_a_row + bad) * bad
                     run.scheduler.step()
                     run.step += 1
-                    step = run.step
                     progress.update(len(b), waited)
-                    if step % train_cfg["logging_steps"] == 0 or step == run.total_steps:
-                        log_train(run.writer, step, run.steps_per_epoch, loss_sum, grad_norm,
-                                  lr=run.scheduler.get_last_lr()[0], progress=progress)
-                        check_finite(skipped, in_a_row, step)
-                        if run.weighting and run.writer:
-                            for name, w in zip(run.names, run.weighting.weights().tolist()):
-                                run.writer.add_scalar(f"task_weights/{name}", w, step)
+                    if is_logging_step(run):
+                        log_step(run, loss_sum, grad_norm, progress)
+                        check_finite(skipped, in_a_row, run.step)
                         loss_sum.zero_()
                         skipped.zero_()
-                    end_of_epoch = step % run.steps_per_epoch == 0 or step == run.total_steps
-                    new_best = False
-                    if has_val and (eval_every and step % eval_every == 0 or strategy == "epoch" and end_of_epoch):
-                        t_eval = time.time()
-                        result, probs = run.evaluate("validation")
-                        log_eval(run.writer, step, result, time.time() - t_eval, progress)
-                        if run.affinity:
-                            run.measure_affinity(step, since)
-                        since = time.time()
-                        # what the last evaluation shows that a setting may mend: said once, after training
-                        notes = outputs.closing_notes(result, probs, run.datasets["validation"], run.names,
-                                                      run.thresholds, run.cfg, step, run.steps_per_epoch)
-                        new_best = run.selection.update(result, step)
-                        if new_best and save_strategy == "no":
-                            run.best_state = {k: v.detach().clone() for k, v in run.net.state_dict().items()}
-                    save_last = (save_strategy == "steps" and step % train_cfg["save_steps"] == 0 or
-                                 save_strategy == "epoch" and end_of_epoch)
-                    if save_last or new_best and save_strategy != "no":
-                        run.save(save_last, new_best, snapshot=save_last)
+                    best = False
+                    if is_eval_step(run):
+                        notes, best = validate(run, progress)
+                    if is_save_step(run) or best and train_cfg["save_strategy"] != "no":
+                        run.save(last=is_save_step(run), best=best, snapshot=is_save_step(run))
                     stopping = stop()
                     if stopping or run.selection.stop:
                         break
         progress.close()
-        for line in notes:
+        for line in notes:  # what the last evaluation shows that a setting may mend
             log(line)
         if run.affinity:
             run.suggest_grouping()
@@ -227,7 +201,7 @@ def train(cfg):
             return 128 + stopping
         if run.selection.stop:
             log(f"early stopping at step {run.step}: {run.selection.why()}")
-        if save_strategy != "no" and run.saved_step != run.step:
+        if train_cfg["save_strategy"] != "no" and run.saved_step != run.step:
             run.save(last=True)
         test(run)
         return 0
@@ -240,6 +214,115 @@ def train(cfg):
                 end_process_group()
             else:
                 dist.destroy_process_group()
+
+
+def train_step(run, micro_batches, measured, label_measured=None):
+    """One optimizer step over this rank's micro-batches of a global batch with `measured` label entries in all.
+    Returns the loss on this rank, the grad norm, and 1 where a non-finite gradient skipped the update: tensors
+    all, so that nothing waits for the device. With a task weighting, each label's loss is its mean over its
+    label_measured entries of the global batch, and the labels are summed with its weights; the loss returned
+    stays the plain one, comparable across weightings."""
+    model, optimizer, scaler, device, world = run.model, run.optimizer, run.scaler, run.device, run.world
+    total, label_sums = torch.zeros((), device=device), 0
+    for k, batch in enumerate(micro_batches):
+        last = k == len(micro_batches) - 1
+        with nullcontext() if last or world == 1 else model.no_sync():  # one all-reduce, on the last micro-batch
+            with run.amp:
+                logits = model(batch["input_ids"].to(device, non_blocking=True),
+                               batch["attention_mask"].to(device, non_blocking=True), batch.get("windows"))
+            y, m = batch["labels"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
+            # DDP averages gradients over ranks, hence the * world: the sum over the global batch / measured
+            if run.weighting is None:
+                loss = plain = run.loss_fn(logits, y, m).sum() * world / measured
+            else:
+                per_label = run.loss_fn(logits, y, m).sum(0) * world
+                label_sums = label_sums + per_label.detach()
+                plain = per_label.sum() / measured
+                loss = run.weighting.loss(per_label / label_measured, last=last)
+            scaler.scale(loss).backward()
+        total += plain.detach() / world
+    if run.weighting:
+        run.weighting.sync(world)
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.cfg["training"]["max_grad_norm"] or math.inf)
+    bad = (~torch.isfinite(grad_norm)).float()  # the same on every rank: gradients are already all-reduced
+    if scaler.is_enabled():  # fp16: the scaler skips a non-finite step on the device and lowers its scale
+        scaler.step(optimizer)
+        scaler.update()
+        bad = torch.zeros_like(bad)  # overflows while the scale settles are expected, not an error
+    elif optimizer.defaults.get("fused"):
+        optimizer.found_inf = bad  # the fused kernel skips the update itself, as it does for a GradScaler
+        optimizer.step()
+        del optimizer.found_inf
+    elif not bad:  # waits for the device; the fused optimizer, the default on CUDA, does not
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if run.weighting:
+        run.weighting.step(label_sums / label_measured, world)  # this step's loss per label, over the global batch
+    return total, grad_norm, bad
+
+
+def measured_entries(run, rows):
+    """The measured (sequence, label) entries of a global batch, and with a task weighting each label's count
+    (on the device). The loss is normalised by them, not by this rank's, so that it (and its gradient) is the same
+    whatever the world size and accumulation."""
+    counts = np.asarray(run.datasets["train"].mask[rows]).sum(0)
+    per_label = torch.from_numpy(np.maximum(counts, 1).astype(np.float32)).to(run.device) if run.weighting else None
+    return max(int(counts.sum()), 1), per_label
+
+
+def is_logging_step(run):
+    return run.step % run.cfg["training"]["logging_steps"] == 0 or run.step == run.total_steps
+
+
+def is_end_of_epoch(run):
+    return run.step % run.steps_per_epoch == 0 or run.step == run.total_steps
+
+
+def is_eval_step(run):
+    """Where there is a validation split: every eval_steps (logging_steps where unset), or at the end of each
+    epoch."""
+    train_cfg = run.cfg["training"]
+    if "validation" not in run.datasets or train_cfg["evaluation_strategy"] == "no":
+        return False
+    if train_cfg["evaluation_strategy"] == "epoch":
+        return is_end_of_epoch(run)
+    every = train_cfg["eval_steps"] or train_cfg["logging_steps"]
+    return run.step % every == 0
+
+
+def is_save_step(run):
+    """Where last.pt is written: every save_steps, or at the end of each epoch."""
+    train_cfg = run.cfg["training"]
+    if train_cfg["save_strategy"] == "steps":
+        return run.step % train_cfg["save_steps"] == 0
+    return train_cfg["save_strategy"] == "epoch" and is_end_of_epoch(run)
+
+
+def log_step(run, loss_sum, grad_norm, progress):
+    log_train(run.writer, run.step, run.steps_per_epoch, loss_sum, grad_norm, lr=run.scheduler.get_last_lr()[0],
+              progress=progress)
+    if run.weighting and run.writer:
+        for name, w in zip(run.names, run.weighting.weights().tolist()):
+            run.writer.add_scalar(f"task_weights/{name}", w, run.step)
+
+
+def validate(run, progress):
+    """The validation split scored and logged, the best weights kept (in memory where no checkpoint is saved),
+    and task affinity measured where asked for. Returns (the closing notes its result suggests, whether it is the
+    best so far)."""
+    t = time.time()
+    result, probs = run.evaluate("validation")
+    log_eval(run.writer, run.step, result, time.time() - t, progress)
+    if run.affinity:
+        run.measure_affinity(run.step, run.evaluated_at)
+    run.evaluated_at = time.time()
+    notes = outputs.closing_notes(result, probs, run.datasets["validation"], run.names, run.thresholds, run.cfg,
+                                  run.step, run.steps_per_epoch)
+    best = run.selection.update(result, run.step)
+    if best and run.cfg["training"]["save_strategy"] == "no":
+        run.best_state = {k: v.detach().clone() for k, v in run.net.state_dict().items()}
+    return notes, best
 
 
 def test(run):
@@ -277,11 +360,15 @@ def test(run):
 # -----------------------------------------------------------------------------
 # setup
 
-def setup(cfg):
+def setup(user_cfg):
     """Everything the step loop needs, in the order that keeps a run reproducible: device and seeds, the output
     folder, the data and the model, the optimizer and schedule, the state of a resumed run, then the run folder and
-    TensorBoard."""
-    task_cfg, data_cfg, model_cfg, train_cfg = cfg["task"], cfg["data"], cfg["model"], cfg["training"]
+    TensorBoard. The user's config is left as it was written: what setup works out from it and the data (the
+    position limit, the windows, the labels, epochs and patience auto, pooling auto, the run's name) is returned
+    as run.resolved, and run.cfg is the user's settings with it, which the run folder's config.yaml records for
+    predict.py."""
+    cfg, resolved = user_cfg, {}
+    train_cfg = cfg["training"]
     check_names(cfg)
     rank, world, device = setup_device(train_cfg["device"])
     seed_everything(train_cfg["seed"])
@@ -297,26 +384,34 @@ def setup(cfg):
     amp = autocast(dtype, device)
 
     # data and model
-    backbone, tokenizer, source_dir, datasets, names = load_backbone_and_data(cfg, world)
+    backbone, tokenizer, source_dir = load_backbone(cfg["model"], cfg["data"]["max_length"])
+    resolved.update(sizes(cfg["data"], backbone, tokenizer))
+    cfg = config.overlay(user_cfg, resolved)
+    datasets, all_names, names = cache.load_for_training(cfg, tokenizer, world)
+    resolved.update({"task.label_map": dict(enumerate(all_names)), "task.num_labels": len(all_names),
+                     "task.label_names": None})
     train_set = datasets["train"]
-    # the length of the run; epochs and patience auto are resolved here and saved with the run
+    # the length of the run
     parts_per_step = world * train_cfg["gradient_accumulation_steps"]  # every global batch is cut into this many
     steps_per_epoch = count_steps_per_epoch(len(train_set), train_cfg["per_device_train_batch_size"] * parts_per_step,
                                             parts_per_step)
-    auto = train_cfg["num_train_epochs"] == "auto" and train_cfg["max_steps"] <= 0
-    train_cfg["num_train_epochs"] = config.epochs(train_cfg, steps_per_epoch)
-    train_cfg["early_stopping_patience"] = config.patience(train_cfg, "validation" in datasets, steps_per_epoch)
-    total_steps = count_total_steps(train_cfg, steps_per_epoch)
-    if auto:
-        patience = train_cfg["early_stopping_patience"]
+    resolved["training.num_train_epochs"] = epochs = config.epochs(train_cfg, steps_per_epoch)
+    resolved["training.early_stopping_patience"] = patience = config.patience(train_cfg, "validation" in datasets,
+                                                                               steps_per_epoch)
+    if train_cfg["num_train_epochs"] == "auto" and train_cfg["max_steps"] <= 0:
         stop = f"; early stopping after {patience} evaluations without a better validation " \
                f"{train_cfg['metric_for_best_model']}" if patience else ""
-        log(f"num_train_epochs auto: {train_cfg['num_train_epochs']} epochs of {steps_per_epoch} steps (at least "
-            f"{config.MIN_STEPS} steps, within 5 to 100 epochs){stop}")
-    if model_cfg["pooling"] == "auto":
-        auto_pooling(cfg, backbone, tokenizer, source_dir, datasets, names, device, amp, world)
-    train_cfg["run_name"] = train_cfg["run_name"] or ckpt and ckpt["config"]["training"].get("run_name") or \
+        log(f"num_train_epochs auto: {epochs} epochs of {steps_per_epoch} steps (at least {config.MIN_STEPS} steps, "
+            f"within 5 to 100 epochs){stop}")
+    cfg = config.overlay(user_cfg, resolved)
+    if cfg["model"]["pooling"] == "auto":
+        resolved["model.pooling"] = auto_pooling(cfg, backbone, tokenizer, source_dir, datasets, names, device, amp,
+                                                 world)
+    resolved["training.run_name"] = train_cfg["run_name"] or ckpt and ckpt["config"]["training"].get("run_name") or \
         time.strftime("%Y-%m-%d_%H-%M-%S")  # a resumed run continues its TensorBoard folder
+    cfg = config.overlay(user_cfg, resolved)
+    task_cfg, data_cfg, model_cfg, train_cfg = cfg["task"], cfg["data"], cfg["model"], cfg["training"]
+    total_steps = count_total_steps(train_cfg, steps_per_epoch)
     metric = config.check_metric(train_cfg["metric_for_best_model"], names)
     tune = task_cfg["threshold"] == "tuned"
     if tune and "validation" not in datasets:
@@ -374,13 +469,13 @@ def setup(cfg):
     if rank == 0:
         outputs.write_run_folder(cfg, device, tokenizer, backbone, source_dir)
         writer = outputs.open_tensorboard(train_cfg, train_set, names, step)
-    return Run(cfg=cfg, rank=rank, world=world, device=device, amp=amp, datasets=datasets, names=names,
-               collate=collate, loss_fn=loss_fn, thresholds=thresholds, net=net, model=model,
+    return Run(cfg=cfg, resolved=resolved, rank=rank, world=world, device=device, amp=amp, datasets=datasets,
+               names=names, collate=collate, loss_fn=loss_fn, thresholds=thresholds, net=net, model=model,
                optimizer=optimizer, scheduler=scheduler, scaler=scaler, selection=selection,
                steps_per_epoch=steps_per_epoch, total_steps=total_steps, step=step, writer=writer,
                sample_weights=sample_weights, frozen=frozen,
                affinity=Affinity(names, train_cfg["seed"]) if train_cfg["task_affinity"] else None,
-               weighting=weighting)
+               weighting=weighting, evaluated_at=time.time())
 
 
 def wrap(net, world, device, compile):
@@ -460,43 +555,39 @@ class StopSignal:
 # -----------------------------------------------------------------------------
 # setup
 
-def load_backbone_and_data(cfg, world):
-    """The backbone, its tokenizer and folder, the splits and the label names trained on. What loading finds goes
-    into the config that the run folder saves, so that predict.py reads the same: the position limit of the
-    backbone, the windows, and the labels of the data."""
-    task_cfg, data_cfg, model_cfg = cfg["task"], cfg["data"], cfg["model"]
-    backbone, tokenizer, source_dir = load_backbone(model_cfg, data_cfg["max_length"])
+def sizes(data_cfg, backbone, tokenizer):
+    """The stretch of sequence the model reads, resolved for the run and saved with it for predict.py: max_length
+    cut to the backbone's position limit, and the windows' size and stride where they are auto."""
+    resolved, max_length = {}, data_cfg["max_length"]
     limit = position_limit(backbone.config)
-    if limit and data_cfg["max_length"] > limit:
-        log(f"note: data.max_length {data_cfg['max_length']} is more than the backbone's {limit} positions; "
-            f"sequences are cut to {limit} tokens")
-        data_cfg["max_length"] = limit
-    if data_cfg["long_sequences"] == "windows":  # resolved here, and saved with the run for predict.py
-        if data_cfg["window_size"] == "auto":
-            data_cfg["window_size"] = data.window_bases(tokenizer, data_cfg["max_length"])
-        if data_cfg["window_stride"] == "auto":
-            data_cfg["window_stride"] = max(data_cfg["window_size"] // 2, 1)
-        if data_cfg["window_stride"] > data_cfg["window_size"]:
-            raise config.ConfigError(f"config: data.window_stride {data_cfg['window_stride']} is larger than the "
-                                     f"window, {data_cfg['window_size']} bp (expected at most the window)")
-    datasets, all_names, names = cache.load_for_training(cfg, tokenizer, world)
-    task_cfg.update(label_map=dict(enumerate(all_names)), num_labels=len(all_names), label_names=None)
-    return backbone, tokenizer, source_dir, datasets, names
+    if limit and max_length > limit:
+        log(f"note: data.max_length {max_length} is more than the backbone's {limit} positions; sequences are cut "
+            f"to {limit} tokens")
+        resolved["data.max_length"] = max_length = limit
+    if data_cfg["long_sequences"] == "windows":
+        size, stride = data_cfg["window_size"], data_cfg["window_stride"]
+        if size == "auto":
+            resolved["data.window_size"] = size = data.window_bases(tokenizer, max_length)
+        if stride == "auto":
+            resolved["data.window_stride"] = stride = max(size // 2, 1)
+        if stride > size:
+            raise config.ConfigError(f"config: data.window_stride {stride} is larger than the window, {size} bp "
+                                     f"(expected at most the window)")
+    return resolved
 
 
 def auto_pooling(cfg, backbone, tokenizer, source_dir, datasets, names, device, amp, world):
-    """model.pooling auto: the pooling that the frozen backbone's states of training sequences read best, saved
-    with the run for predict.py. The probe reads at most 15% of the sequences the run trains on: its forward
-    passes cost a third of a step's."""
+    """model.pooling auto: the pooling that the frozen backbone's states of training sequences read best. The
+    probe reads at most 15% of the sequences the run trains on: its forward passes cost a third of a step's."""
     model_cfg, train_cfg = cfg["model"], cfg["training"]
     planned = train_cfg["max_steps"] * train_cfg["per_device_train_batch_size"] * world * \
         train_cfg["gradient_accumulation_steps"] if train_cfg["max_steps"] > 0 else \
         len(datasets["train"]) * train_cfg["num_train_epochs"]
-    model_cfg["pooling"], why = choose_pooling(model_cfg, backbone, tokenizer, datasets["train"], names,
-                                               device=device, autocast=amp, seed=train_cfg["seed"],
-                                               n=min(1000, max(128, int(0.15 * planned))),
-                                               cache_file=pooling_cache(cfg, source_dir, datasets, names))
-    log(f"pooling: auto chose {model_cfg['pooling']}: {why}")
+    pooling, why = choose_pooling(model_cfg, backbone, tokenizer, datasets["train"], names, device=device,
+                                  autocast=amp, seed=train_cfg["seed"], n=min(1000, max(128, int(0.15 * planned))),
+                                  cache_file=pooling_cache(cfg, source_dir, datasets, names))
+    log(f"pooling: auto chose {pooling}: {why}")
+    return pooling
 
 
 def log_learning_rates(optimizer, train_cfg, total_steps, head_lr):

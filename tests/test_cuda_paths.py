@@ -2,6 +2,7 @@
 loss scaler, no waiting for the device between logging steps, HF's GPU keys, and the checkpoints' contents."""
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def test_pretrained_folder_whose_position_limit_is_not_a_multiple_of_8(tmp_path,
 
 
 class Tiny(torch.nn.Sequential):
-    def forward(self, input_ids, attention_mask, windows=None):  # called as train_step calls the model
+    def forward(self, input_ids, attention_mask, windows=None):  # called as train.train_step calls the model
         return super().forward(input_ids * attention_mask)
 
 
@@ -88,8 +89,10 @@ def one_step(model, optimizer, scaler, x, bad=False):
     labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     batch = {"input_ids": x * (float("nan") if bad else 1.0), "attention_mask": torch.ones(2, 4), "labels": labels,
              "mask": torch.ones(2, 2, dtype=torch.bool)}
-    return optim.train_step(model, optimizer, scaler, [batch], measured=4, device=torch.device("cpu"),
-                            autocast=torch.autocast("cpu", enabled=False), loss_fn=entry_loss, max_grad_norm=1.0)
+    run = SimpleNamespace(model=model, optimizer=optimizer, scaler=scaler, device=torch.device("cpu"), world=1,
+                          amp=torch.autocast("cpu", enabled=False), loss_fn=entry_loss, weighting=None,
+                          cfg={"training": {"max_grad_norm": 1.0}})
+    return train.train_step(run, [batch], measured=4)
 
 
 @pytest.mark.parametrize("fused, scale", [(False, False), (True, False), (True, True)])

@@ -65,9 +65,9 @@ def test_weighting_is_the_same_under_ddp_and_accumulation(masked, kind):
 
 def test_famo_weighs_up_the_label_whose_loss_falls_least():
     w = optim.TaskWeighting("famo", 2)
-    w.step(torch.tensor([1.0, 1.0]))
+    w.step(torch.tensor([1.0, 1.0]), world=1)
     for _ in range(20):  # label 0's loss halves each step, label 1's stays
-        w.step(torch.tensor([w.previous[0].item() / 2, 1.0]))
+        w.step(torch.tensor([w.previous[0].item() / 2, 1.0]), world=1)
     z = torch.softmax(w.s, 0)
     assert z[1] > z[0]
 
