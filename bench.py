@@ -29,28 +29,18 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, GPT2Config
 
-import cache
-import cli
-import config
 import data
 import metrics
-import optim
-from console import progress_bar
-from model import build_model, load_backbone
-from scoring import autocast, predict_logits
+from benchmarks import inputs
+from model import build_model
+from training import cache, cli, config, optim
+from training.backbones import load_backbone
+from training.console import progress_bar
+from training.device import autocast
+from training.evaluation import predict_logits
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # dense bf16/fp16
-
-
-def random_tsv(path, n, lo, hi, num_labels, seed=0):
-    rng = np.random.default_rng(seed)
-    bases = np.frombuffer(b"ACGT", np.uint8)
-    with open(path, "w") as f:
-        f.write("sequence\tlabels\n")
-        for _ in range(n):
-            seq = bases[rng.integers(0, 4, rng.integers(lo, hi + 1))].tobytes().decode()
-            f.write(seq + "\t" + ",".join(f"l{j:03d}" for j in np.flatnonzero(rng.random(num_labels) < 0.2)) + "\n")
 
 
 def padding_fraction(lengths, batches):
@@ -73,7 +63,7 @@ def bench(args):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x {torch.get_num_threads()}"
     out = {"device": name}
     path = os.path.join(args.tmp, "bench.tsv")
-    random_tsv(path, args.n, 200, 2000, args.labels)
+    inputs.random_tsv(path, args.n, 200, 2000, args.labels)
     cfg = config.load(None, [f"model.{k}={getattr(args, k)}" for k in ("n_layer", "n_embd", "n_head", "kmer_stride")] +
                       [f"data.path={path}", f"data.cache_dir={args.tmp}/cache", f"data.max_length={args.max_length}",
                        "model.dropout=0", "task.label_map=null", "task.num_labels=null"])
@@ -187,25 +177,9 @@ def time_training(args, net, cfg, split, batches, *, collate, amp, device, folde
 
 
 def bench_prepare(args):
-    """prepare.py as a user runs it, in its own process, on a genome of args.genome_mb Mb (10 chromosomes of
-    random bases, 60 a line, no .fai yet) and args.peaks peaks of 200-1000 bp in three BED files; 1 kb windows
-    and as many GC-matched negatives."""
-    rng = np.random.default_rng(0)
-    fasta, chrom_len = os.path.join(args.tmp, "genome.fa"), args.genome_mb * 100_000 // 60 * 60
-    with open(fasta, "wb") as f:
-        for c in range(10):
-            bases = np.frombuffer(b"ACGT", np.uint8)[rng.integers(0, 4, chrom_len, dtype=np.uint8)]
-            lines = np.full((chrom_len // 60, 61), ord("\n"), np.uint8)
-            lines[:, :60] = bases.reshape(-1, 60)
-            f.write(f">chr{c + 1}\n".encode() + lines.tobytes())
-    peaks = {}
-    for name in ("leaf", "root", "flower"):
-        n = args.peaks // 3
-        chrom, start = rng.integers(1, 11, n), rng.integers(1_000, chrom_len - 3_000, n)
-        end = start + rng.integers(200, 1_001, n)
-        peaks[name] = os.path.join(args.tmp, f"{name}.bed")
-        with open(peaks[name], "w") as f:
-            f.write("".join(f"chr{c}\t{s}\t{e}\n" for c, s, e in zip(chrom.tolist(), start.tolist(), end.tolist())))
+    """prepare.py as a user runs it, in its own process, on a random genome of args.genome_mb Mb and args.peaks
+    peaks in three BED files (benchmarks/inputs.py); 1 kb windows and as many GC-matched negatives."""
+    fasta, peaks, chrom_len = inputs.random_genome(args.tmp, args.genome_mb, args.peaks)
     t = time.time()
     p = subprocess.run([sys.executable, "prepare.py", f"prepare.genome={fasta}", f"prepare.peaks={json.dumps(peaks)}",
                         "prepare.window=1000", f"data.path={os.path.join(args.tmp, 'windows.tsv')}",
@@ -219,30 +193,6 @@ def bench_prepare(args):
             "prepare_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
-def example_lines(args, name, n):
-    """The example data's lines: the header and the first n sequences are written to args.tmp/name, to fine-tune
-    on; returns (that path, the lines after them), which are left to pretrain on."""
-    path = os.path.join(args.tmp, name)
-    with open(os.path.join(HERE, "data", "example", "example.tsv")) as f:
-        lines = f.readlines()
-    with open(path, "w") as f:
-        f.writelines(lines[:n + 1])
-    return path, lines[n + 1:]
-
-
-def small_gpt2():
-    return GPT2Config(vocab_size=4101, n_positions=512, n_embd=64, n_layer=2, n_head=2)
-
-
-def pretrained_gpt2(args, lines):
-    """A small GPT-2 pretrained from seed 0 as a causal LM on lines (non-overlapping 6-mers), in args.tmp."""
-    import model
-    folder = os.path.join(args.tmp, "gpt2_pretrained")
-    torch.manual_seed(0)
-    pretrain_decoder(folder, lines, small_gpt2(), model.KmerTokenizer(6, stride=6), args.pretrain_steps)
-    return folder
-
-
 def bench_pooling(args):
     """Which pooling learns: a small encoder (BERT) and decoders (GPT-2, Llama) trained from scratch by train.py on
     the first args.n example sequences (3 epochs, overlapping 6-mers between [CLS] and [SEP]), each with last,
@@ -250,21 +200,21 @@ def bench_pooling(args):
     other example sequences (non-overlapping 6-mers, [SEP] appended), as a pretrained DNA decoder is, with
     pooling: auto too. Test macro AUROC. (Mamba's reference scan, without its CUDA kernels, is too slow to train
     on a CPU.)"""
-    import model
+    from training import backbones
     from transformers import BertConfig, LlamaConfig
-    path, rest = example_lines(args, "example.tsv", args.n)
+    path, rest = inputs.example_lines(args.tmp, "example.tsv", args.n)
     size = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
-    configs = {"bert": BertConfig(vocab_size=4101, max_position_embeddings=512, **size), "gpt2": small_gpt2(),
+    configs = {"bert": BertConfig(vocab_size=4101, max_position_embeddings=512, **size), "gpt2": inputs.small_gpt2(),
                "llama": LlamaConfig(vocab_size=4101, max_position_embeddings=512, num_key_value_heads=1, **size)}
     out = {}
     for family in progress_bar([*configs, "gpt2_pretrained"], desc="bench --pooling", unit="backbone"):
         if family == "gpt2_pretrained":
-            folder = pretrained_gpt2(args, rest)
+            folder = inputs.pretrained_gpt2(args.tmp, rest, args.pretrain_steps)
         else:
             folder = os.path.join(args.tmp, family)
             torch.manual_seed(0)
             AutoModel.from_config(configs[family]).save_pretrained(folder)
-            model.KmerTokenizer(6).save_pretrained(folder)
+            backbones.KmerTokenizer(6).save_pretrained(folder)
         extra = {"bert": ("cls",), "gpt2_pretrained": ("auto",)}.get(family, ())
         for pooling in ("last", "mean", "max") + extra:  # train.py as a user runs it, in its own process
             out_dir = os.path.join(args.tmp, f"{family}_{pooling}")
@@ -291,8 +241,8 @@ def bench_probe(args):
     """What pooling: auto costs a short job: a GPT-2 pretrained here, fine-tuned for 60 steps of 16 on 500 example
     sequences, with pooling: auto (the first run reads the training data; a second one, another seed, finds the
     choice kept) and with pooling: mean (no reading). Wall seconds of train.py, and the probe's share of them."""
-    path, rest = example_lines(args, "short.tsv", 625)  # 500 to train on, 62 and 63 to validate and test
-    folder = pretrained_gpt2(args, rest)
+    path, rest = inputs.example_lines(args.tmp, "short.tsv", 625)  # 500 to train on, 62 and 63 to validate and test
+    folder = inputs.pretrained_gpt2(args.tmp, rest, args.pretrain_steps)
     out = {}
     for name, pooling, seed in (("auto", "auto", 1), ("auto_kept", "auto", 2), ("mean", "mean", 1)):
         t = time.time()
@@ -331,9 +281,9 @@ def bench_recipe(args):
     to validate and 60% to test, and a GPT-2 pretrained here as a causal language model on the other example
     sequences. Each recipe is fine-tuned by train.py with every seed, then compared by compare.py, with paired
     bootstrap intervals, against plain fine-tuning and against the 6-mer baseline. Test macro AUROC."""
-    path, rest = example_lines(args, "first.tsv", args.n)
+    path, rest = inputs.example_lines(args.tmp, "first.tsv", args.n)
     t = time.time()
-    folder = pretrained_gpt2(args, rest)
+    folder = inputs.pretrained_gpt2(args.tmp, rest, args.pretrain_steps)
     out = {"pretrain_seconds": time.time() - t, "train_sequences": int(0.3 * args.n)}
     steps_per_epoch = out["train_sequences"] // 16
     fill = {"warm": 2 * steps_per_epoch, "lr": args.lr, "low": args.lr / 10, "high": args.lr * 10}
@@ -370,24 +320,6 @@ def bench_recipe(args):
                  ("attention pooling", "mean pooling")):
         out[f"{a}_vs_{b}"] = macro(*runs[a], "--vs", *runs[b])
     return out
-
-
-def pretrain_decoder(folder, lines, backbone_config, tokenizer, steps=600, batch=32):
-    """A GPT-2 trained to predict each next token of the sequences in lines (TSV rows), saved as a backbone."""
-    from transformers import GPT2LMHeadModel
-    lm = GPT2LMHeadModel(backbone_config)
-    ids = [torch.tensor(x) for x in tokenizer([line.split("\t")[0] for line in lines])["input_ids"]]
-    optimizer = torch.optim.AdamW(lm.parameters(), lr=3e-3)
-    rng = np.random.default_rng(0)
-    for _ in range(steps):
-        chosen = [ids[i] for i in rng.integers(0, len(ids), batch)]
-        x = torch.nn.utils.rnn.pad_sequence(chosen, batch_first=True, padding_value=tokenizer.pad_token_id)
-        mask = (x != tokenizer.pad_token_id).long()
-        lm(input_ids=x, attention_mask=mask, labels=x.masked_fill(mask == 0, -100)).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    lm.transformer.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
 
 
 def run(args):

@@ -33,15 +33,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-import cli
-import config
 import data
+from training import cli, config
+from training.console import log, progress_bar
+from training.device import end_process_group
+from analysis.motifs import find_motifs, hypothetical, match, read_motif_db, stack
+from analysis.pictures import BASES, information, ism_figure, motifs_figure
+from analysis.trained import load_scorer
 from genomics.genome import Genome
 from genomics.variants import allele_windows, read_vcf
-from console import log, progress_bar
-from motifs import find_motifs, hypothetical, match, read_motif_db, stack
-from pictures import BASES, information, ism_figure, motifs_figure
-from scoring import end_process_group, load_scorer
 
 
 def ism(args, score, names, data_cfg, rank):

@@ -1,204 +1,24 @@
 """
-Model: a backbone (pretrained from ModelScope / the Hugging Face Hub / a local folder, or a small one built from
-scratch) and its tokenizer, one way of calling any family of backbone, a pooling of its token states, a head with
-one logit per label (or one head per group of labels), and the loss.
+Model: a backbone (loaded by training/backbones.py) called the same way whatever its family, a pooling of its
+token states (POOLINGS), a head with one logit per label (or one head per group of labels), and the loss
+(entry_loss).
 """
 import inspect
-import json
-import os
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig
 
-from config import ConfigError
-from lora import add_lora
-
-KMER_FILE = "kmer_tokenizer.json"
-ROBERTA_STYLE = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "esm", "data2vec-text", "longformer"}
-
-
-class KmerTokenizer:
-    """Overlapping k-mers, one token per position: the tokenizer of the scratch model. A motif then shows up as
-    a run of specific tokens whatever its offset, which is what lets a small model learn it quickly."""
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    pad_token_id, unk_token_id, cls_token_id, sep_token_id = 0, 1, 2, 3
-    all_special_ids = [0, 1, 2, 3, 4]
-    padding_side = "right"
-
-    def __init__(self, k=6, stride=1):
-        self.k, self.stride = k, stride
-        self.vocab_size = len(self.specials) + 4 ** k
-        self.code = np.full(256, -1, np.int64)  # byte -> base index; anything else (N, IUPAC) -> unknown k-mer
-        for i, b in enumerate(b"ACGT"):
-            self.code[b] = i
-
-    def __len__(self):
-        return self.vocab_size
-
-    def encode(self, seq):
-        x = self.code[np.frombuffer(seq.encode(), np.uint8)]
-        if len(x) < self.k:
-            return [self.unk_token_id]
-        windows = np.lib.stride_tricks.sliding_window_view(x, self.k)[::self.stride]
-        ids = windows @ (4 ** np.arange(self.k - 1, -1, -1)) + len(self.specials)
-        ids[(windows < 0).any(1)] = self.unk_token_id
-        return ids.tolist()
-
-    def __call__(self, seqs, add_special_tokens=True, truncation=False, max_length=None):
-        """The subset of a Hugging Face tokenizer's call that this project uses."""
-        room = max_length - 2 * add_special_tokens if truncation else None
-        ids = [self.encode(s)[:room] for s in seqs]
-        if add_special_tokens:
-            ids = [[self.cls_token_id] + x + [self.sep_token_id] for x in ids]
-        return {"input_ids": ids}
-
-    def save_pretrained(self, path):
-        os.makedirs(path, exist_ok=True)
-        with open(os.path.join(path, KMER_FILE), "w") as f:
-            json.dump({"k": self.k, "stride": self.stride}, f)
-
-
-class SpacedKmers:
-    """A tokenizer whose vocabulary is whole k-mers (DNABERT-1) expects overlapping k-mers separated by spaces,
-    'ACGTAC CGTACG GTACGT ...'. This one feeds it that; everything else is the wrapped tokenizer's."""
-
-    def __init__(self, tokenizer, k):
-        self.tokenizer, self.k = tokenizer, k
-
-    def __getattr__(self, name):
-        if name in ("tokenizer", "k"):  # not set yet, as while unpickling
-            raise AttributeError(name)
-        return getattr(self.tokenizer, name)
-
-    def __len__(self):
-        return len(self.tokenizer)
-
-    def __call__(self, seqs, **kwargs):
-        spaced = [" ".join(s[i:i + self.k] for i in range(max(len(s) - self.k + 1, 1))) for s in seqs]
-        return self.tokenizer(spaced, **kwargs)
-
-
-def kmer_size(tokenizer):
-    """k when the vocabulary is DNA k-mers of one length k > 1 (besides the special tokens), else None."""
-    words = set(tokenizer.get_vocab()) - set(tokenizer.all_special_tokens)
-    sizes = {len(w) for w in words}
-    if len(sizes) == 1 and min(sizes) > 1 and len(words) >= 4 ** min(sizes) and \
-            all(set(w.upper()) <= set("ACGTN") for w in words):
-        return sizes.pop()
-    return None
-
-
-def load_tokenizer(path, trust_remote_code=False):
-    if os.path.isfile(os.path.join(path, KMER_FILE)):
-        with open(os.path.join(path, KMER_FILE)) as f:
-            return KmerTokenizer(**json.load(f))
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tok.pad_token_id is None:  # GPT-style tokenizers have none; any id works under the attention mask
-        if tok.eos_token is not None or tok.unk_token is not None:
-            tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
-        else:  # a new token: load_backbone grows the embeddings to match
-            tok.add_special_tokens({"pad_token": "[PAD]"})
-    k = kmer_size(tok)
-    return SpacedKmers(tok, k) if k else tok
-
-
-def download(name, source):
-    """A local folder holding the model: name itself, or from ModelScope or the Hugging Face Hub. A model already
-    in the hub's cache is used as it is, and with HF_HUB_OFFLINE=1 nothing is fetched."""
-    if source == "local":
-        if not os.path.isdir(name):
-            raise ConfigError(f"config: model.name_or_path '{name}' is not a folder (model.source is 'local')")
-        return name
-    if source == "modelscope":
-        import modelscope  # imported here: it is slow to import and only this source needs it
-        fetch = modelscope.snapshot_download
-    else:
-        import huggingface_hub
-        fetch = huggingface_hub.snapshot_download
-    try:
-        try:
-            return fetch(name, local_files_only=True)
-        except Exception:
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
-                raise
-            return fetch(name)
-    except Exception as e:  # each hub has errors of its own: not found, no network, offline and not cached
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(f"config: model '{name}' could not be had from {source} ({why}); check model.name_or_path, "
-                          f"or download it and use model.source=local") from None
-
-
-def set_dropout(config, p):
-    """Overrides every dropout probability in a transformers config; names differ across architectures."""
-    for key, value in list(vars(config).items()):
-        if isinstance(value, float) and ("dropout" in key or key.endswith("_pdrop")):
-            setattr(config, key, p)
-
-
-def load_backbone(model_cfg, max_length):
-    """(backbone, tokenizer, folder it came from or None) as model_cfg says."""
-    if model_cfg["source"] == "scratch":
-        tok = KmerTokenizer(model_cfg["kmer"], model_cfg["kmer_stride"])
-        # no attention dropout by default: on a CPU, drawing its mask costs as much as the attention itself
-        p = model_cfg["backbone_dropout"]
-        config = BertConfig(vocab_size=tok.vocab_size, hidden_size=model_cfg["n_embd"],
-                            num_hidden_layers=model_cfg["n_layer"], num_attention_heads=model_cfg["n_head"],
-                            intermediate_size=4 * model_cfg["n_embd"], max_position_embeddings=max_length,
-                            hidden_dropout_prob=0.1 if p is None else p, attention_probs_dropout_prob=p or 0.0,
-                            pad_token_id=tok.pad_token_id)
-        return AutoModel.from_config(config), tok, None
-    trust = bool(model_cfg["trust_remote_code"])
-    path = download(model_cfg["name_or_path"], model_cfg["source"])
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
-    if model_cfg["backbone_dropout"] is not None:
-        set_dropout(config, model_cfg["backbone_dropout"])
-    # fp32 weights whatever the checkpoint's dtype: autocast gives the speed, fp32 keeps the optimizer exact
-    backbone = AutoModel.from_pretrained(path, config=config, trust_remote_code=trust, dtype=torch.float32)
-    tok = load_tokenizer(path, trust)
-    if len(tok) > (getattr(backbone.config, "vocab_size", None) or len(tok)):  # a pad token was added
-        backbone.resize_token_embeddings(len(tok))
-    return backbone, tok, path
-
-
-def position_limit(config):
-    """The most tokens the backbone takes, or None when it has no table of positions (ALiBi, state-space)."""
-    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if not isinstance(n, int) or getattr(config, "position_embedding_type", "absolute") != "absolute":
-        return None
-    if config.model_type in ROBERTA_STYLE:  # positions are numbered from pad_token_id + 1
-        n -= (config.pad_token_id or 0) + 1
-    return n
-
-
-def enable_gradient_checkpointing(backbone):
-    if not getattr(backbone, "supports_gradient_checkpointing", False):
-        raise ConfigError(f"config: training.gradient_checkpointing: {type(backbone).__name__} cannot recompute its "
-                          f"activations (set it to false)")
-    # non-reentrant: works with frozen embeddings (LoRA, head-only) and under DDP. transformers 5.2x renamed it
-    if hasattr(backbone, "activation_checkpointing_enable"):
-        backbone.activation_checkpointing_enable({"use_reentrant": False})
-    else:
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def is_decoder(config):
-    """Decoder-only (causal): a family that transformers knows only as a causal LM, or a remote-code model that
-    maps a causal LM class and no masked LM class."""
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL,
-                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES as MASKED)
-    if getattr(config, "is_decoder", False):
-        return True
-    if config.model_type in CAUSAL or config.model_type in MASKED:
-        return config.model_type in CAUSAL and config.model_type not in MASKED
-    auto_map = getattr(config, "auto_map", None) or {}
-    return "AutoModelForCausalLM" in auto_map and "AutoModelForMaskedLM" not in auto_map
+from training.backbones import ROBERTA_STYLE, is_decoder
+from training.config import ConfigError
+from training.console import log
+from training.lora import add_lora
 
 
 def auto_pooling(source, config, tokenizer):
-    """The rule of model.pooling auto, with the reason, where the training data cannot decide (scoring's
+    """The rule of model.pooling auto, with the reason, where the training data cannot decide (training/probe.py's
     choose_pooling reads them for a pretrained backbone): max for the scratch model (short motifs), mean for
     pretrained decoders (their last token, often an appended SEP or EOS, carries less of the sequence than the
     mean of all its tokens), cls for encoders trained with a CLS token, mean otherwise."""
@@ -448,6 +268,16 @@ def entry_loss(logits, targets, mask=None, *, pos_weight=None, kind="bce", gamma
         positive, negative = positive * torch.exp(-gamma * sp_pos), negative * torch.exp(-gamma * sp_neg)
     loss = positive + negative
     return loss if mask is None else loss * mask
+
+
+def run_loss(train_cfg, names, positives, measured, device):
+    """The run's loss: entry_loss with its kind, gamma and pos_weight (resolved from the training split's counts of
+    positive and measured entries, and said in a line), as one function of (logits, targets, mask)."""
+    pos_weight = resolve_pos_weight(train_cfg["pos_weight"], names, positives, measured)
+    if pos_weight is not None:
+        log("pos_weight: " + " ".join(f"{n}={w:.2f}" for n, w in zip(names, pos_weight.tolist())))
+        pos_weight = pos_weight.to(device)
+    return partial(entry_loss, pos_weight=pos_weight, kind=train_cfg["loss"], gamma=train_cfg["focal_gamma"])
 
 
 def resolve_pos_weight(spec, names, positives, measured):

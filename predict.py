@@ -27,18 +27,17 @@ import time
 import numpy as np
 import torch
 
-import cli
-import config
 import data
 import metrics
-import outputs
-from console import log, progress_bar
-from outputs import prediction_row
+from training import cli, config, outputs
+from training.console import log, progress_bar
+from training.device import end_process_group
+from training.outputs import prediction_row
+from analysis.pictures import track_figure
+from analysis.trained import load_scorer
 from genomics.genome import Genome
 from genomics.intervals import Intervals, read_intervals
 from genomics.tracks import Tracks, claim_folder, tile
-from pictures import track_figure
-from scoring import end_process_group, load_scorer
 
 CHUNK = 8192  # sequences read, scored and written at a time: memory stays bounded on any input size
 

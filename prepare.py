@@ -3,6 +3,7 @@ From a genome and peaks to a dataset: labelled windows of a genome FASTA, one la
 narrowPeak: ATAC-, DNase- or ChIP-seq peaks of a tissue or condition), written to data.path for train.py.
 
     python prepare.py --example                        # writes the genome example, data/genome/
+    python prepare.py --example long                   # or a planted-motif TSV: default, conflict, long
     python prepare.py genome.yaml                      # the prepare: section -> data.path
     python prepare.py my.yaml prepare.window=500 data.path=windows.tsv.gz
 
@@ -20,12 +21,12 @@ import time
 
 import numpy as np
 
-import cli
-import config
 import data
-from console import log
+from training import cli, config
+from training.console import log
 from genomics.example import make_example
 from genomics.intervals import Intervals, read_intervals
+from genomics.planted import make_conflict_example, make_example as make_planted, make_long_example
 from genomics.windows import base_content, candidates, marks, negatives, open_genome, read_peaks, touches, write
 
 
@@ -119,15 +120,22 @@ def drop(keep, counts, why, mask):
     return keep & ~mask
 
 
+PLANTED = {"default": make_planted, "conflict": make_conflict_example, "long": make_long_example}
+
+
 def main(argv):
     def command(args):
-        if args.example:
+        if args.example == "genome":
             log(f"wrote the genome example to {make_example()}/: genome.fa, leaf.narrowPeak, root.bed, flower.bed, "
                 f"variants.vcf")
+        elif args.example:
+            log(f"wrote {PLANTED[args.example]()} and its planted motifs")
         else:
             prepare(args.cfg)
     return cli.run(command, __doc__, argv, takes_config=True, options=lambda p: p.add_argument(
-        "--example", action="store_true", help="write the genome example (data/genome/) and stop"))
+        "--example", nargs="?", const="genome", choices=["genome", *PLANTED],
+        help="write an example and stop: the genome (data/genome/, the default) or a planted-motif TSV "
+             "(genomics/planted.py)"))
 
 
 if __name__ == "__main__":

@@ -5,24 +5,21 @@ Fine-tune a DNA language model to predict many binary labels per sequence.
     python train.py my.yaml training.learning_rate=3e-5
     torchrun --nproc_per_node=8 train.py my.yaml      # DDP, one process per GPU
 
-Values are YAML (task.threshold=[0.5,0.3]). Every key, with its default and what it does: python config.py
+Values are YAML (task.threshold=[0.5,0.3]). Every key, with its default and what it does: python -m training.config
 
 train() is the run: setup() makes what the loop needs (a Run: the data, the model, the optimizer, the state
 resumed), then the step loop (AMP, accumulation, clipping, schedule, eval, early stopping, checkpoints), then the
 test. train_step() below it is one optimizer step, read top to bottom: the micro-batches, autocast, the loss, the
-scaled backward, clipping and the update. The pieces a first reading can skip live further down and elsewhere: the
-optimizer and schedule in optim.py, the checkpoints, logs and test report in outputs.py, the scoring of a split in
-scoring.py, the token cache in cache.py.
+scaled backward, clipping and the update. The pieces a first reading can skip live further down and in training/:
+the optimizer and schedule in optim.py, the checkpoints, logs and test report in outputs.py, the scoring of a
+split in evaluation.py, the token cache in cache.py.
 """
-import hashlib
 import math
 import os
-import signal
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import torch
@@ -30,22 +27,20 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-import cache
-import cli
-import config
 import data
 import metrics
-import outputs
-from affinity import JOIN, Affinity, grouping_lines, suggest_groups
-from console import Progress, log
-from model import (build_model, check_names, enable_gradient_checkpointing, entry_loss, load_backbone, position_limit,
-                   resolve_pos_weight)
-from optim import (Selection, TaskWeighting, check_finite, count_steps_per_epoch, count_total_steps, make_optimizer,
-                   make_scheduler)
-from outputs import log_eval, log_train
-from pictures import matrix_figure
-from scoring import (amp_dtype, autocast, choose_pooling, end_process_group, evaluate, loader_workers,
-                     seed_everything, setup_device)
+from model import build_model, check_names, run_loss
+from training import cache, cli, config, outputs
+from training.affinity import Affinity
+from training.backbones import enable_gradient_checkpointing, load_backbone, sequence_sizes
+from training.console import Progress, log
+from training.device import (StopSignal, amp_dtype, autocast, end_process_group, loader_workers, seed_everything,
+                             setup_device)
+from training.evaluation import evaluate
+from training.optim import (Selection, TaskWeighting, check_finite, count_total_steps, log_learning_rates,
+                            make_optimizer, make_scheduler, run_length)
+from training.outputs import log_eval, log_train
+from training.probe import pooling_for_run
 
 
 @dataclass
@@ -80,37 +75,6 @@ class Run:
     affinity: object = None  # training.task_affinity: the labels' gradient cosines, measured at evaluations
     weighting: object = None  # training.task_weighting other than none: a TaskWeighting
     evaluated_at: float = 0.0  # when the last evaluation ended (or training started): task affinity's cost
-
-    def measure_affinity(self, step, since):
-        """The labels' gradient cosines on two fixed training batches, on rank 0 (the others wait at the next
-        all-reduce), with what it cost against the training time since the last evaluation (since)."""
-        if self.rank != 0:
-            return
-        t = time.time()
-        train_set, size = self.datasets["train"], self.cfg["training"]["per_device_train_batch_size"]
-        rows = np.random.RandomState(self.cfg["training"]["seed"]).permutation(len(train_set))[:2 * size]
-        batches = [self.collate([train_set[i] for i in rows[k:k + size]]) for k in range(0, len(rows), size)]
-        n = self.affinity.measure(self.net, batches, self.loss_fn, self.device, self.amp, step)
-        seconds = time.time() - t
-        log(f"task affinity: {n} labels x {len(batches)} batches, {n * len(batches)} backward passes in "
-            f"{seconds:.2f} s ({seconds / max(t - since, 1e-9):.1%} of the training time since the last evaluation)")
-        out_dir = self.cfg["training"]["output_dir"]
-        self.affinity.write(os.path.join(out_dir, "task_affinity.tsv"))
-        if self.writer:
-            self.writer.add_image("train/task_affinity", matrix_figure(
-                self.affinity.matrix, self.names, "cosine of the labels' loss gradients on the backbone",
-                signed=True), step, dataformats="HWC")
-
-    def suggest_grouping(self):
-        """At the end of training, on rank 0: the grouping the labels' affinity suggests, as config lines."""
-        if self.rank != 0 or not self.affinity.count.any():
-            return
-        groups = suggest_groups(self.affinity.matrix, self.names)
-        log(f"task affinity written to {os.path.join(self.cfg['training']['output_dir'], 'task_affinity.tsv')}; "
-            f"suggested grouping (groups join while their mean gradient cosine is above {JOIN}): " +
-            " | ".join(", ".join(g) for g in groups))
-        for line in grouping_lines(groups):
-            log(f"  {line}")
 
     def thaw(self):
         """The end of the head warm-up: the backbone trains from this step on, and DDP is made again to
@@ -193,7 +157,7 @@ def train(cfg):
         for line in notes:  # what the last evaluation shows that a setting may mend
             log(line)
         if run.affinity:
-            run.suggest_grouping()
+            run.affinity.suggest_grouping(run)
         if stopping:
             run.save(last=True)
             log(f"stopped by signal {stopping} at step {run.step}; resume with training.resume_from_checkpoint="
@@ -315,7 +279,7 @@ def validate(run, progress):
     result, probs = run.evaluate("validation")
     log_eval(run.writer, run.step, result, time.time() - t, progress)
     if run.affinity:
-        run.measure_affinity(run.step, run.evaluated_at)
+        run.affinity.at_evaluation(run, run.step, run.evaluated_at)
     run.evaluated_at = time.time()
     notes = outputs.closing_notes(result, probs, run.datasets["validation"], run.names, run.thresholds, run.cfg,
                                   run.step, run.steps_per_epoch)
@@ -385,28 +349,18 @@ def setup(user_cfg):
 
     # data and model
     backbone, tokenizer, source_dir = load_backbone(cfg["model"], cfg["data"]["max_length"])
-    resolved.update(sizes(cfg["data"], backbone, tokenizer))
+    resolved.update(sequence_sizes(cfg["data"], backbone, tokenizer))
     cfg = config.overlay(user_cfg, resolved)
     datasets, all_names, names = cache.load_for_training(cfg, tokenizer, world)
     resolved.update({"task.label_map": dict(enumerate(all_names)), "task.num_labels": len(all_names),
                      "task.label_names": None})
     train_set = datasets["train"]
-    # the length of the run
-    parts_per_step = world * train_cfg["gradient_accumulation_steps"]  # every global batch is cut into this many
-    steps_per_epoch = count_steps_per_epoch(len(train_set), train_cfg["per_device_train_batch_size"] * parts_per_step,
-                                            parts_per_step)
-    resolved["training.num_train_epochs"] = epochs = config.epochs(train_cfg, steps_per_epoch)
-    resolved["training.early_stopping_patience"] = patience = config.patience(train_cfg, "validation" in datasets,
-                                                                               steps_per_epoch)
-    if train_cfg["num_train_epochs"] == "auto" and train_cfg["max_steps"] <= 0:
-        stop = f"; early stopping after {patience} evaluations without a better validation " \
-               f"{train_cfg['metric_for_best_model']}" if patience else ""
-        log(f"num_train_epochs auto: {epochs} epochs of {steps_per_epoch} steps (at least {config.MIN_STEPS} steps, "
-            f"within 5 to 100 epochs){stop}")
+    steps_per_epoch, epochs, patience = run_length(train_cfg, len(train_set), world, "validation" in datasets)
+    resolved.update({"training.num_train_epochs": epochs, "training.early_stopping_patience": patience})
     cfg = config.overlay(user_cfg, resolved)
     if cfg["model"]["pooling"] == "auto":
-        resolved["model.pooling"] = auto_pooling(cfg, backbone, tokenizer, source_dir, datasets, names, device, amp,
-                                                 world)
+        resolved["model.pooling"] = pooling_for_run(cfg, backbone, tokenizer, source_dir, datasets, names, device,
+                                                    amp, world)
     resolved["training.run_name"] = train_cfg["run_name"] or ckpt and ckpt["config"]["training"].get("run_name") or \
         time.strftime("%Y-%m-%d_%H-%M-%S")  # a resumed run continues its TensorBoard folder
     cfg = config.overlay(user_cfg, resolved)
@@ -423,12 +377,7 @@ def setup(user_cfg):
     multiple = data_cfg["pad_to_multiple_of"] or (8 if device.type == "cuda" else 1)  # tensor cores like 8
     collate = data.Collate(tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"), multiple,
                            data_cfg["max_length"])
-    pos_weight = resolve_pos_weight(train_cfg["pos_weight"], names,
-                                    *data.label_counts(train_set.labels, train_set.mask))
-    if pos_weight is not None:
-        log("pos_weight: " + " ".join(f"{n}={w:.2f}" for n, w in zip(names, pos_weight.tolist())))
-        pos_weight = pos_weight.to(device)
-    loss_fn = partial(entry_loss, pos_weight=pos_weight, kind=train_cfg["loss"], gamma=train_cfg["focal_gamma"])
+    loss_fn = run_loss(train_cfg, names, *data.label_counts(train_set.labels, train_set.mask), device)
     outputs.log_model(net, model_cfg, names, device, world)
     sample_weights = oversampling(train_set, data_cfg["oversample_rare"], names)
 
@@ -446,16 +395,12 @@ def setup(user_cfg):
     # resume: the same run, or a change that the config allows, said in a line each
     if ckpt:
         outputs.resume(ckpt, resume, cfg=cfg, world=world, data_keys=data_keys(datasets), net=net,
-                       optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+                       optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                       old_total=count_total_steps(ckpt["config"]["training"], steps_per_epoch), total=total_steps)
         step = ckpt["step"]
         selection.load(ckpt)
         if weighting:
             weighting.load(ckpt["task_weighting"])
-        old_total = count_total_steps(ckpt["config"]["training"], steps_per_epoch)
-        if old_total != total_steps:
-            log(f"resume: the {train_cfg['lr_scheduler_type']} schedule now ends at step {total_steps} instead of "
-                f"{old_total}; the learning rate at step {step} is {optimizer.param_groups[0]['lr']:.2e} (it was "
-                f"{ckpt['scheduler']['_last_lr'][0]:.2e})")
 
     # the head warm-up: the backbone's trained parameters are frozen (no gradient, no all-reduce) until its end
     frozen = [p for p in net.backbone.parameters() if p.requires_grad] if step < train_cfg["head_warmup_steps"] \
@@ -516,109 +461,8 @@ def data_keys(datasets):
     return {name: split.key for name, split in datasets.items()}
 
 
-class StopSignal:
-    """SIGTERM or Ctrl-C during the loop: the step in flight finishes, then the loop stops, so that last.pt can be
-    written. Under DDP all ranks must stop at the same step, or the others wait forever in the next one: each call
-    casts this rank's vote (a signal number, or 0) over the CPU (gloo) and reads the result of the vote cast a step
-    earlier, so no step waits for it. Leaving the with-block restores the previous handlers."""
-
-    def __init__(self, world, device):
-        self.world, self.received, self.vote = world, 0, None
-        self.group = dist.new_group(backend="gloo") if world > 1 and device.type == "cuda" else None
-
-    def __enter__(self):
-        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def handle(self, signum, frame):
-        self.received = self.received or signum
-
-    def __call__(self):
-        """The signal to stop on at this step, or 0."""
-        if self.world == 1:
-            return self.received
-        stop = 0
-        if self.vote:
-            self.vote[1].wait()
-            stop = int(self.vote[0].item())  # a CPU tensor: no device sync
-        flag = torch.tensor([self.received])
-        self.vote = (flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True))
-        return stop
-
-    def __exit__(self, kind, *_):
-        if self.vote and kind is None:
-            self.vote[1].wait()  # every rank cast as many votes, so the last one completes everywhere
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
 # -----------------------------------------------------------------------------
 # setup
-
-def sizes(data_cfg, backbone, tokenizer):
-    """The stretch of sequence the model reads, resolved for the run and saved with it for predict.py: max_length
-    cut to the backbone's position limit, and the windows' size and stride where they are auto."""
-    resolved, max_length = {}, data_cfg["max_length"]
-    limit = position_limit(backbone.config)
-    if limit and max_length > limit:
-        log(f"note: data.max_length {max_length} is more than the backbone's {limit} positions; sequences are cut "
-            f"to {limit} tokens")
-        resolved["data.max_length"] = max_length = limit
-    if data_cfg["long_sequences"] == "windows":
-        size, stride = data_cfg["window_size"], data_cfg["window_stride"]
-        if size == "auto":
-            resolved["data.window_size"] = size = data.window_bases(tokenizer, max_length)
-        if stride == "auto":
-            resolved["data.window_stride"] = stride = max(size // 2, 1)
-        if stride > size:
-            raise config.ConfigError(f"config: data.window_stride {stride} is larger than the window, {size} bp "
-                                     f"(expected at most the window)")
-    return resolved
-
-
-def auto_pooling(cfg, backbone, tokenizer, source_dir, datasets, names, device, amp, world):
-    """model.pooling auto: the pooling that the frozen backbone's states of training sequences read best. The
-    probe reads at most 15% of the sequences the run trains on: its forward passes cost a third of a step's."""
-    model_cfg, train_cfg = cfg["model"], cfg["training"]
-    planned = train_cfg["max_steps"] * train_cfg["per_device_train_batch_size"] * world * \
-        train_cfg["gradient_accumulation_steps"] if train_cfg["max_steps"] > 0 else \
-        len(datasets["train"]) * train_cfg["num_train_epochs"]
-    pooling, why = choose_pooling(model_cfg, backbone, tokenizer, datasets["train"], names, device=device,
-                                  autocast=amp, seed=train_cfg["seed"], n=min(1000, max(128, int(0.15 * planned))),
-                                  cache_file=pooling_cache(cfg, source_dir, datasets, names))
-    log(f"pooling: auto chose {pooling}: {why}")
-    return pooling
-
-
-def log_learning_rates(optimizer, train_cfg, total_steps, head_lr):
-    """One line, where the head and the backbone learn at rates of their own."""
-    rates = [g["initial_lr"] for g in optimizer.param_groups if g["part"] == "backbone"]
-    if not rates:
-        return
-    warm, auto = train_cfg["head_warmup_steps"], train_cfg["head_learning_rate"] in (None, "auto")
-    log(f"learning rates: head {head_lr:.2e}" + (" (head_learning_rate auto: 10x learning_rate)" if auto and
-                                                  head_lr != train_cfg["learning_rate"] else "") +
-        f", backbone {max(rates):.2e}" + (f" (top layer) to {min(rates):.2e} (embeddings)" if len(set(rates)) > 1
-                                           else "") +
-        (f"; the backbone is frozen for the first {warm} steps (the head warm-up)" if warm else ""))
-    if warm >= total_steps:
-        log(f"warning: training.head_warmup_steps {warm} >= the run's {total_steps} steps: the backbone never "
-            f"trains")
-
-
-def pooling_cache(cfg, source_dir, datasets, names):
-    """Where pooling: auto keeps its choice: a file in data.cache_dir named by the backbone's files (names, sizes,
-    times), the training split's content, the labels and how the model pools; not the seed, so that the seeds of
-    an experiment share one choice."""
-    if source_dir is None:
-        return None
-    files = sorted((f, os.path.getsize(os.path.join(source_dir, f)), os.path.getmtime(os.path.join(source_dir, f)))
-                   for f in os.listdir(source_dir) if os.path.isfile(os.path.join(source_dir, f)))
-    train = datasets["train"]  # its key is the file's: the rows drawn from it count too
-    rows = hashlib.blake2b(np.ascontiguousarray(train.tokens.rows).tobytes(), digest_size=16).hexdigest()
-    key = cache.digest(os.path.abspath(source_dir), files, train.key, rows, names,
-                       cfg["model"].get("pool_added_tokens", True))
-    return os.path.join(cfg["data"]["cache_dir"], f"pooling-{key[:16]}.json")
 
 
 def oversampling(train_set, alpha, names):

@@ -5,8 +5,8 @@ the reference and alternative windows centred on each variant.
 import gzip
 import re
 
-from console import log
 from data import DataError
+from training.console import log
 
 def read_vcf(path, genome, width):
     """The variants that a window of width centred on them can score: (line, chrom, pos, id, ref, alt, chromosome

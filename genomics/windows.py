@@ -10,8 +10,8 @@ import shutil
 
 import numpy as np
 
-from console import log, progress_bar
 from data import is_fasta
+from training.console import log, progress_bar
 from genomics.genome import COMPOSITION, Genome
 from genomics.intervals import read_intervals
 

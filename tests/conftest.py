@@ -2,9 +2,8 @@
 helpers.py."""
 import pytest
 
+from training import config
 from helpers import random_tsv, save_tiny
-
-import config
 
 
 @pytest.fixture(autouse=True)

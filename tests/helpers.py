@@ -14,9 +14,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import cache  # noqa: E402
-import config  # noqa: E402
-from model import KmerTokenizer  # noqa: E402
+from training import cache, config  # noqa: E402
+from training.backbones import KmerTokenizer  # noqa: E402
 
 # a tiny scratch model and short runs: seconds per training
 TINY = ["model.n_embd=16", "model.n_head=2", "model.n_layer=1", "model.kmer=3", "data.max_length=128",

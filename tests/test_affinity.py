@@ -2,13 +2,13 @@
 that writes them."""
 import numpy as np
 import torch
-
-import affinity
-import config
-import train
-from helpers import NO_DROPOUT, read_tsv, train_args
-from model import KmerTokenizer, build_model, entry_loss
 from transformers import AutoModel, BertConfig
+
+import train
+from model import build_model, entry_loss
+from training import affinity, config
+from training.backbones import KmerTokenizer
+from helpers import NO_DROPOUT, read_tsv, train_args
 
 
 def tiny_net(n_labels):

@@ -6,10 +6,10 @@ import pickle
 import numpy as np
 import pytest
 
-import cache
 from data import DataError
+from training import cache
+from training.backbones import KmerTokenizer
 from helpers import TOK, data_cfg, load, seqs, write_file
-from model import KmerTokenizer
 
 
 def test_token_cache_is_reused_and_rebuilt_when_file_tokenizer_or_max_length_change(tmp_path, monkeypatch):

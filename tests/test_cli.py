@@ -5,12 +5,12 @@ import sys
 
 import pytest
 
-import bench
-import compare
-import interpret
+import train
 import predict
 import prepare
-import train
+import interpret
+import compare
+import bench
 from helpers import ROOT, one_line_error, run_command, train_args
 
 COMMANDS = {"train": train, "predict": predict, "prepare": prepare, "interpret": interpret, "compare": compare,

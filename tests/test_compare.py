@@ -6,11 +6,12 @@ import json
 import numpy as np
 import pytest
 
-import compare
-import data
 import metrics
 import train
-from config import ConfigError
+import compare
+from training.config import ConfigError
+from analysis import baseline
+from genomics import planted
 from helpers import TINY, random_tsv
 
 
@@ -114,12 +115,12 @@ def test_multi_task_against_single_task_runs_with_seeds(tmp_path, capsys):
 
 
 def test_the_kmer_baseline_beside_the_model(tmp_path, capsys):
-    example = data.make_example(str(tmp_path / "ex.tsv"), n=600, seed=5)
+    example = planted.make_example(str(tmp_path / "ex.tsv"), n=600, seed=5)
     out = tmp_path / "out"
     assert train.main(["config.yaml", f"data.path={example}", f"training.output_dir={out}",
                        "training.num_train_epochs=1", "training.logging_steps=100"]) == 0
     fitted, penalty = compare.baseline(str(out))
-    assert fitted.names == data.EXAMPLE_LABELS and penalty in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    assert fitted.names == planted.EXAMPLE_LABELS and penalty in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
     scored = metrics.compute_metrics(fitted.labels, fitted.probs, fitted.names, mask=fitted.mask)
     assert scored["auroc_macro"] > 0.75  # the planted motifs are 6-mer signal: a linear model finds them
     capsys.readouterr()
@@ -136,5 +137,5 @@ def test_the_kmer_baseline_beside_the_model(tmp_path, capsys):
 
 
 def test_kmer_frequencies_count_both_strands_as_one():
-    x = compare.kmer_frequencies(["ACGTTTAC", "GTAAACGT", "AC"])  # the second is the first's reverse complement
+    x = baseline.kmer_frequencies(["ACGTTTAC", "GTAAACGT", "AC"])  # the second is the first's reverse complement
     assert x.shape == (3, 2080) and np.allclose(x[0], x[1]) and x[0].sum() == pytest.approx(1) and x[2].sum() == 0

@@ -1,8 +1,8 @@
 
 import pytest
 
-import config
-from config import ConfigError
+from training import config
+from training.config import ConfigError
 from helpers import SEED_YAML, write_config
 
 

@@ -1,7 +1,7 @@
 """What a person watching a run sees: progress bars only on a terminal, and the clock."""
 import sys
 
-import console
+from training import console
 
 
 def test_progress_bars_only_on_a_terminal(monkeypatch):

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import config
 import data
-import optim
-import outputs
 import train
-from model import enable_gradient_checkpointing, entry_loss, load_backbone, position_limit
+from model import entry_loss
+from training import config, optim, outputs
+from training.backbones import enable_gradient_checkpointing, load_backbone, position_limit
 from helpers import NO_DROPOUT, ROOT, TINY, assert_same_weights, char_tokenizer, write_config
 
 FAST = ["task.label_map=null", "task.num_labels=null", *TINY]

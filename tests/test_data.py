@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-import cache
 import data
 from data import DataError
+from training import cache
+from training.backbones import KmerTokenizer
+from genomics import planted
 from helpers import TOK, data_cfg, load, seqs, write_file
-from model import KmerTokenizer
 
 
 def ids(split):
@@ -145,11 +146,11 @@ def test_collate_pads_to_longest_on_either_side():
 
 
 def test_example_generator_is_deterministic_with_the_promised_prevalences(tmp_path):
-    a = data.make_example(str(tmp_path / "a.tsv"), n=3000)
-    b = data.make_example(str(tmp_path / "b.tsv"), n=3000)
+    a = planted.make_example(str(tmp_path / "a.tsv"), n=3000)
+    b = planted.make_example(str(tmp_path / "b.tsv"), n=3000)
     assert open(a).read() == open(b).read()
     split, names = load(a)
-    assert names == sorted(data.EXAMPLE_LABELS)
+    assert names == sorted(planted.EXAMPLE_LABELS)
     prevalence = np.asarray(split.labels).mean(0)
     assert prevalence.max() > 0.3 and 0.01 < prevalence.min() < 0.06
     lengths = split.tokens.lengths() - 2
@@ -247,12 +248,12 @@ def test_oversample_weights_favour_the_rarest_label():
 
 
 def test_the_conflict_example_plants_a_motif_that_means_opposite_things(tmp_path):
-    path = data.make_conflict_example(str(tmp_path / "c.tsv"), n=1500, seed=1)
+    path = planted.make_conflict_example(str(tmp_path / "c.tsv"), n=1500, seed=1)
     rows = [line.rstrip("\n").split("\t") for line in open(path)][1:]
     sites = [line.split("\t") for line in open(tmp_path / "c.motifs.tsv")][1:]
     shared = {int(r) for r, label, *_ in sites if label == "shared"}
     labels = [set(filter(None, r[1].split(","))) for r in rows]
-    share = {n: sum(n in x for x in labels) / len(rows) for n in data.CONFLICT_LABELS}
+    share = {n: sum(n in x for x in labels) / len(rows) for n in planted.CONFLICT_LABELS}
     assert 0.13 < share["leaf"] < 0.22 and 0.03 < share["shade"] < 0.09, share
     for i, x in enumerate(labels, 1):  # S with every leaf, root and flower; never with shade
         assert (i in shared) if x & {"leaf", "root", "flower"} else True

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import data
-import outputs
 import train
+from training import outputs
 from helpers import NO_DROPOUT, ROOT, TINY, assert_same_weights, random_tsv
 
 

@@ -6,12 +6,11 @@ import json
 import numpy as np
 import pytest
 
-import compare
-import config
-import console
 import data
-import outputs
 import train
+import compare
+from training import config, console, outputs
+from genomics import planted
 from helpers import one_line_error, run_command, train_args, write_file
 
 LABELS = ["leaf", "root", "flower", "seed", "heat_stress", "cold_stress"]  # the example generator's
@@ -30,7 +29,7 @@ def readme_config(tmp_path, path, out):
 def test_the_readme_own_data_keys_alone_learn_as_well_as_the_6mer_baseline(n, tmp_path, capsys):
     """Planted motifs in n sequences (1,200 or 480 to train on): the defaults must train long enough and fast
     enough that the model is not called worse than 6-mer frequencies on the test split."""
-    path = data.make_example(str(tmp_path / "mine.tsv"), n=n, seed=n)
+    path = planted.make_example(str(tmp_path / "mine.tsv"), n=n, seed=n)
     out = tmp_path / "run"
     assert train.main([readme_config(tmp_path, path, out)]) == 0
     log = capsys.readouterr().out

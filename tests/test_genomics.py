@@ -8,13 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-import cache
-import config
 import prepare
+from data import DataError
+from training import cache, config
+from training.backbones import KmerTokenizer
 from genomics.example import make_example
 from genomics.genome import Genome
-from data import DataError
-from model import KmerTokenizer
 from helpers import ROOT, data_cfg, read_tsv
 
 TOK = KmerTokenizer(1)

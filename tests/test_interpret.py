@@ -5,25 +5,25 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from memelite.io import read_meme
 
-import data
-import interpret
-import pictures
-import predict
 import train
+import predict
+import interpret
 from data import DataError
+from analysis import pictures
+from analysis.motifs import Motif, read_motif_db
+from genomics import planted
 from genomics.genome import Genome
 from genomics.variants import allele_windows, read_vcf
 from helpers import ROOT, read_tsv
-from memelite.io import read_meme
-from motifs import Motif, read_motif_db
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """The default experiment, shorter: 2000 example sequences, 3 epochs."""
     tmp = tmp_path_factory.mktemp("interpret")
-    example = data.make_example(str(tmp / "ex.tsv"), n=2000, seed=3)
+    example = planted.make_example(str(tmp / "ex.tsv"), n=2000, seed=3)
     out = tmp / "out"
     assert train.main([os.path.join(ROOT, "config.yaml"), f"data.path={example}", f"training.output_dir={out}",
                        f"data.cache_dir={tmp / 'cache'}", "training.num_train_epochs=3",
@@ -44,13 +44,13 @@ def test_ism_deltas_agree_with_scoring_each_mutant_alone(run, tmp_path):
                            "--pictures", "0"]) == 0
     ism = np.load(tmp_path / "ism" / "ism.npz")
     delta, prob_delta, ref = ism["logit_delta_0"], ism["prob_delta_0"], ism["ref_logit_0"]
-    assert delta.shape == (len(seq), 4, 6) and list(ism["labels"]) == data.EXAMPLE_LABELS
+    assert delta.shape == (len(seq), 4, 6) and list(ism["labels"]) == planted.EXAMPLE_LABELS
     assert all(delta[i, "ACGT".index(b)].tolist() == [0.0] * 6 for i, b in enumerate(seq))  # the reference itself
     picks = [(i, b) for i in (0, 7, len(seq) // 2, len(seq) - 1) for b in "ACGT" if b != seq[i]]
     mutants = [(f"m{i}{b}", seq[:i] + b + seq[i + 1:]) for i, b in picks]
     assert predict.main([str(out), fasta(tmp_path / "m.fa", [("ref", seq)] + mutants), "-o",
                          str(tmp_path / "p.tsv")]) == 0
-    scored = {r["id"]: np.array([float(r[n]) for n in data.EXAMPLE_LABELS]) for r in read_tsv(tmp_path / "p.tsv")}
+    scored = {r["id"]: np.array([float(r[n]) for n in planted.EXAMPLE_LABELS]) for r in read_tsv(tmp_path / "p.tsv")}
     assert np.allclose(scored["ref"], 1 / (1 + np.exp(-ref)), atol=1e-5)
     for i, b in picks:
         assert np.allclose(scored[f"m{i}{b}"], scored["ref"] + prob_delta[i, "ACGT".index(b)], atol=1e-5)
@@ -135,7 +135,7 @@ def test_variant_effects_round_trip_on_a_synthetic_genome(run, tmp_path, chromos
     assert predict.main([str(out), fasta(tmp_path / "w.fa", windows), "-o", str(tmp_path / "p.tsv")]) == 0
     scored = {r["id"]: r for r in read_tsv(tmp_path / "p.tsv")}
     for r in rows:
-        for label in data.EXAMPLE_LABELS:
+        for label in planted.EXAMPLE_LABELS:
             ref_p, alt_p = (float(scored[f"{r['id']}{r['alt']}_{k}"][label]) for k in ("ref", "alt"))
             assert abs(float(r[f"{label}_ref_prob"]) - ref_p) <= 1e-5 and abs(float(r[f"{label}_alt_prob"]) -
                                                                                 alt_p) <= 1e-5
@@ -193,7 +193,7 @@ def found(run):
 
 def test_motifs_recover_and_match_each_labels_planted_motif(found):
     rows = read_tsv(found / "motifs.tsv")
-    for label in data.EXAMPLE_LABELS:
+    for label in planted.EXAMPLE_LABELS:
         top = next(r for r in rows if r["label"] == label)  # its positive motif with the most seqlets
         assert top["motif"] == f"{label}_pos_0" and top["match_1"] == label and float(top["q_1"]) < 0.05, top
         assert (found / f"{label}.png").exists() and (found / f"{label}_pos_0.png").exists()
@@ -210,7 +210,7 @@ def test_the_hypothetical_contributions_are_ism_centred_per_position(run, found,
     assert interpret.main(["ism", str(out), fasta(tmp_path / "s.fa", records), "-o", str(tmp_path / "ism"),
                            "--pictures", "0"]) == 0
     ism = np.load(tmp_path / "ism" / "ism.npz")
-    assert list(saved["labels"]) == list(ism["labels"]) == data.EXAMPLE_LABELS
+    assert list(saved["labels"]) == list(ism["labels"]) == planted.EXAMPLE_LABELS
     for n, k in enumerate(picks):
         delta = ism[f"logit_delta_{n}"].astype(np.float64)
         assert np.abs(saved[f"hypothetical_{k}"] - (delta - delta.mean(1, keepdims=True))).max() < 1e-6

@@ -1,6 +1,7 @@
 """The house's rule, read from the code: imports run downward only. Commands on top (none imports another), the
-shared modules below them, the ground (data, metrics, config, console) at the bottom; the genomics wing stands on
-the ground alone; and no module imports itself through others."""
+shared modules below them, the ground (data, metrics, training's config and console) at the bottom; the genomics
+wing stands on the ground alone; and no module imports itself through others. The root holds the files a researcher
+edits and the commands; a training run imports none of the tools for after training."""
 import ast
 import glob
 import os
@@ -8,12 +9,15 @@ import os
 from helpers import ROOT
 
 COMMANDS = {"train", "predict", "prepare", "interpret", "compare", "bench"}
-GROUND = {"data", "metrics", "config", "console"}
+CORE = {"train", "model", "data", "metrics"}  # the files a researcher edits to run an experiment
+GROUND = {"data", "metrics", "training.config", "training.console"}
+FOLDERS = ("training", "analysis", "benchmarks", "genomics")
 
 
 def project_modules():
-    """{module name: path} of every module of the project, the genomics wing as genomics.<name>."""
-    paths = glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "genomics", "*.py"))
+    """{module name: path} of every module of the project, those of a folder as <folder>.<name>."""
+    paths = glob.glob(os.path.join(ROOT, "*.py"))
+    paths += [path for folder in FOLDERS for path in glob.glob(os.path.join(ROOT, folder, "*.py"))]
     names = {}
     for path in paths:
         rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
@@ -28,7 +32,7 @@ def imports(path, modules):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]  # from training import cache
         else:
             continue
         found |= {n for n in names if n in modules}
@@ -46,13 +50,39 @@ def graph():
 
 def test_every_command_is_known_and_runs_through_the_shared_runner():
     for name, path in project_modules().items():
-        runs = "cli.run(" in open(path).read() and name != "cli"
+        runs = "cli.run(" in open(path).read() and name != "training.cli"
         assert runs == (name in COMMANDS), f"{name}.py: a command is in COMMANDS and runs through cli.run"
 
 
 def test_imports_run_downward_and_no_command_imports_another():
     wrong = [f"{a} imports {b}" for a, targets in graph().items() for b in targets
              if layer(b) > layer(a) or layer(a) == layer(b) == 2]
+    assert not wrong, wrong
+
+
+def test_the_root_holds_the_core_and_the_commands_and_the_rest_lives_in_folders():
+    root = {name for name, path in project_modules().items() if os.path.dirname(path) == ROOT}
+    assert root == CORE | COMMANDS, root ^ (CORE | COMMANDS)
+
+
+def closure(name, edges):
+    """The modules that name imports, directly or through others, and itself."""
+    seen, todo = set(), [name]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(edges[module])
+    return seen
+
+
+def test_a_training_run_imports_no_tool_for_after_training():
+    """train.py's closure holds the core, training/ and what the chromosome split reads (genomics.intervals): no
+    analysis, benchmark, picture of a finished run or example generator."""
+    edges = graph()
+    needed = {name for name in closure("train", edges) if name != "train"}
+    wrong = sorted(n for n in needed if n.startswith(("analysis", "benchmarks")) or n.startswith("genomics") and
+                   n != "genomics.intervals")
     assert not wrong, wrong
 
 

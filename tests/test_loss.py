@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from config import ConfigError
 import data
 from model import entry_loss, resolve_pos_weight
+from training.config import ConfigError
 
 
 def bce_with_logits(logits, targets, mask=None, pos_weight=None):
@@ -93,7 +93,7 @@ def test_focal_with_gamma_0_is_bce_and_otherwise_matches_its_definition():
 
 def test_a_loss_that_is_not_known_is_one_line_naming_the_choices():
     import model
-    import config
+    from training import config
     with pytest.raises(ConfigError, match=r"config: training.loss is 'hinge' \(expected one of bce, focal\)"):
         model.check_names(config.load(None, ["data.path=x", "training.loss=hinge"]))
 

@@ -7,12 +7,12 @@ import modelscope
 import pytest
 import torch
 
-import config
-import model
-from config import ConfigError
+from model import MultiLabelModel, build_model, head_groups, pool
+from training import backbones, config
+from training.backbones import load_backbone
+from training.config import ConfigError
+from training.lora import LoRA, add_lora, merge_lora
 from helpers import save_tiny
-from lora import LoRA, add_lora, merge_lora
-from model import MultiLabelModel, build_model, head_groups, load_backbone, pool
 
 
 def model_cfg(**kw):
@@ -70,7 +70,7 @@ def test_hub_sources_download_then_load(monkeypatch, tiny_bert, source, module):
 def test_gpt_style_tokenizer_without_pad_gets_one(tmp_path):
     from helpers import save_tiny
     path = save_tiny(tmp_path / "gpt", "gpt2")
-    tok = model.load_tokenizer(path)
+    tok = backbones.load_tokenizer(path)
     assert tok.pad_token_id is not None
 
 

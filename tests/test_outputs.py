@@ -6,8 +6,8 @@ import os
 import numpy as np
 import torch
 
-import outputs
 import train
+from training import outputs
 from helpers import one_line_error, run_command, train_args
 
 

@@ -6,12 +6,11 @@ import pytest
 import torch
 import transformers
 
-import cache
-import config
 import zoo
-from model import POOLINGS, auto_pooling, build_model, load_backbone, load_tokenizer, own_tokens, pool
-from model import added_tokens
-from scoring import choose_pooling
+from model import POOLINGS, added_tokens, auto_pooling, build_model, own_tokens, pool
+from training import cache, config
+from training.backbones import load_backbone, load_tokenizer
+from training.probe import choose_pooling
 
 
 def test_mean_pools_a_sep_appending_decoder_over_its_own_tokens(tmp_path):
@@ -117,8 +116,9 @@ def test_an_attention_pooling_run_trains_its_scores_with_the_head_and_predicts(t
     assert "learning rates: head 1.00e-02" in capsys.readouterr().out
     state = torch.load(out / "last.pt", weights_only=True)
     assert "pool.score.weight" in state["model"] and state["config"]["model"]["pooling"] == "attention"
-    import optim  # the optimizer's groups: the pooling's weights learn at the head's rate
-    from model import build_model, load_backbone
+    from training import optim  # the optimizer's groups: the pooling's weights learn at the head's rate
+    from model import build_model
+    from training.backbones import load_backbone
     cfg = state["config"]
     backbone, tok, _ = load_backbone(cfg["model"], cfg["data"]["max_length"])
     model = build_model(backbone, ["a", "b", "c"], cfg["model"], tok)

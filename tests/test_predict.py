@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import data
-import predict
 import train
+import predict
 from helpers import ROOT, TINY, one_line_error, random_tsv, read_tsv, run_command, write_file
 
 

@@ -5,12 +5,12 @@ import pytest
 import torch
 from transformers import AutoModel, BertConfig
 
-import config
-import optim
 import train
 import zoo
+from model import build_model
+from training import config, optim
+from training.backbones import KmerTokenizer, load_backbone
 from helpers import NO_DROPOUT, assert_same_weights, train_args
-from model import KmerTokenizer, build_model, load_backbone
 from test_zoo import FAMILIES
 
 SNAPSHOTS = ["training.save_strategy=steps", "training.save_steps=1", "training.save_total_limit=10",

@@ -6,10 +6,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import config
-import optim
-import predict
 import train
+import predict
+from training import config, optim
 from helpers import TINY, random_tsv, read_tsv, train_args
 
 
@@ -91,6 +90,6 @@ def test_early_stopping_stops_at_the_right_step_and_tests_the_best_checkpoint(ts
 
 
 def test_early_stopping_needs_evaluations():
-    import config
+    from training import config
     with pytest.raises(config.ConfigError, match="early_stopping_patience needs evaluations"):
         config.load(None, ["data.path=x", "training.early_stopping_patience=3", "training.evaluation_strategy=no"])

@@ -8,16 +8,16 @@ import pyBigWig
 import pytest
 import torch
 
-import config
+import train
 import predict
 import prepare
-import train
+from training import config
+from analysis.trained import load_scorer
 from genomics.example import make_example
 from genomics.genome import Genome
 from genomics.intervals import Intervals, read_intervals
 from genomics.tracks import tile
 from helpers import ROOT
-from scoring import load_scorer
 
 
 @pytest.fixture(scope="module")

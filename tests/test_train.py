@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import data
-import pictures
-import predict
 import train
+import predict
+from training import figures
+from genomics import planted
 from helpers import ROOT, SEED_YAML, TINY, random_tsv, read_json
 
 
@@ -21,7 +21,7 @@ def run(args):
 
 
 def test_short_run_learns_and_writes_every_output(tmp_path):
-    example = data.make_example(str(tmp_path / "ex.tsv"), n=2000, seed=3)
+    example = planted.make_example(str(tmp_path / "ex.tsv"), n=2000, seed=3)
     out = tmp_path / "out"
     run(["config.yaml" if os.path.exists("config.yaml") else os.path.join(ROOT, "config.yaml"),
          f"data.path={example}", f"training.output_dir={out}", "training.num_train_epochs=3",
@@ -155,7 +155,7 @@ def test_every_switch_together(tmp_path):
     events.Reload()
     assert "train/label_cooccurrence" in events.Tags()["images"]
     image = events.Images("train/label_cooccurrence")[0]  # the label names drawn on its axes, not a bare matrix
-    assert (image.height, image.width) == pictures.cooccurrence_figure(np.eye(3), ["a", "b", "rare"]).shape[:2]
+    assert (image.height, image.width) == figures.cooccurrence_figure(np.eye(3), ["a", "b", "rare"]).shape[:2]
     assert "eval/f1/rare" in events.Tags()["scalars"] and "eval/auroc/rare" in events.Tags()["scalars"]
     # test split rows, scored again by predict.py (LoRA merged, both strands averaged)
     test_rows = list(csv.DictReader(open(out / "test_predictions.tsv"), delimiter="\t"))

@@ -3,8 +3,8 @@ accumulation, masks, pos_weight), and move the weights as they should."""
 import pytest
 import torch
 
-import optim
 import train
+from training import optim
 from helpers import assert_same_weights, random_tsv, train_args
 from test_distributed import check, common, torchrun
 

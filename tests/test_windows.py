@@ -4,15 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-import cache
 import data
-import predict
 import train
+import predict
+from model import build_model
+from training import cache, config
+from training.backbones import KmerTokenizer, load_backbone
+from analysis.trained import Scorer
 from helpers import TOK, data_cfg, random_tsv, read_tsv, train_args
-from model import KmerTokenizer, build_model, load_backbone
-from scoring import Scorer
-
-import config
 
 
 def test_windows_cover_every_base_and_auto_fills_max_length():

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-import predict
 import train
+import predict
 import zoo
 from helpers import random_tsv, read_tsv
 
@@ -52,6 +52,6 @@ def test_family_fine_tunes_and_predicts(tmp_path, files, family, finetune, capsy
     assert [r["id"] for r in ours] == [r["id"] for r in theirs] == [str(i) for i in range(1, 25)]
     for a, b in zip(ours, theirs):
         assert all(abs(float(a[n]) - float(b[n])) <= 1e-5 for n in "abc"), (a, b)
-    import model
-    tok = model.load_tokenizer(folder, trust)
+    from training import backbones
+    tok = backbones.load_tokenizer(folder, trust)
     assert tok.padding_side == side

@@ -17,9 +17,9 @@ import sys
 
 import torch
 
-import config
-from config import ConfigError
 from data import DataError
+from training import config
+from training.config import ConfigError
 
 
 class Failed(RuntimeError):

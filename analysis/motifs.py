@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from console import log
 from data import DataError
-from pictures import BASES
+from training.console import log
+from analysis.pictures import BASES
 
 TRIM = 0.3  # a motif keeps the span of positions whose contribution reaches this share of its strongest
 FLANK = 2  # and this many positions on either side of it

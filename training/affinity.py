@@ -7,8 +7,14 @@ on: it costs one backward pass per label and batch. From the matrix, a suggested
 clustering that joins groups while their mean cosine is above JOIN), printed as a model.head_groups line and as
 task.labels runs for compare.py.
 """
+import os
+import time
+
 import numpy as np
 import torch
+
+from training.console import log
+from training.figures import matrix_figure
 
 
 SKETCH = 1 << 16  # gradients longer than this are count-sketched to it: inner products are kept in expectation
@@ -68,6 +74,38 @@ class Affinity:
         self.total[np.ix_(chosen, chosen)] += np.where(both, cos, 0)
         self.count[np.ix_(chosen, chosen)] += both
         return len(chosen)
+
+    def at_evaluation(self, run, step, since):
+        """train.py's measure at an evaluation: the labels' gradient cosines on two fixed training batches, on rank 0
+        (the others wait at the next all-reduce), with what it cost against the training time since the last
+        evaluation (since); written to task_affinity.tsv and TensorBoard."""
+        if run.rank != 0:
+            return
+        t = time.time()
+        train_set, size = run.datasets["train"], run.cfg["training"]["per_device_train_batch_size"]
+        rows = np.random.RandomState(run.cfg["training"]["seed"]).permutation(len(train_set))[:2 * size]
+        batches = [run.collate([train_set[i] for i in rows[k:k + size]]) for k in range(0, len(rows), size)]
+        n = self.measure(run.net, batches, run.loss_fn, run.device, run.amp, step)
+        seconds = time.time() - t
+        log(f"task affinity: {n} labels x {len(batches)} batches, {n * len(batches)} backward passes in "
+            f"{seconds:.2f} s ({seconds / max(t - since, 1e-9):.1%} of the training time since the last evaluation)")
+        out_dir = run.cfg["training"]["output_dir"]
+        self.write(os.path.join(out_dir, "task_affinity.tsv"))
+        if run.writer:
+            run.writer.add_image("train/task_affinity", matrix_figure(
+                self.matrix, run.names, "cosine of the labels' loss gradients on the backbone",
+                signed=True), step, dataformats="HWC")
+
+    def suggest_grouping(self, run):
+        """At the end of training, on rank 0: the grouping the labels' affinity suggests, as config lines."""
+        if run.rank != 0 or not self.count.any():
+            return
+        groups = suggest_groups(self.matrix, self.names)
+        log(f"task affinity written to {os.path.join(run.cfg['training']['output_dir'], 'task_affinity.tsv')}; "
+            f"suggested grouping (groups join while their mean gradient cosine is above {JOIN}): " +
+            " | ".join(", ".join(g) for g in groups))
+        for line in grouping_lines(groups):
+            log(f"  {line}")
 
     @property
     def matrix(self):

@@ -22,12 +22,12 @@ import torch
 import torch.distributed as dist
 import yaml
 
-import config
 import data
 import metrics
-from config import ConfigError
-from console import log
-from pictures import cooccurrence_figure
+from training import config
+from training.config import ConfigError
+from training.console import log
+from training.figures import cooccurrence_figure
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BEST_KEYS = ("model", "step", "config", "label_names", "thresholds")
@@ -145,10 +145,11 @@ def resume_changes(ckpt, path, cfg, world, data_keys):
     return lines
 
 
-def resume(ckpt, path, *, cfg, world, data_keys, net, optimizer, scheduler, scaler):
+def resume(ckpt, path, *, cfg, world, data_keys, net, optimizer, scheduler, scaler, old_total, total):
     """Checks the settings against the checkpoint's (resume_changes), then loads its state into the objects. The
     optimizer's hyperparameters and the learning-rate schedule are the current config's: the same as the
-    checkpoint's unless a change was allowed."""
+    checkpoint's unless a change was allowed, and a schedule that now ends at another step (total, not old_total)
+    is said."""
     for change in resume_changes(ckpt, path, cfg, world, data_keys):
         log(f"resume: changed since the checkpoint: {change}")
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
@@ -167,6 +168,10 @@ def resume(ckpt, path, *, cfg, world, data_keys, net, optimizer, scheduler, scal
         g.update({k: f[k] for k in ("weight_decay", "betas", "eps", "initial_lr", "part") if k in f})
         g["lr"] = f["initial_lr"] * factor(ckpt["step"])  # as LambdaLR computes it
     log(f"resumed from {path} at step {ckpt['step']}")
+    if old_total != total:
+        log(f"resume: the {cfg['training']['lr_scheduler_type']} schedule now ends at step {total} instead of "
+            f"{old_total}; the learning rate at step {ckpt['step']} is {optimizer.param_groups[0]['lr']:.2e} (it "
+            f"was {ckpt['scheduler']['_last_lr'][0]:.2e})")
 
 
 def rng_state():

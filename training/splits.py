@@ -7,10 +7,10 @@ training window are reported.
 """
 import numpy as np
 
-from config import ConfigError
 from data import DataError
+from training.config import ConfigError
+from training.console import log
 from genomics.intervals import Intervals, parse_coordinates
-from console import log
 
 SPLITS = ("train", "validation", "test")
 

@@ -9,10 +9,11 @@ import math
 import torch
 import torch.distributed as dist
 
-from cli import Failed
-from config import ConfigError
 from data import batch_starts
-from console import log
+from training import config
+from training.cli import Failed
+from training.config import ConfigError
+from training.console import log
 
 
 def make_optimizer(net, train_cfg, device, head_lr=None, weighting=None):
@@ -165,6 +166,22 @@ def count_steps_per_epoch(n, global_size, parts_per_step):
     return steps
 
 
+def run_length(train_cfg, n, world, validating):
+    """(steps per epoch, epochs, early-stopping patience) of a run on n training sequences: epochs and patience
+    resolved where they are auto (config.epochs, config.patience), and said in a line."""
+    parts_per_step = world * train_cfg["gradient_accumulation_steps"]  # every global batch is cut into this many
+    steps_per_epoch = count_steps_per_epoch(n, train_cfg["per_device_train_batch_size"] * parts_per_step,
+                                            parts_per_step)
+    epochs = config.epochs(train_cfg, steps_per_epoch)
+    patience = config.patience(train_cfg, validating, steps_per_epoch)
+    if train_cfg["num_train_epochs"] == "auto" and train_cfg["max_steps"] <= 0:
+        stop = f"; early stopping after {patience} evaluations without a better validation " \
+               f"{train_cfg['metric_for_best_model']}" if patience else ""
+        log(f"num_train_epochs auto: {epochs} epochs of {steps_per_epoch} steps (at least {config.MIN_STEPS} steps, "
+            f"within 5 to 100 epochs){stop}")
+    return steps_per_epoch, epochs, patience
+
+
 def count_total_steps(train_cfg, steps_per_epoch):
     if train_cfg["max_steps"] > 0:
         return train_cfg["max_steps"]
@@ -252,3 +269,19 @@ class Selection:
     def load(self, ckpt):
         self.best, self.best_step, self.bad_evals = ckpt["best"], ckpt.get("best_step"), ckpt.get("bad_evals", 0)
         self.best_loss = ckpt.get("best_loss", float("inf"))
+
+
+def log_learning_rates(optimizer, train_cfg, total_steps, head_lr):
+    """One line, where the head and the backbone learn at rates of their own."""
+    rates = [g["initial_lr"] for g in optimizer.param_groups if g["part"] == "backbone"]
+    if not rates:
+        return
+    warm, auto = train_cfg["head_warmup_steps"], train_cfg["head_learning_rate"] in (None, "auto")
+    log(f"learning rates: head {head_lr:.2e}" + (" (head_learning_rate auto: 10x learning_rate)" if auto and
+                                                  head_lr != train_cfg["learning_rate"] else "") +
+        f", backbone {max(rates):.2e}" + (f" (top layer) to {min(rates):.2e} (embeddings)" if len(set(rates)) > 1
+                                           else "") +
+        (f"; the backbone is frozen for the first {warm} steps (the head warm-up)" if warm else ""))
+    if warm >= total_steps:
+        log(f"warning: training.head_warmup_steps {warm} >= the run's {total_steps} steps: the backbone never "
+            f"trains")

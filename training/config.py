@@ -519,7 +519,7 @@ def validate(cfg):
         train["mixed_precision"] = "bf16" if train["bf16"] else "fp16"
 
 
-if __name__ == "__main__":  # python config.py: every key, with its default and what it does
+if __name__ == "__main__":  # python -m training.config: every key, with its default and what it does
     with open(__file__) as f:
         source = f.read()
     print(source[source.index("DEFAULTS = {"):source.index("MIN_STEPS")].rstrip())

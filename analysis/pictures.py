@@ -1,26 +1,17 @@
 """
-Pictures drawn with Pillow (installed with TensorBoard): the in-silico mutagenesis figure of one sequence, the
-motifs a label learned as logos, and labels x labels matrices (co-occurrence, task affinity) with the names. All
-are RGB arrays, saved as PNG or logged to TensorBoard.
+A finished run's pictures, drawn with Pillow (installed with TensorBoard): the in-silico mutagenesis figure of one
+sequence, the motifs a label learned as logos, and browser-style tracks along a genome. All are RGB arrays, saved
+as PNG. The labels x labels matrices a training run logs are training/figures.py's.
 """
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from training.figures import diverging, font
 
 BASES = "ACGT"
 BASE_COLOURS = {"A": (16, 150, 72), "C": (36, 92, 196), "G": (245, 166, 35), "T": (214, 40, 40)}  # as in logos
 LEFT, RIGHT, TOP = 120, 30, 40  # margins, px
 LOGO, ROW, GAP, AXIS, SCALE = 70, 12, 26, 34, 48  # heights, px
-
-
-def font(size):
-    return ImageFont.load_default(size=size)
-
-
-def diverging(x):
-    """Values in [-1, 1] -> RGB: blue (negative), white (0), red (positive)."""
-    x = np.clip(np.asarray(x, np.float64), -1, 1)[..., None]
-    white, blue, red = np.array([255, 255, 255]), np.array([33, 102, 172]), np.array([178, 24, 43])
-    return np.where(x < 0, white + (blue - white) * -x, white + (red - white) * x).astype(np.uint8)
 
 
 def ism_size(length, n_labels):
@@ -150,11 +141,6 @@ def motifs_figure(title, rows):
     return np.asarray(picture)
 
 
-def cooccurrence_figure(matrix, names):
-    """Row i, column j: the share of label i's sequences that also carry label j; names on both axes."""
-    return matrix_figure(matrix, names, "share of row label's sequences with the column label")
-
-
 def track_figure(title, first, values, names, thresholds, peaks=None, width=1200, panel=90):
     """Browser-style tracks over a locus: per label, its scores (values[j], one per base from position first, in
     [0, 1]) as a filled profile, each pixel column the maximum of its bases, the threshold as a dashed line, and the
@@ -190,33 +176,3 @@ def track_figure(title, first, values, names, thresholds, peaks=None, width=1200
         draw.line([(x, axis), (x, axis + 5)], fill="black")
         draw.text((x - 20, axis + 7), f"{pos:,}", fill="black", font=font(11))
     return picture
-
-
-def matrix_figure(matrix, names, title, signed=False):
-    """A labels x labels matrix with the names on both axes and the values in the cells: shades of orange from 0
-    to 1, or, signed, blue (-1) to white (0) to red (1); an unmeasured (nan) cell stays grey."""
-    n = len(names)
-    cell = 34 if n <= 20 else max(6, 680 // n)
-    side = max(font(12).getbbox(name)[2] for name in names) + 16
-    size = side + n * cell + 20
-    picture = Image.new("RGB", (max(size, font(12).getbbox(title)[2] + 16), size + 24), "white")
-    draw = ImageDraw.Draw(picture)
-    draw.text((8, 4), title, fill="black", font=font(12))
-    matrix = np.asarray(matrix, np.float64)
-    known = np.nan_to_num(matrix)
-    colour = diverging(known) if signed else \
-        (255 - np.clip(known, 0, 1)[..., None] * np.array([222, 153, 83])).astype(np.uint8)
-    colour[np.isnan(matrix)] = 200
-    grid = np.repeat(np.repeat(colour, cell, axis=0), cell, axis=1)
-    picture.paste(Image.fromarray(grid), (side, side + 24))
-    for i, name in enumerate(names):
-        draw.text((6, side + 24 + i * cell + cell // 2 - 7), name, fill="black", font=font(12))
-        tag = Image.new("RGB", (side, cell), "white")
-        ImageDraw.Draw(tag).text((4, cell // 2 - 7), name, fill="black", font=font(12))
-        picture.paste(tag.rotate(90, expand=True), (side + i * cell, 24))
-        for j in range(n) if cell >= 30 else ():
-            value = matrix[i, j]
-            draw.text((side + j * cell + 4, side + 24 + i * cell + cell // 2 - 6),
-                      "" if np.isnan(value) else f"{value:.2f}", font=font(10),
-                      fill="white" if abs(value) > 0.6 and (signed or value > 0) else "black")
-    return np.asarray(picture)

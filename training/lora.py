@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn as nn
 
-from config import ConfigError
+from training.config import ConfigError
 
 
 class LoRA(nn.Module):

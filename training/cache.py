@@ -23,11 +23,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-import config
 import data
-import splits
 from data import DataError
-from console import log, progress_bar
+from training import config, splits
+from training.console import log, progress_bar
 
 CACHE_VERSION = 3
 CHUNK = 4096  # records read and tokenised at a time
