@@ -1,9 +1,14 @@
+"""The config: YAML and overrides read against the defaults, errors that name file:line and the closest key, DNALLM's
+and Hugging Face's names, and the list of every setting."""
+import re
+import subprocess
+import sys
 
 import pytest
 
 from training import config
 from training.config import ConfigError
-from helpers import SEED_YAML, write_config
+from helpers import ROOT, SEED_YAML, write_config
 
 
 DNALLM_YAML = """
@@ -116,3 +121,11 @@ def test_missing_config_and_invalid_yaml(tmp_path):
     bad.write_text("task:\n  num_labels: [1\n")
     with pytest.raises(ConfigError, match="bad.yaml:.*invalid YAML"):
         config.load(str(bad))
+
+
+def test_the_settings_list_prints_every_key_with_its_default():
+    p = subprocess.run([sys.executable, "-m", "training.config"], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    printed = set(re.findall(r'^\s+"(\w+)":', p.stdout, re.M))
+    missing = [f"{s}.{k}" for s, keys in config.DEFAULTS.items() for k in keys if k not in printed]
+    assert not missing and "PRETRAINED = {" in p.stdout, missing

@@ -40,7 +40,7 @@ def test_the_readme_own_data_keys_alone_learn_as_well_as_the_6mer_baseline(n, tm
     assert macro["a"] > 0.8 and macro["high"] >= 0, macro  # within the noise of the baseline, or above it
 
 
-def test_defaults_live_in_config_py_and_the_default_experiment_restates_them():
+def test_defaults_live_in_one_place_and_the_default_experiment_restates_them():
     """config.yaml names the default experiment; every training and model setting it gives is DEFAULTS' own, so
     that a config with fewer keys trains the same way. Only what belongs to the experiment differs."""
     user, _ = config.read_yaml("config.yaml")

@@ -10,7 +10,7 @@ from helpers import ROOT
 
 COMMANDS = {"train", "predict", "prepare", "interpret", "compare", "bench"}
 CORE = {"train", "model", "data", "metrics"}  # the files a researcher edits to run an experiment
-GROUND = {"data", "metrics", "training.config", "training.console"}
+GROUND = {"data", "metrics", "training.config", "training.defaults", "training.console"}
 FOLDERS = ("training", "analysis", "benchmarks", "genomics")
 
 
