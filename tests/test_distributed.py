@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import data
+import model
 import train
 from training import outputs
 from helpers import NO_DROPOUT, ROOT, TINY, assert_same_weights, random_tsv
@@ -197,8 +198,8 @@ def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypa
 
 def test_non_finite_gradients_stop_the_run_without_a_checkpoint(dataset, monkeypatch, capsys):
     path, tmp = dataset
-    real = train.entry_loss
-    monkeypatch.setattr(train, "entry_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = model.entry_loss
+    monkeypatch.setattr(model, "entry_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     out = tmp / "nan"
     assert train.main(["config.yaml", *common(path, out, "training.max_steps=10")]) == 1
     err = capsys.readouterr().err
@@ -222,7 +223,7 @@ def test_a_failed_run_gives_the_signal_handlers_back(dataset, monkeypatch):
     import signal as sig
     path, tmp = dataset
     before = sig.getsignal(sig.SIGINT)
-    real = train.entry_loss
-    monkeypatch.setattr(train, "entry_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = model.entry_loss
+    monkeypatch.setattr(model, "entry_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     assert train.main(["config.yaml", *common(path, tmp / "nan2", "training.max_steps=10")]) == 1
     assert sig.getsignal(sig.SIGINT) is before
