@@ -8,11 +8,11 @@ Fine-tune a DNA language model to predict many binary labels per sequence.
 Values are YAML (task.threshold=[0.5,0.3]). Every key, with its default and what it does: python -m training.config
 
 train() is the run: setup() makes what the loop needs (a Run: the data, the model, the optimizer, the state
-resumed), then the step loop (AMP, accumulation, clipping, schedule, eval, early stopping, checkpoints), then the
-test. train_step() below it is one optimizer step, read top to bottom: the micro-batches, autocast, the loss, the
-scaled backward, clipping and the update. The pieces a first reading can skip live further down and in training/:
-the optimizer and schedule in optim.py, the checkpoints, logs and test report in outputs.py, the scoring of a
-split in evaluation.py, the token cache in cache.py.
+resumed), then the step loop (the schedule, logging, evaluation, early stopping, checkpoints), then the test.
+train_step() below it is one optimizer step, read top to bottom: the micro-batches (all-reduced on the last),
+autocast, the loss, the scaled backward, unscaling, clipping and the update. The pieces a first reading can skip
+live further down and in training/: the optimizer and schedule in optim.py, the checkpoints, logs and test report
+in outputs.py, the scoring of a split in evaluation.py, the token cache in cache.py.
 """
 import math
 import os
