@@ -92,7 +92,10 @@ def bench(args):
     amp = autocast(dtype, device)
     collate = data.Collate(tokenizer.pad_token_id, tokenizer.padding_side, 8 if device.type == "cuda" else 1,
                            args.max_length)
-    batches = grouped[:args.steps]
+    # train.py's own batches (its seed, grouped by length, the whole file its training split): after the first
+    # stretch of --steps, which warms up, the --rounds stretches it logs are the ones the bare step takes too
+    batches = loop_batches(len(split), args.batch_size, cfg["training"]["seed"], lengths,
+                           args.steps * (args.rounds + 1))[args.steps:]
     out.update(time_training(args, net, cfg, split, batches, collate=collate, amp=amp, device=device, folder=folder))
     if device.type == "cuda" and dtype and any(k in out["device"] for k in PEAK_FLOPS):
         # per token: 6 flops per weight (forward and backward) plus attention (as in the PaLM paper's appendix)
@@ -124,34 +127,42 @@ def bench(args):
     return out
 
 
+def loop_batches(n, size, seed, lengths, count):
+    """The first count global batches of a train.py run on n sequences (one process, batch size, seed, grouped by
+    length), across epochs as it draws them."""
+    batches, epoch = [], 0
+    while len(batches) < count:
+        batches += data.global_batches(n, size, seed, epoch, lengths=lengths)
+        epoch += 1
+    return batches[:count]
+
+
 def time_training(args, net, cfg, split, batches, *, collate, amp, device, folder):
     """train.py's step loop as a user runs it, in its own process (its DataLoader, collate and train_step, logging
-    every --steps steps), against a bare step in this process on the same data, batches of the same size grouped by
-    length. train.py's first --steps steps (warm-up, compile) are left out. The bare rounds run half before and
-    half after it, so that a machine that speeds up or slows down during the measurement favours neither."""
+    every --steps steps), against a bare step in this process on the same batches (those train.py logs after its
+    first --steps steps, which warm up and compile). The bare step takes them once before train.py runs and once
+    after, so that a machine that speeds up or slows down during the measurement favours neither."""
     model = torch.compile(net) if args.compile else net  # as train.py compiles it
     optimizer = optim.make_optimizer(net, cfg["training"], device)  # fused on CUDA
     scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
     ready = [{k: v.to(device) for k, v in collate([split[i] for i in b["index"]]).items()} for b in batches]
 
-    def bare_rounds(n):
-        """The same batches, collated and on the device beforehand, a plain loss, no clipping. Returns the
-        seconds."""
+    def bare(ready):
+        """The batches, collated and on the device beforehand, a plain loss, no clipping. Returns the seconds."""
         sync(device)
         t = time.time()
-        for _ in range(n):
-            for batch in ready:
-                with amp:
-                    logits = model(batch["input_ids"], batch["attention_mask"])
-                scaler.scale(F.binary_cross_entropy_with_logits(logits.float(), batch["labels"])).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+        for batch in ready:
+            with amp:
+                logits = model(batch["input_ids"], batch["attention_mask"])
+            scaler.scale(F.binary_cross_entropy_with_logits(logits.float(), batch["labels"])).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
         sync(device)
         return time.time() - t
 
-    bare_rounds(1)  # warm-up: allocator, kernels, torch.compile
-    bare_s = bare_rounds(args.rounds // 2)
+    bare(ready[:args.steps])  # warm-up: allocator, kernels, torch.compile
+    bare_s = bare(ready)
     model_keys = ["model.source=local", f"model.name_or_path={folder}"] if folder else \
         [f"model.{k}={cfg['model'][k]}" for k in ("n_layer", "n_embd", "n_head", "kmer_stride")]
     log = command("train.py", "config.yaml", f"data.path={cfg['data']['path']}", f"data.cache_dir={args.tmp}/cache",
@@ -164,14 +175,14 @@ def time_training(args, net, cfg, split, batches, *, collate, amp, device, folde
                   f"training.mixed_precision={ {'fp32': 'no'}.get(args.dtype, args.dtype)}",
                   f"training.torch_compile={str(args.compile).lower()}", f"training.num_workers={args.workers}",
                   f"training.output_dir={args.tmp}/loop")
-    bare_s += bare_rounds(args.rounds - args.rounds // 2)
+    bare_s += bare(ready)
     logged = [line.split(" | ") for line in log.splitlines() if line.startswith("step ") and " seq/s" in line]
     rates = [float(p[5].split()[0].replace(",", "")) for p in logged[1:]]  # after the first stretch: warm-up
     waits = [float(p[6].split()[-1].rstrip("%")) / 100 for p in logged[1:]]
     if not rates:
         raise cli.Failed(f"train.py logged no step after its warm-up: {log.strip()[-500:]}")
     loop = len(rates) / sum(1 / r for r in rates)  # the rate over the stretches: each of the same steps
-    bare = args.rounds * sum(len(b) for b in batches) / bare_s
+    bare = 2 * sum(len(b) for b in batches) / bare_s
     return {"train_samples_per_s": loop, "train_tokens_per_s": loop * split.tokens.lengths().mean(),
             "data_wait_fraction": float(np.mean(waits)), "bare_samples_per_s": bare, "loop_vs_bare": loop / bare}
 
