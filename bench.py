@@ -1,12 +1,13 @@
 """
-Speed and memory of the real code paths: the token cache, train.py's step function fed by its DataLoader and
-collate, scoring, and the metrics. Each figure is printed next to the ratio it is judged by.
+Speed and memory of the real code paths: the token cache, train.py's step loop fed by its DataLoader and collate,
+scoring, and the metrics. Each figure is printed next to the ratio it is judged by.
 
     python bench.py                   # a table; a few minutes on a 2-core CPU
     python bench.py --json            # the same, and the last line is one JSON object
     python bench.py --device cuda --n-layer 12 --n-embd 768 --n-head 12 --kmer-stride 1 --max-length 512 \\
         --batch-size 32 --dtype bf16 --compile     # a BERT-base-sized encoder on a GPU; --backbone gpt2 for
                                                    # a GPT-2-small-sized decoder with an 8000-token vocabulary
+    python bench.py --backbone cnn --max-length 2048   # the one-hot CNN, one token per base: whole sequences
 
     python bench.py --prepare         # prepare.py on a generated 1 Gb genome with 1M peaks: windows/s, peak RSS
     python bench.py --pooling         # test AUROC of last, mean and max pooling, decoders and an encoder
@@ -64,7 +65,9 @@ def bench(args):
     out = {"device": name}
     path = os.path.join(args.tmp, "bench.tsv")
     inputs.random_tsv(path, args.n, 200, 2000, args.labels)
+    arch = ["model.architecture=cnn", f"model.cnn_width={args.n_embd}"] if args.backbone == "cnn" else []
     cfg = config.load(None, [f"model.{k}={getattr(args, k)}" for k in ("n_layer", "n_embd", "n_head", "kmer_stride")] +
+                      arch +
                       [f"data.path={path}", f"data.cache_dir={args.tmp}/cache", f"data.max_length={args.max_length}",
                        "model.dropout=0", "task.label_map=null", "task.num_labels=null"])
 
@@ -102,7 +105,8 @@ def bench(args):
         embeddings = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Embedding))
         weights = sum(p.numel() for p in net.parameters()) - embeddings
         width = np.mean([lengths[b["index"]].max() for b in batches])
-        per_token = 6 * weights + 12 * args.n_layer * args.n_embd * width
+        attention = 12 * args.n_layer * args.n_embd * width if args.backbone != "cnn" else 0
+        per_token = 6 * weights + attention
         peak = next(v for k, v in PEAK_FLOPS.items() if k in out["device"])
         out["mfu"] = out["train_tokens_per_s"] * per_token / peak
         out["bare_mfu"] = out["mfu"] / out["loop_vs_bare"]
@@ -164,7 +168,8 @@ def time_training(args, net, cfg, split, batches, *, collate, amp, device, folde
     bare(ready[:args.steps])  # warm-up: allocator, kernels, torch.compile
     bare_s = bare(ready)
     model_keys = ["model.source=local", f"model.name_or_path={folder}"] if folder else \
-        [f"model.{k}={cfg['model'][k]}" for k in ("n_layer", "n_embd", "n_head", "kmer_stride")]
+        [f"model.{k}={cfg['model'][k]}" for k in ("n_layer", "n_embd", "n_head", "kmer_stride", "architecture",
+                                                    "cnn_width", "cnn_depth", "cnn_kernel")]
     log = command("train.py", "config.yaml", f"data.path={cfg['data']['path']}", f"data.cache_dir={args.tmp}/cache",
                   f"data.max_length={args.max_length}", "data.train_size=1", "data.validation_size=0",
                   "data.test_size=0", *model_keys, "model.dropout=0", f"model.pooling={cfg['model']['pooling']}",
@@ -352,7 +357,9 @@ def options(p):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="default: bf16 on CUDA, else fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
-    p.add_argument("--backbone", choices=["bert", "gpt2"], default="bert")
+    p.add_argument("--backbone", choices=["bert", "gpt2", "cnn"], default="bert",
+                   help="cnn: the one-hot CNN (model.architecture: cnn), --n-embd wide; one token per base, so "
+                   "--max-length 2048 reads the sequences whole")
     p.add_argument("--n", type=int, default=10000, help="sequences in the benchmark file")
     p.add_argument("--labels", type=int, default=20)
     p.add_argument("--n-layer", type=int, default=2)

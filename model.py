@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.backbones import ROBERTA_STYLE, is_decoder
+from training.backbones import ARCHITECTURES, ROBERTA_STYLE, is_decoder
 from training.config import ConfigError
 from training.console import log
 from training.lora import add_lora
@@ -244,7 +244,8 @@ LOSSES = ("bce", "focal")  # training.loss: a new loss is its branch in entry_lo
 def check_names(cfg):
     """The settings that name one of this module's lists, checked where the list lives (config.py, the ground,
     cannot import it), before a run does any work."""
-    for section, key, names in (("model", "pooling", ("auto", *POOLINGS)), ("training", "loss", LOSSES)):
+    for section, key, names in (("model", "pooling", ("auto", *POOLINGS)), ("training", "loss", LOSSES),
+                                ("model", "architecture", ARCHITECTURES)):
         if cfg[section][key] not in names:
             raise ConfigError(f"config: {section}.{key} is '{cfg[section][key]}' (expected one of {', '.join(names)})")
 

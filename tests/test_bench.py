@@ -12,7 +12,7 @@ KEYS = ["tokenize_seqs_per_s", "train_samples_per_s", "train_tokens_per_s", "bar
         "peak_rss_mb", "device"]
 
 
-@pytest.mark.parametrize("backbone", ["bert", "gpt2"])
+@pytest.mark.parametrize("backbone", ["bert", "gpt2", "cnn"])
 def test_bench_json_has_every_figure(backbone):
     p = subprocess.run([sys.executable, "bench.py", "--json", "--n", "400", "--steps", "3", "--rounds", "1",
                         "--batch-size", "8", "--eval-n", "50", "--metrics-rows", "5000", "--backbone", backbone],

@@ -227,3 +227,19 @@ def test_a_failed_run_gives_the_signal_handlers_back(dataset, monkeypatch):
     monkeypatch.setattr(model, "entry_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     assert train.main(["config.yaml", *common(path, tmp / "nan2", "training.max_steps=10")]) == 1
     assert sig.getsignal(sig.SIGINT) is before
+
+
+def test_the_cnn_gives_the_same_weights_at_any_scale_and_resumes_exactly(dataset):
+    """The one-hot CNN (model.architecture: cnn) under DDP and accumulation, and resumed mid-epoch."""
+    path, tmp = dataset
+    cnn = ["model.architecture=cnn", "model.cnn_width=16", "model.cnn_depth=2", "model.cnn_kernel=5"]
+    check(torchrun(*common(path, tmp / "cnn1x8", "training.per_device_train_batch_size=8", *cnn)))
+    check(torchrun(*common(path, tmp / "cnn2x4", "training.per_device_train_batch_size=4", *cnn), nproc=2))
+    assert_same_weights(tmp / "cnn1x8" / "last.pt", tmp / "cnn2x4" / "last.pt")
+    base = common(path, tmp / "cnnfull", "training.max_steps=8", "training.save_steps=3", "training.save_total_limit=5",
+                  *cnn)
+    assert train.main(["config.yaml", *base]) == 0
+    resumed = common(path, tmp / "cnnresumed", "training.max_steps=8", *cnn,
+                     f"training.resume_from_checkpoint={tmp / 'cnnfull' / 'step-3.pt'}")
+    assert train.main(["config.yaml", *resumed]) == 0
+    assert_same_weights(tmp / "cnnfull" / "last.pt", tmp / "cnnresumed" / "last.pt", atol=1e-6)

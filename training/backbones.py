@@ -9,7 +9,8 @@ import os
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
 
 import data
 from training.config import ConfigError
@@ -61,6 +62,85 @@ class KmerTokenizer:
             json.dump({"k": self.k, "stride": self.stride}, f)
 
 
+IUPAC = {"A": "A", "C": "C", "G": "G", "T": "T", "N": "ACGT", "R": "AG", "Y": "CT", "S": "CG", "W": "AT", "K": "GT",
+         "M": "AC", "B": "CGT", "D": "AGT", "H": "ACT", "V": "ACG"}  # each code and the bases it stands for
+
+
+class BaseTokenizer(KmerTokenizer):
+    """One token per base, for the one-hot CNN: A, C, G, T, N and the IUPAC codes each have an id after the special
+    tokens, in the order of IUPAC, and anything else is unknown. It adds no CLS or SEP: a convolution needs no
+    summary token, and max_length tokens are max_length bases."""
+
+    def __init__(self, k=1, stride=1):
+        super().__init__(1, 1)
+        self.vocab_size = BASE_VOCAB
+        self.code = np.full(256, self.unk_token_id, np.int64)
+        for i, base in enumerate(IUPAC):
+            self.code[ord(base)] = self.code[ord(base.lower())] = len(self.specials) + i
+
+    def encode(self, seq):
+        return self.code[np.frombuffer(seq.encode(), np.uint8)].tolist()
+
+    def __call__(self, seqs, add_special_tokens=True, truncation=False, max_length=None):
+        return {"input_ids": [self.encode(s)[:max_length if truncation else None] for s in seqs]}
+
+    def save_pretrained(self, path):
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, KMER_FILE), "w") as f:
+            json.dump({"bases": True}, f)
+
+
+BASE_VOCAB = len(KmerTokenizer.specials) + len(IUPAC)
+
+
+class CnnConfig(PretrainedConfig):
+    model_type = "dna_cnn"
+
+    def __init__(self, vocab_size=BASE_VOCAB, hidden_size=64, num_hidden_layers=4,
+                 kernel_size=7, stem_kernel_size=15, dropout=0.1, pad_token_id=0, **kwargs):
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.vocab_size, self.hidden_size, self.num_hidden_layers = vocab_size, hidden_size, num_hidden_layers
+        self.kernel_size, self.stem_kernel_size, self.dropout = kernel_size, stem_kernel_size, dropout
+
+
+class CnnModel(PreTrainedModel):
+    """The one-hot CNN (model.architecture: cnn), the control a language model is measured against: each base as
+    its one-hot (an ambiguous code as its bases' mixture: N a quarter of each), a stem convolution, then residual
+    blocks of dilated convolutions (dilation 1, 2, 4, ..., as in BPNet). The token states are per base, so the
+    poolings, heads, windows and masks apply as to any backbone; padding is zeroed after every layer, so a
+    sequence's states do not depend on its batch."""
+    config_class = CnnConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        onehot = torch.zeros(config.vocab_size, 4)
+        for i, bases in enumerate(IUPAC.values()):
+            onehot[len(KmerTokenizer.specials) + i, ["ACGT".index(b) for b in bases]] = 1 / len(bases)
+        self.register_buffer("onehot", onehot, persistent=False)
+        width = config.hidden_size
+        self.stem = torch.nn.Conv1d(4, width, config.stem_kernel_size, padding="same")
+        self.blocks = torch.nn.ModuleList(torch.nn.Conv1d(width, width, config.kernel_size, dilation=2 ** i,
+                                                          padding="same") for i in range(config.num_hidden_layers))
+        self.dropout = torch.nn.Dropout(config.dropout)
+        self.post_init()
+
+    def _init_weights(self, module):
+        pass  # PyTorch's own initialisation of the convolutions
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        mask = mask.unsqueeze(1).to(self.onehot.dtype)
+        h = torch.relu(self.stem(self.onehot[input_ids].transpose(1, 2) * mask)) * mask
+        for conv in self.blocks:
+            h = h + torch.relu(conv(self.dropout(h))) * mask
+        return BaseModelOutput(last_hidden_state=h.transpose(1, 2))
+
+
+AutoConfig.register(CnnConfig.model_type, CnnConfig)  # so that a run's saved backbone/ is rebuilt by AutoModel
+AutoModel.register(CnnConfig, CnnModel)
+ARCHITECTURES = ("transformer", "cnn")  # model.architecture, from scratch
+
+
 class SpacedKmers:
     """A tokenizer whose vocabulary is whole k-mers (DNABERT-1) expects overlapping k-mers separated by spaces,
     'ACGTAC CGTACG GTACGT ...'. This one feeds it that; everything else is the wrapped tokenizer's."""
@@ -94,7 +174,8 @@ def kmer_size(tokenizer):
 def load_tokenizer(path, trust_remote_code=False):
     if os.path.isfile(os.path.join(path, KMER_FILE)):
         with open(os.path.join(path, KMER_FILE)) as f:
-            return KmerTokenizer(**json.load(f))
+            kept = json.load(f)
+        return BaseTokenizer() if kept.pop("bases", False) else KmerTokenizer(**kept)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:  # GPT-style tokenizers have none; any id works under the attention mask
         if tok.eos_token is not None or tok.unk_token is not None:
@@ -140,6 +221,11 @@ def set_dropout(config, p):
 
 def load_backbone(model_cfg, max_length):
     """(backbone, tokenizer, folder it came from or None) as model_cfg says."""
+    if model_cfg["source"] == "scratch" and model_cfg["architecture"] == "cnn":
+        p = model_cfg["backbone_dropout"]
+        config = CnnConfig(hidden_size=model_cfg["cnn_width"], num_hidden_layers=model_cfg["cnn_depth"],
+                           kernel_size=model_cfg["cnn_kernel"], dropout=0.1 if p is None else p)
+        return AutoModel.from_config(config), BaseTokenizer(), None
     if model_cfg["source"] == "scratch":
         tok = KmerTokenizer(model_cfg["kmer"], model_cfg["kmer_stride"])
         # no attention dropout by default: on a CPU, drawing its mask costs as much as the attention itself

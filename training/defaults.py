@@ -60,12 +60,17 @@ DEFAULTS = {
         "finetune": "full",  # full | head (frozen backbone) | lora
         "lora": None,  # {r: 8, alpha: 16, dropout: 0.0, targets: null (every linear layer) or [name parts]}
         "rc_average": False,  # average the probabilities of a sequence and its reverse complement (eval, predict)
-        # scratch only: a small BERT-style encoder over overlapping k-mers
+        "architecture": "transformer",  # scratch only: transformer | cnn (the one-hot CNN, the control for an LM)
+        # scratch transformer: a small BERT-style encoder over overlapping k-mers
         "kmer": 6,
         "kmer_stride": 1,  # 1 = overlapping k-mers; larger strides make shorter, faster, coarser sequences
         "n_layer": 2,
         "n_head": 2,
         "n_embd": 64,
+        # scratch cnn: one token per base, a stem convolution, then residual blocks of dilated convolutions
+        "cnn_width": 64,
+        "cnn_depth": 4,  # blocks, dilated 1, 2, 4, ...
+        "cnn_kernel": 7,
     },
     "training": {
         "output_dir": "out",
