@@ -148,8 +148,9 @@ def train(cfg):
                     best = False
                     if is_eval_step(run):
                         notes, best = validate(run, progress)
-                    if is_save_step(run) or best and train_cfg["save_strategy"] != "no":
-                        run.save(last=is_save_step(run), best=best, snapshot=is_save_step(run))
+                    last = is_save_step(run)
+                    if last or best and train_cfg["save_strategy"] != "no":
+                        run.save(last=last, best=best, snapshot=last)
                     stopping = stop()
                     if stopping or run.selection.stop:
                         break
@@ -279,7 +280,7 @@ def validate(run, progress):
     result, probs = run.evaluate("validation")
     log_eval(run.writer, run.step, result, time.time() - t, progress)
     if run.affinity:
-        run.affinity.at_evaluation(run, run.step, run.evaluated_at)
+        run.affinity.at_evaluation(run)
     run.evaluated_at = time.time()
     notes = outputs.closing_notes(result, probs, run.datasets["validation"], run.names, run.thresholds, run.cfg,
                                   run.step, run.steps_per_epoch)

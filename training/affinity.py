@@ -75,12 +75,13 @@ class Affinity:
         self.count[np.ix_(chosen, chosen)] += both
         return len(chosen)
 
-    def at_evaluation(self, run, step, since):
+    def at_evaluation(self, run):
         """train.py's measure at an evaluation: the labels' gradient cosines on two fixed training batches, on rank 0
         (the others wait at the next all-reduce), with what it cost against the training time since the last
-        evaluation (since); written to task_affinity.tsv and TensorBoard."""
+        evaluation (run.evaluated_at); written to task_affinity.tsv and TensorBoard."""
         if run.rank != 0:
             return
+        step, since = run.step, run.evaluated_at
         t = time.time()
         train_set, size = run.datasets["train"], run.cfg["training"]["per_device_train_batch_size"]
         rows = np.random.RandomState(run.cfg["training"]["seed"]).permutation(len(train_set))[:2 * size]

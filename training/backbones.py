@@ -71,7 +71,7 @@ class BaseTokenizer(KmerTokenizer):
     tokens, in the order of IUPAC, and anything else is unknown. It adds no CLS or SEP: a convolution needs no
     summary token, and max_length tokens are max_length bases."""
 
-    def __init__(self, k=1, stride=1):
+    def __init__(self):
         super().__init__(1, 1)
         self.vocab_size = BASE_VOCAB
         self.code = np.full(256, self.unk_token_id, np.int64)
