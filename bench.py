@@ -7,7 +7,7 @@ scoring, and the metrics. Each figure is printed next to the ratio it is judged 
     python bench.py --device cuda --n-layer 12 --n-embd 768 --n-head 12 --kmer-stride 1 --max-length 512 \\
         --batch-size 32 --dtype bf16 --compile     # a BERT-base-sized encoder on a GPU; --backbone gpt2 for
                                                    # a GPT-2-small-sized decoder with an 8000-token vocabulary
-    python bench.py --backbone cnn --max-length 2048   # the one-hot CNN, one token per base: whole sequences
+    python bench.py --backbone cnn    # the one-hot CNN, one token per base, on the bases the transformer reads
 
     python bench.py --prepare         # prepare.py on a generated 1 Gb genome with 1M peaks: windows/s, peak RSS
     python bench.py --pooling         # test AUROC of last, mean and max pooling, decoders and an encoder
@@ -35,7 +35,7 @@ import metrics
 from benchmarks import inputs
 from model import build_model
 from training import cache, cli, config, optim
-from training.backbones import load_backbone
+from training.backbones import load_backbone, sequence_sizes
 from training.console import progress_bar
 from training.device import autocast
 from training.evaluation import predict_logits
@@ -73,6 +73,7 @@ def bench(args):
 
     # the token cache, built from the file as train.py builds it
     backbone, tokenizer, _ = load_backbone(cfg["model"], args.max_length)
+    cfg = config.overlay(cfg, sequence_sizes(cfg, backbone, tokenizer))  # the CNN's bases, as train.py resolves them
     cfg["model"]["pooling"] = "max"  # what pooling: auto picks for the scratch encoder, and "last" for a decoder
     folder = None
     if args.backbone == "gpt2":  # a decoder with a BPE-sized vocabulary, like plant-dnagpt-BPE; k-mer ids fit in it
@@ -94,7 +95,7 @@ def bench(args):
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     amp = autocast(dtype, device)
     collate = data.Collate(tokenizer.pad_token_id, tokenizer.padding_side, 8 if device.type == "cuda" else 1,
-                           args.max_length)
+                           cfg["data"]["max_length"])
     # train.py's own batches (its seed, grouped by length, the whole file its training split): after the first
     # stretch of --steps, which warms up, the --rounds stretches it logs are the ones the bare step takes too
     batches = loop_batches(len(split), args.batch_size, cfg["training"]["seed"], lengths,
@@ -358,8 +359,8 @@ def options(p):
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="default: bf16 on CUDA, else fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     p.add_argument("--backbone", choices=["bert", "gpt2", "cnn"], default="bert",
-                   help="cnn: the one-hot CNN (model.architecture: cnn), --n-embd wide; one token per base, so "
-                   "--max-length 2048 reads the sequences whole")
+                   help="cnn: the one-hot CNN (model.architecture: cnn), --n-embd wide, one token per base, on the "
+                   "bases that --max-length tokens of the transformer's k-mers hold: the sequences whole")
     p.add_argument("--n", type=int, default=10000, help="sequences in the benchmark file")
     p.add_argument("--labels", type=int, default=20)
     p.add_argument("--n-layer", type=int, default=2)

@@ -350,7 +350,7 @@ def setup(user_cfg):
 
     # data and model
     backbone, tokenizer, source_dir = load_backbone(cfg["model"], cfg["data"]["max_length"])
-    resolved.update(sequence_sizes(cfg["data"], backbone, tokenizer))
+    resolved.update(sequence_sizes(cfg, backbone, tokenizer))
     cfg = config.overlay(user_cfg, resolved)
     datasets, all_names, names = cache.load_for_training(cfg, tokenizer, world)
     resolved.update({"task.label_map": dict(enumerate(all_names)), "task.num_labels": len(all_names),

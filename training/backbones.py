@@ -186,9 +186,9 @@ def load_tokenizer(path, trust_remote_code=False):
     return SpacedKmers(tok, k) if k else tok
 
 
-def download(name, source):
+def download(name, source, fetch_missing=True):
     """A local folder holding the model: name itself, or from ModelScope or the Hugging Face Hub. A model already
-    in the hub's cache is used as it is, and with HF_HUB_OFFLINE=1 nothing is fetched."""
+    in the hub's cache is used as it is; with HF_HUB_OFFLINE=1, or fetch_missing False, nothing is fetched."""
     if source == "local":
         if not os.path.isdir(name):
             raise ConfigError(f"config: model.name_or_path '{name}' is not a folder (model.source is 'local')")
@@ -203,7 +203,7 @@ def download(name, source):
         try:
             return fetch(name, local_files_only=True)
         except Exception:
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+            if not fetch_missing or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
                 raise
             return fetch(name)
     except Exception as e:  # each hub has errors of its own: not found, no network, offline and not cached
@@ -283,10 +283,36 @@ def is_decoder(config):
     return "AutoModelForCausalLM" in auto_map and "AutoModelForMaskedLM" not in auto_map
 
 
-def sequence_sizes(data_cfg, backbone, tokenizer):
+def counted_tokenizer(model_cfg):
+    """(tokenizer, its name) whose tokens data.max_length counts when the one-hot CNN reads the bases: the model
+    at model.name_or_path where the config names one, so that model.architecture=cnn reads the stretch of bases
+    that model reads, or else the scratch transformer's k-mers. A named model's tokenizer is read from its folder
+    or the hubs' caches, where training it put it; nothing is fetched."""
+    name = model_cfg["name_or_path"]
+    if not name:
+        k, stride = model_cfg["kmer"], model_cfg["kmer_stride"]
+        return KmerTokenizer(k, stride), f"{k}-mers {stride} apart" if stride > 1 else f"overlapping {k}-mers"
+    for source in ("local", "huggingface", "modelscope"):
+        try:
+            return load_tokenizer(download(name, source, fetch_missing=False), model_cfg["trust_remote_code"]), name
+        except ConfigError:
+            pass
+    raise ConfigError(f"config: model.architecture cnn reads data.max_length as tokens of model.name_or_path "
+                      f"'{name}', whose tokenizer is not here (not a folder, nor in a hub's cache); train that model "
+                      f"first, or set model.name_or_path=null and data.max_length to the bases to read")
+
+
+def sequence_sizes(cfg, backbone, tokenizer):
     """The stretch of sequence the model reads, resolved for the run and saved with it for predict.py: max_length
-    cut to the backbone's position limit, and the windows' size and stride where they are auto."""
-    resolved, max_length = {}, data_cfg["max_length"]
+    cut to the backbone's position limit, for the one-hot CNN the bases that max_length tokens of the config's
+    model hold, and the windows' size and stride where they are auto."""
+    data_cfg, resolved, max_length = cfg["data"], {}, cfg["data"]["max_length"]
+    if isinstance(tokenizer, BaseTokenizer):
+        counted, what = counted_tokenizer(cfg["model"])
+        resolved["data.max_length"] = bases = data.window_bases(counted, max_length)
+        log(f"model.architecture cnn: data.max_length {max_length} tokens of {what} hold {bases} bases, the "
+            f"stretch the CNN reads")
+        max_length = bases
     limit = position_limit(backbone.config)
     if limit and max_length > limit:
         log(f"note: data.max_length {max_length} is more than the backbone's {limit} positions; sequences are cut "

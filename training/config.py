@@ -303,6 +303,10 @@ def validate(cfg):
             data["window_stride"] > data["window_size"]:
         raise ConfigError(f"config: data.window_stride {data['window_stride']} is larger than data.window_size "
                           f"{data['window_size']} (expected a stride of at most the window, or bases go unread)")
+    if model["architecture"] == "cnn" and model["source"] != "scratch":
+        raise ConfigError("config: model.architecture cnn is built from scratch (expected "
+                          "model.source scratch; model.name_or_path then names the model whose stretch of bases "
+                          "it reads)")
     if model["source"] != "scratch" and not model["name_or_path"]:
         raise ConfigError(f"config: model.source is '{model['source']}' but model.name_or_path is not set")
     if data["split_by"] not in (None, "chrom"):

@@ -60,7 +60,8 @@ DEFAULTS = {
         "finetune": "full",  # full | head (frozen backbone) | lora
         "lora": None,  # {r: 8, alpha: 16, dropout: 0.0, targets: null (every linear layer) or [name parts]}
         "rc_average": False,  # average the probabilities of a sequence and its reverse complement (eval, predict)
-        "architecture": "transformer",  # scratch only: transformer | cnn (the one-hot CNN, the control for an LM)
+        "architecture": "transformer",  # scratch only: transformer | cnn (the one-hot CNN, the control for an LM;
+        # its data.max_length is the bases that many tokens of model.name_or_path, or of the k-mers below, hold)
         # scratch transformer: a small BERT-style encoder over overlapping k-mers
         "kmer": 6,
         "kmer_stride": 1,  # 1 = overlapping k-mers; larger strides make shorter, faster, coarser sequences
