@@ -289,6 +289,9 @@ RECIPES = {  # the arms of --recipe: what each sets beside training.learning_rat
     "warm-up, head lr x 10": ["training.head_warmup_steps={warm}"],
     "mean pooling": ["model.pooling=mean"],  # the default recipe, with the pooling fixed instead of auto
     "attention pooling": ["model.pooling=attention"],
+    # the control: a one-hot CNN from scratch on the same split, at config.yaml's rate for a model from scratch; it
+    # reads the bases that the GPT-2's 300 tokens hold
+    "one-hot CNN": ["model.source=scratch", "model.architecture=cnn", "training.learning_rate=3e-3"],
 }
 PLAIN = "one rate"  # plain fine-tuning, as a Trainer does it: one learning rate for the whole model
 
@@ -334,7 +337,7 @@ def bench_recipe(args):
         if name != PLAIN:
             out[f"{name}_vs_{PLAIN}"] = macro(*dirs, "--vs", *runs[PLAIN])
     for a, b in (("head lr x 10 (default)", "one rate x 10"), ("warm-up, head lr x 10", "head lr x 10 (default)"),
-                 ("attention pooling", "mean pooling")):
+                 ("attention pooling", "mean pooling"), ("head lr x 10 (default)", "one-hot CNN")):
         out[f"{a}_vs_{b}"] = macro(*runs[a], "--vs", *runs[b])
     return out
 

@@ -156,10 +156,11 @@ def write_motifs(folder, found, matches, db, *, chosen, hyp, labels, top):
             for m, hits in zip(found, matches)]
     with open(os.path.join(folder, "motifs.tsv"), "w") as f:
         f.writelines("\t".join(row) + "\n" for row in [header] + rows)
-    width = max([len(r[1]) for r in rows] + [5])
-    log(f"{'label':<14}{'motif':<{width + 2}}{'seqlets':>8}  {'consensus':<20}best match (q)")
+    width, long = (max([len(r[i]) for r in rows] + [n]) for i, n in ((1, 5), (4, 18)))  # a column fits its longest
+    log(f"{'label':<14}{'motif':<{width + 2}}{'seqlets':>8}  {'consensus':<{long + 2}}best match (q)")
     for row in rows:
-        log(f"{row[0]:<14}{row[1]:<{width + 2}}{row[3]:>8}  {row[4]:<20}" + (f"{row[5]} ({row[6]})" if row[5] else ""))
+        log(f"{row[0]:<14}{row[1]:<{width + 2}}{row[3]:>8}  {row[4]:<{long + 2}}" +
+            (f"{row[5]} ({row[6]})" if row[5] else ""))
     write_meme(os.path.join(folder, "motifs.meme"), {m.name: m.ppm.T for m in found})
     np.savez_compressed(os.path.join(folder, "contributions.npz"), labels=np.array(labels),
                         ids=np.array([rid for rid, _ in chosen]), sequences=np.array([s for _, s in chosen]),

@@ -16,6 +16,7 @@ import data
 from analysis.trained import load_scorer
 from genomics import planted
 from genomics.tracks import tile
+from training import config
 from training.backbones import IUPAC, BaseTokenizer, CnnConfig, CnnModel, KmerTokenizer, load_tokenizer
 from helpers import ROOT, one_line_error, random_tsv, read_tsv, run_command, save_tiny, train_args
 
@@ -83,6 +84,14 @@ def test_max_length_counts_the_tokens_of_the_model_the_config_names(tmp_path, ca
         assert train.main(train_args(tsv, tmp_path / "x", *CNN, f"model.name_or_path={gpt2}", more)) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: command line 'model.architecture=cnn': " + error) and err.count("\n") == 1
+
+    notes = []
+    config.load(os.path.join(ROOT, "config.yaml"), [*CNN, "training.learning_rate=2e-5"], warn=notes.append)
+    config.load(os.path.join(ROOT, "config.yaml"), CNN, warn=notes.append)  # config.yaml's 3e-3: no note
+    assert notes == ["note: model.architecture cnn trains from scratch at training.learning_rate 2e-05, a rate for a "
+                     "pretrained backbone; add training.learning_rate=0.003, the rate for a model from scratch, which "
+                     "its measurements used (docs/models.md)"]
+
 
 
 @pytest.fixture(scope="module")

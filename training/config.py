@@ -149,6 +149,12 @@ def load(path=None, overrides=(), warn=lambda msg: print(msg, file=sys.stderr)):
     if cfg["model"]["source"] != "scratch":
         for section, values in PRETRAINED.items():
             cfg[section].update({k: v for k, v in values.items() if (section, k) not in given})
+    rate = cfg["training"]["learning_rate"]
+    if cfg["model"]["architecture"] == "cnn" and isinstance(rate, float) and rate < DEFAULTS["training"][
+            "learning_rate"] / 10:  # as when a pretrained model's config is run as its CNN control
+        warn(f"note: model.architecture cnn trains from scratch at training.learning_rate {rate:g}, a rate for a "
+             f"pretrained backbone; add training.learning_rate={DEFAULTS['training']['learning_rate']:g}, the rate "
+             f"for a model from scratch, which its measurements used (docs/models.md)")
     try:
         validate(cfg)
     except ConfigError as e:
