@@ -36,14 +36,16 @@ def kmer_frequencies(seqs, k=6):
 
 
 def sequences_of(split, data_cfg, limit=None, seed=0):
-    """The sequences of a split's rows, read again from its file; at most limit of them, drawn at random."""
-    rows = split.tokens.rows if limit is None or len(split) <= limit else \
-        np.sort(np.random.RandomState(seed).choice(split.tokens.rows, limit, replace=False))
+    """The sequences of a split's rows, read again from its file, whole (not as windows); at most limit of them,
+    drawn at random."""
+    every = split.labels.rows  # each sequence's record in the file (the tokens' rows count windows, if any)
+    rows = every if limit is None or len(split) <= limit else \
+        np.sort(np.random.RandomState(seed).choice(every, limit, replace=False))
     keep, seqs = set(rows.tolist()), {}
     for i, (_, _, seq, _) in enumerate(data.iter_records(split.path, data_cfg, labels_optional=True)):
         if i in keep:
             seqs[i] = seq
-    which = np.searchsorted(split.tokens.rows, rows)
+    which = np.searchsorted(every, rows)
     return [seqs[r] for r in rows.tolist()], np.asarray(split.labels[which]), np.asarray(split.mask[which])
 
 

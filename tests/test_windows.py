@@ -10,6 +10,7 @@ import predict
 from model import build_model
 from training import cache, config
 from training.backbones import KmerTokenizer, load_backbone
+from analysis import baseline
 from analysis.trained import Scorer
 from helpers import TOK, data_cfg, random_tsv, read_tsv, train_args
 
@@ -104,6 +105,11 @@ def test_a_run_on_long_sequences_trains_and_predict_reads_its_windows(tmp_path, 
     by_row = dict(zip(sorted(ids), range(1, len(ids) + 1)))
     for r in rows:  # predict.py pools the same windows as the test report did
         assert abs(float(again[str(by_row[int(r["id"])])]["a"]) - float(r["a"])) < 1e-4
+    if training == "all":  # the 6-mer baseline of compare.py --baseline reads each test sequence whole
+        (ids, names, probs, truth, _), _ = baseline.fit(str(out))
+        assert sorted(ids.tolist()) == sorted(r["id"] for r in rows) and probs.shape == (len(rows), 3)
+        labels = {r["id"]: set(filter(None, r["labels"].split(","))) for r in rows}
+        assert all({n for n, t in zip(names, row) if t} == labels[i] for i, row in zip(ids.tolist(), truth))
 
 
 def test_window_settings_are_checked():
