@@ -75,6 +75,7 @@ class Run:
     affinity: object = None  # training.task_affinity: the labels' gradient cosines, measured at evaluations
     weighting: object = None  # training.task_weighting other than none: a TaskWeighting
     evaluated_at: float = 0.0  # when the last evaluation ended (or training started): task affinity's cost
+    last_validation: dict = None  # the last evaluation's metrics
 
     def thaw(self):
         """The end of the head warm-up: the backbone trains from this step on, and DDP is made again to
@@ -281,7 +282,7 @@ def validate(run, progress):
     log_eval(run.writer, run.step, result, time.time() - t, progress)
     if run.affinity:
         run.affinity.at_evaluation(run)
-    run.evaluated_at = time.time()
+    run.evaluated_at, run.last_validation = time.time(), result
     notes = outputs.closing_notes(result, probs, run.datasets["validation"], run.names, run.thresholds, run.cfg,
                                   run.step, run.steps_per_epoch)
     best = run.selection.update(result, run.step)
@@ -292,7 +293,8 @@ def validate(run, progress):
 
 def test(run):
     """The test split, scored with the best weights when asked for, and thresholds tuned on the validation split
-    when asked for."""
+    when asked for; those weights' validation metrics beside it (validation_metrics.json), and both in the HPARAMS
+    tab. training.do_predict false sets the test split aside unscored."""
     cfg, out_dir, selection = run.cfg, run.cfg["training"]["output_dir"], run.selection
     scored_step = run.step
     if cfg["training"]["load_best_model_at_end"] and selection.best_step not in (None, run.step):
@@ -312,14 +314,22 @@ def test(run):
             " ".join(f"{n}={t:.3f}" for n, t in zip(run.names, run.thresholds)))
         if run.rank == 0:
             outputs.write_thresholds(out_dir, run.thresholds)
-    if "test" not in run.datasets:
+    validation = selection.best_result if scored_step == selection.best_step else run.last_validation
+    results = {"validation": validation} if validation else {}
+    if validation and run.rank == 0:
+        outputs.save_validation(out_dir, validation)
+    if not cfg["training"]["do_predict"]:
+        log("training.do_predict is false: the test split was set aside, not scored")
+    elif "test" not in run.datasets:
         log("no test split: skipping the test evaluation")
-        return
-    result, probs = run.evaluate("test")
-    outputs.report_test(result, probs, run.datasets["test"], run.names, thresholds=run.thresholds,
-                        out_dir=out_dir if run.rank == 0 else None, sep=cfg["data"]["multi_label_sep"])
-    if run.writer:
-        outputs.log_test(run.writer, result, probs, run.datasets["test"], run.names, step=scored_step, cfg=cfg)
+    else:
+        results["test"], probs = run.evaluate("test")
+        outputs.report_test(results["test"], probs, run.datasets["test"], run.names, thresholds=run.thresholds,
+                            out_dir=out_dir if run.rank == 0 else None, sep=cfg["data"]["multi_label_sep"])
+        if run.writer:
+            outputs.log_test(run.writer, results["test"], probs, run.datasets["test"], run.names, step=scored_step)
+    if run.writer and results:
+        outputs.log_hparams(run.writer, cfg, results, scored_step)
 
 
 # -----------------------------------------------------------------------------

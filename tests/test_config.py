@@ -95,6 +95,8 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
     ("trainig.seed=1", "unknown section 'trainig' (did you mean 'training'?)"),
     ("seed=1", "expected section.key=value"),
     ("data.train_size=0.9", "must be 1"),
+    ("training.hparams=[training.learning_rat]", "training.hparams must be null or a list of settings, section.key"),
+    ("training.do_predict=maybe", "training.do_predict must be true or false (got 'maybe')"),
 ])
 def test_bad_overrides_name_the_problem(tmp_path, override, message):
     with pytest.raises(ConfigError) as e:

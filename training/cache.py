@@ -310,22 +310,23 @@ def load_file(path, data_cfg, names, tokenizer, reverse=False):
 
 
 
-def load_splits(data_cfg, tokenizer, names=None, reverse=False):
+def load_splits(data_cfg, tokenizer, names=None, reverse=False, test=True):
     """{'train', 'validation', 'test'} -> Split (validation/test may be None), and the label names.
     names=None infers them from the training data (the whole file when one file is split). With reverse, each
-    split also gets the tokens of its reverse complements."""
+    split also gets the tokens of its reverse complements. test=False sets the test split aside: its file is not
+    opened, and the test part of a split file is dropped before anything looks at it."""
     def load(path, names):
         return load_file(path, data_cfg, names, tokenizer, reverse)
 
     if data_cfg["path"]:
         full, names = load(data_cfg["path"], names)
         parts = splits.split_indices(full, data_cfg)
-        found = {k: full.subset(p) if len(p) else None for k, p in zip(splits.SPLITS, parts)}
+        found = {k: full.subset(p) if len(p) and (test or k != "test") else None for k, p in zip(splits.SPLITS, parts)}
     else:
         train, names = load(data_cfg["train"], names)
         found = {"train": train}
         for k in ("validation", "test"):
-            found[k] = load(data_cfg[k], names)[0] if data_cfg[k] else None
+            found[k] = load(data_cfg[k], names)[0] if data_cfg[k] and (test or k != "test") else None
     if found["train"] is None:
         raise DataError(f"{data_cfg['path']}: the training split is empty (expected a larger data.train_size, or "
                         f"fewer held-out chromosomes)")
@@ -368,7 +369,8 @@ def load_for_training(cfg, tokenizer, world):
     if world > 1 and not local_master:
         dist.barrier()
     found, all_names = load_splits(data_cfg, tokenizer, config.label_names_from_config(task_cfg),
-                                   reverse=data_cfg["rc_augment"] or model_cfg["rc_average"])
+                                   reverse=data_cfg["rc_augment"] or model_cfg["rc_average"],
+                                   test=cfg["training"]["do_predict"])
     if world > 1 and local_master:
         dist.barrier()
     names = select_labels(found, all_names, task_cfg["labels"]) if task_cfg["labels"] else all_names

@@ -23,7 +23,7 @@ ALIASES = {"finetune": "training", "inference": "predict"}
 # HF TrainingArguments and DNALLM inference keys that mean nothing here: accepted with one warning.
 IGNORED = {
     "report_to", "save_safetensors", "logging_strategy", "lr_scheduler_kwargs",
-    "do_train", "do_eval", "do_predict", "dataloader_pin_memory", "remove_unused_columns",
+    "do_train", "do_eval", "dataloader_pin_memory", "remove_unused_columns",
     "push_to_hub", "hub_model_id", "disable_tqdm", "logging_first_step", "label_names",
     "ddp_find_unused_parameters", "eval_accumulation_steps", "prediction_loss_only", "save_only_model", "use_fp16",
     "max_length", "num_workers", "output_dir",
@@ -369,6 +369,13 @@ def validate(cfg):
     if evals not in (None, "auto") and train["evaluation_strategy"] == "no":
         raise ConfigError("config: training.early_stopping_patience needs evaluations (set "
                           "training.evaluation_strategy to epoch or steps)")
+    if not isinstance(train["do_predict"], bool):
+        raise ConfigError(f"config: training.do_predict must be true or false (got {train['do_predict']!r})")
+    keys = train["hparams"]
+    if keys is not None and (not isinstance(keys, list) or any(
+            not isinstance(k, str) or k.split(".", 1)[0] not in cfg or k.split(".", 1)[-1] not in cfg[k.split(".")[0]]
+            for k in keys)):
+        raise ConfigError(f"config: training.hparams must be null or a list of settings, section.key (got {keys!r})")
     if train["bf16"] and train["fp16"]:
         raise ConfigError("config: training.bf16 and training.fp16 are both true (choose one)")
     if train["bf16"] or train["fp16"]:  # the HF flags win over mixed_precision

@@ -121,6 +121,9 @@ DEFAULTS = {
         "early_stopping_threshold": 0.0,  # the improvement of metric_for_best_model that counts (as in HF)
         "seed": 42,
         "deterministic": False,
+        "do_predict": True,  # false: the test split is set aside unscored, its own file unopened (sweep.py's runs,
+        #                      until the winner is tested); validation_metrics.json is written either way
+        "hparams": None,  # the keys the HPARAMS tab shows (e.g. [training.learning_rate]); null = every setting
         "mixed_precision": "auto",  # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | no | bf16 | fp16
         "bf16": False,  # HF flags; either one wins over mixed_precision
         "fp16": False,

@@ -227,7 +227,7 @@ class Selection:
         self.threshold = train_cfg["early_stopping_threshold"]
         given = train_cfg["greater_is_better"]
         self.greater = given if given is not None else not metric.endswith("loss")
-        self.best = self.best_loss = self.best_step = None
+        self.best = self.best_loss = self.best_step = self.best_result = None
         self.bad_evals, self.said = 0, False
 
     def update(self, result, step):
@@ -251,6 +251,7 @@ class Selection:
             self.bad_evals = 0 if enough else self.bad_evals + 1
         if better:
             self.best, self.best_loss, self.best_step = value, loss, step
+            self.best_result = {k: float(v) for k, v in result.items()}
             log(f"new best {self.metric} {value:.4f} at step {step}")
         return better
 
@@ -264,11 +265,12 @@ class Selection:
 
     def state(self):
         return {"best": self.best, "best_loss": self.best_loss, "best_step": self.best_step,
-                "bad_evals": self.bad_evals}
+                "bad_evals": self.bad_evals, "best_result": self.best_result}
 
     def load(self, ckpt):
         self.best, self.best_step, self.bad_evals = ckpt["best"], ckpt.get("best_step"), ckpt.get("bad_evals", 0)
         self.best_loss = ckpt.get("best_loss", float("inf"))
+        self.best_result = ckpt.get("best_result")
 
 
 def log_learning_rates(optimizer, train_cfg, total_steps, head_lr):

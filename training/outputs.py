@@ -32,11 +32,14 @@ from training.figures import cooccurrence_figure
 HERE = os.path.dirname(os.path.abspath(__file__))
 BEST_KEYS = ("model", "step", "config", "label_names", "thresholds")
 LAST_KEYS = BEST_KEYS + ("optimizer", "scheduler", "scaler", "epoch", "rng", "best")
-RESULTS = ("last.pt", "best.pt", "test_metrics.json", "test_predictions.tsv", "per_label.tsv")  # a run's results
+RESULTS = ("last.pt", "best.pt", "validation_metrics.json", "test_metrics.json", "test_predictions.tsv",
+           "per_label.tsv")  # a run's results
 # settings that a resume may change without notice beyond a line: where the run writes and logs, how often, on
-# which device and how fast, and how long it trains. Any other change makes an exact resume impossible.
+# which device and how fast, how long it trains, and whether it scores the test split. Any other change makes an
+# exact resume impossible.
 RESUME_MAY_CHANGE = {f"training.{k}" for k in (
-    "output_dir", "overwrite_output_dir", "run_name", "logging_dir", "logging_steps", "evaluation_strategy",
+    "output_dir", "overwrite_output_dir", "run_name", "logging_dir", "do_predict", "hparams", "logging_steps",
+    "evaluation_strategy",
     "eval_steps", "save_strategy", "save_steps", "save_total_limit", "per_device_eval_batch_size", "num_workers",
     "device", "torch_compile", "gradient_checkpointing", "deterministic", "resume_from_checkpoint",
     "resume_with_changes", "max_steps", "num_train_epochs", "early_stopping_patience", "early_stopping_threshold",
@@ -134,8 +137,10 @@ def resume_changes(ckpt, path, cfg, world, data_keys):
     impossible (batch size, accumulation, data, labels, model, optimizer, seed, world size), unless
     training.resume_with_changes says the change is meant."""
     old, new = flat(ckpt["config"]), flat(cfg)
-    old.update(world_size=ckpt.get("world_size", world), data=ckpt.get("data", data_keys))
-    new.update(world_size=world, data=data_keys)
+    data = {k: v for k, v in data_keys.items() if k != "test"}  # the test split never changes the training
+    old.update(world_size=ckpt.get("world_size", world), data={k: v for k, v in ckpt.get("data", data).items()
+                                                               if k != "test"})
+    new.update(world_size=world, data=data)
     changed = [k for k in new if k in old and old[k] != new[k]]
     lines = [f"{k} {old[k]!r} -> {new[k]!r}" if k != "data" else "the data's content" for k in changed]
     refused = [line for k, line in zip(changed, lines) if k not in RESUME_MAY_CHANGE]
@@ -363,17 +368,32 @@ def report_test(result, probs, split, names, *, thresholds, out_dir, sep):
         log(f"Test Metrics at threshold 0.5: {at_half}")
 
 
-def log_test(writer, result, probs, split, names, *, step, cfg):
-    """The test metrics, per label too, at the step of the weights that were scored; a precision-recall curve per
-    label; and the run's settings with its test metrics in the HPARAMS tab, where runs compare side by side."""
+def log_test(writer, result, probs, split, names, *, step):
+    """The test metrics, per label too, at the step of the weights that were scored, and a precision-recall curve
+    per label."""
     labels, mask = np.asarray(split.labels), np.asarray(split.mask)
     for k, v in result.items():
         writer.add_scalar(f"test/{k}", v, step)
     for j, n in enumerate(names):
         writer.add_pr_curve(f"test_pr/{n}", labels[:, j][mask[:, j]], probs[:, j][mask[:, j]], step)
-    settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat(cfg).items()}
-    writer.add_hparams(settings, {f"hparams/test_{k}": v for k, v in result.items() if "/" not in k},
+
+
+def log_hparams(writer, cfg, results, step):
+    """The run's settings (training.hparams, else all of them) with its metrics ({split: result}) in the HPARAMS
+    tab, where runs compare side by side as a table and in parallel coordinates."""
+    keys = cfg["training"]["hparams"]
+    settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat(cfg).items()
+                if keys is None or k in keys}
+    writer.add_hparams(settings, {f"hparams/{split}_{k}": v for split, result in results.items()
+                                  for k, v in result.items() if "/" not in k},
                        run_name=".", global_step=step)  # "." : into this run's folder, not a new one
+
+
+def save_validation(out_dir, result):
+    """validation_metrics.json: the validation metrics of the weights the run ends with (the best, under
+    load_best_model_at_end), per label too: what sweep.py tunes on."""
+    metrics.save_json({f"validation_{k}": v for k, v in result.items()}, os.path.join(out_dir,
+                                                                                    "validation_metrics.json"))
 
 
 TRUTH_COLUMNS = ["labels", "unmeasured"]
