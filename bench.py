@@ -13,6 +13,7 @@ scoring, and the metrics. Each figure is printed next to the ratio it is judged 
     python bench.py --pooling         # test AUROC of last, mean and max pooling, decoders and an encoder
     python bench.py --recipe --n 1500 # fine-tuning recipes for a pretrained model on a few hundred sequences
     python bench.py --probe           # what pooling: auto costs a short job (60 steps, 500 sequences)
+    python bench.py --recipe-case cases/recipe --n 1500   # --recipe's case and its config, for sweep.py
 
 The data are random sequences of 200-2000 bp with random labels: speed does not depend on what is learned.
 """
@@ -28,6 +29,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from transformers import AutoModel, GPT2Config
 
 import data
@@ -296,14 +298,41 @@ RECIPES = {  # the arms of --recipe: what each sets beside training.learning_rat
 PLAIN = "one rate"  # plain fine-tuning, as a Trainer does it: one learning rate for the whole model
 
 
+def recipe_case(folder, n, pretrain_steps, lr):
+    """--recipe's case, in folder: the first n example sequences (first.tsv) and a GPT-2 pretrained on the others
+    (gpt2_pretrained/). Returns train.py's settings for it, beside config.yaml's: today's recipe, with lr the
+    backbone's learning rate."""
+    path, rest = inputs.example_lines(folder, "first.tsv", n)
+    gpt2 = inputs.pretrained_gpt2(folder, rest, pretrain_steps)
+    return [f"data.path={path}", f"data.cache_dir={folder}/cache", "data.train_size=0.3", "data.validation_size=0.1",
+            "data.test_size=0.6", "model.source=local", f"model.name_or_path={gpt2}", "model.pooling=auto",
+            f"training.learning_rate={lr}", "training.num_train_epochs=15", "training.per_device_train_batch_size=16",
+            "training.metric_for_best_model=auroc_macro", "training.early_stopping_patience=3",
+            "training.logging_steps=1000", "training.save_strategy=no", "task.threshold=tuned"]
+
+
+def write_recipe_case(args):
+    """--recipe-case DIR: the case written out with its config, recipe.yaml, for sweep.py."""
+    os.makedirs(args.recipe_case, exist_ok=True)
+    folder = os.path.abspath(args.recipe_case)
+    cfg, _ = config.read_yaml("config.yaml")  # config.yaml with the case's settings, as train.py takes them
+    for arg in recipe_case(folder, args.n, args.pretrain_steps, args.lr):
+        section, key, value = config.parse_override(arg)
+        cfg[section][key] = value
+    with open(os.path.join(folder, "recipe.yaml"), "w") as f:
+        f.write(f"# bench.py --recipe's case: {args.n} example sequences, 30% to train on; a GPT-2 pretrained on "
+                f"the others\n")
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    return {"config": os.path.join(folder, "recipe.yaml")}
+
+
 def bench_recipe(args):
     """A first dataset as a user has one: args.n labelled example sequences, 30% to train on (a few hundred), 10%
     to validate and 60% to test, and a GPT-2 pretrained here as a causal language model on the other example
     sequences. Each recipe is fine-tuned by train.py with every seed, then compared by compare.py, with paired
     bootstrap intervals, against plain fine-tuning and against the 6-mer baseline. Test macro AUROC."""
-    path, rest = inputs.example_lines(args.tmp, "first.tsv", args.n)
     t = time.time()
-    folder = inputs.pretrained_gpt2(args.tmp, rest, args.pretrain_steps)
+    case = recipe_case(args.tmp, args.n, args.pretrain_steps, args.lr)
     out = {"pretrain_seconds": time.time() - t, "train_sequences": int(0.3 * args.n)}
     steps_per_epoch = out["train_sequences"] // 16
     fill = {"warm": 2 * steps_per_epoch, "lr": args.lr, "low": args.lr / 10, "high": args.lr * 10}
@@ -313,13 +342,8 @@ def bench_recipe(args):
         extra = RECIPES[name]
         out_dir = os.path.join(args.tmp, f"{''.join(c if c.isalnum() else '_' for c in name)}_{seed}")
         t = time.time()
-        command("train.py", "config.yaml", f"data.path={path}", f"data.cache_dir={args.tmp}/cache",
-                "data.train_size=0.3", "data.validation_size=0.1", "data.test_size=0.6", "model.source=local",
-                f"model.name_or_path={folder}", "model.pooling=auto", f"training.output_dir={out_dir}",
-                f"training.seed={seed}", f"training.learning_rate={args.lr}", "training.num_train_epochs=15",
-                "training.per_device_train_batch_size=16", "training.metric_for_best_model=auroc_macro",
-                "training.early_stopping_patience=3", "training.logging_steps=1000", "training.save_strategy=no",
-                "task.threshold=tuned", *(x.format(**fill) for x in extra))
+        command("train.py", "config.yaml", *case, f"training.output_dir={out_dir}", f"training.seed={seed}",
+                *(x.format(**fill) for x in extra))
         out[f"{name}_seconds_{seed}"] = time.time() - t
         runs[name].append(out_dir)
         with open(os.path.join(out_dir, "test_metrics.json")) as f:
@@ -347,7 +371,8 @@ def run(args):
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     try:
         result = bench_prepare(args) if args.prepare else bench_pooling(args) if args.pooling else \
-            bench_recipe(args) if args.recipe else bench_probe(args) if args.probe else bench(args)
+            bench_recipe(args) if args.recipe else bench_probe(args) if args.probe else \
+            write_recipe_case(args) if args.recipe_case else bench(args)
     finally:
         shutil.rmtree(args.tmp, ignore_errors=True)
     for k, v in result.items():
@@ -382,6 +407,8 @@ def options(p):
     p.add_argument("--recipe", action="store_true", help="fine-tuning recipes on a few hundred sequences instead "
                    "(--n example sequences, 30%% of them to train on)")
     p.add_argument("--probe", action="store_true", help="what pooling: auto costs a short job instead")
+    p.add_argument("--recipe-case", metavar="DIR", help="write --recipe's case into DIR instead (the sequences, the "
+                   "pretrained GPT-2 and recipe.yaml, for sweep.py)")
     p.add_argument("--seeds", type=int, default=3, help="--recipe: seeds per recipe")
     p.add_argument("--lr", type=float, default=1e-3, help="--recipe: the learning rate (the head's)")
     p.add_argument("--pretrain-steps", type=int, default=600, help="--pooling, --recipe, --probe: causal LM steps "

@@ -151,3 +151,28 @@ def one_line_error(p, start):
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
     assert p.stderr.startswith(start), p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def fasta(path, records):
+    with open(path, "w") as f:
+        f.writelines(f">{rid}\n{seq}\n" for rid, seq in records)
+    return str(path)
+
+
+def ism_top_in_planted_motif(tmp, example, out, folder, label="leaf", n=20):
+    """interpret.py ism on n test sequences that carry label's planted motif (ex.motifs.tsv in tmp): the share of
+    them whose top position for label lies in that motif, and the sequences."""
+    import interpret
+    rows = open(example).read().splitlines()
+    sites = {}
+    for r in read_tsv(tmp / "ex.motifs.tsv"):
+        sites.setdefault((int(r["row"]), r["label"]), []).append((int(r["start"]), int(r["end"])))
+    test = [r for r in read_tsv(out / "test_predictions.tsv") if (int(r["id"]), label) in sites]
+    records = [(f"row{r['id']}", rows[int(r["id"])].split("\t")[0]) for r in test[:n]]
+    assert len(records) == n
+    assert interpret.main(["ism", str(out), fasta(folder / f"{label}.fa", records), "-o", str(folder / "ism"),
+                           "--labels", label, "--pictures", "0", "--top", "1"]) == 0
+    top = read_tsv(folder / "ism" / "ism_top.tsv")
+    inside = [any(a < int(t["position"]) <= b for a, b in sites[(int(t["id"][3:]), label)]) for t in top]
+    assert len(top) == n
+    return float(np.mean(inside)), records  # 1-based positions in 0-based sites

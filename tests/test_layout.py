@@ -8,7 +8,7 @@ import os
 
 from helpers import ROOT
 
-COMMANDS = {"train", "predict", "prepare", "interpret", "compare", "bench"}
+COMMANDS = {"train", "predict", "prepare", "interpret", "compare", "bench", "sweep"}
 CORE = {"train", "model", "data", "metrics"}  # the files a researcher edits to run an experiment
 GROUND = {"data", "metrics", "training.config", "training.defaults", "training.console"}
 FOLDERS = ("training", "analysis", "benchmarks", "genomics")
