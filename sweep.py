@@ -333,19 +333,24 @@ class Sweep:
         # the base config as a setting: its own values of the swept keys, so that a run the sweep made is reused
         names = {"winner": winner.params, "base": {k: choice(self.base[k.split(".")[0]][k.split(".", 1)[1]])
                                                    for k in self.spec["space"]}}
-        folders = {}
+        folders, validation = {}, {}
         for name, params in names.items():
-            _, error = self.run_setting(params, 0, test=False)
-            results, error = (None, error) if error else self.run_setting(params, 0, test=True)
+            results, error = self.run_setting(params, 0, test=False)
+            if error:
+                raise cli.Failed(f"the {name} setting failed: {error}")
+            validation[name] = [self.objective(r) for r in results]
+            _, error = self.run_setting(params, 0, test=True)
             if error:
                 raise cli.Failed(f"the {name} setting failed on the test split: {error}")
             folders[name] = [os.path.join(self.folder, "runs", setting_name(params), f"seed_{s}")
                              for s in self.spec["seeds"]]
         values = ", ".join(f"{k}={v}" for k, v in shown(winner.params).items())
-        log(f"sweep: the winner is trial {winner.number} ({values}), validation {self.metric} {winner.value:.4f}; "
-            f"the test split is read only now, after the search, by the winner's and the base config's runs")
+        w, b = (f"{np.mean(validation[n]):.4f} ± {np.std(validation[n]):.4f}" for n in ("winner", "base"))
+        log(f"sweep: the winner is trial {winner.number} ({values}): validation {self.metric} {w}, the base config's "
+            f"{b}. The test split is read only now, after the search, by the winner's and the base config's runs")
         summary = {"trial": winner.number, "params": winner.params, "validation": winner.value,
-                   "winner_runs": folders["winner"], "base_runs": folders["base"], "test": None}
+                   "base_validation": float(np.mean(validation["base"])), "winner_runs": folders["winner"],
+                   "base_runs": folders["base"], "test": None}
         if folders["winner"] == folders["base"]:
             log("sweep: the winner is the base config's own setting: there is nothing to test it against")
         else:
