@@ -135,7 +135,10 @@ def distribution(values, kind, where):
 
 
 def choice(value):
-    """A value as Optuna keeps it: a plain one as it is, a list or mapping as its YAML text."""
+    """A value as Optuna keeps it: a plain one as it is (1e-4, which YAML reads as text, as a number), a list or
+    mapping as its YAML text."""
+    if isinstance(value, str) and config.EXPONENT.match(value):
+        return float(value)
     return value if value is None or isinstance(value, (bool, int, float, str)) else \
         yaml.safe_dump(value, default_flow_style=True).strip()
 

@@ -53,6 +53,7 @@ def test_a_grid_is_every_combination_of_its_values(tmp_path):
         "task.threshold=0.5", "task.threshold=[0.4, 0.6]"}  # a list travels as its YAML text
     assert sweep.override("training.learning_rate", 3e-3) == "training.learning_rate=0.003"
     assert len({sweep.setting_name(p) for p in spec["grid"]}) == 12
+    assert spec["grid"][-1]["training.learning_rate"] == 3e-3  # YAML's text 3e-3, as the number train.py reads
 
 
 def test_each_slot_gets_its_own_gpus_or_its_share_of_the_cores(monkeypatch):
