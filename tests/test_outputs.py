@@ -17,7 +17,8 @@ def test_a_second_run_is_refused_or_replaces_the_first_with_runs_side_by_side(ts
     before = os.stat(out / "best.pt").st_mtime_ns
     p = run_command(*train_args(tsv, out, "training.max_steps=2"))
     one_line_error(p, f"error: command line 'training.output_dir={out}': training.output_dir {out} holds another "
-                      f"run's results (best.pt, last.pt, per_label.tsv, test_metrics.json, test_predictions.tsv): set "
+                      f"run's results (best.pt, last.pt, per_label.tsv, test_metrics.json, test_predictions.tsv, "
+                      f"validation_metrics.json): set "
                       f"training.overwrite_output_dir=true")
     assert os.stat(out / "best.pt").st_mtime_ns == before  # untouched
     assert train.main(train_args(tsv, out, "training.max_steps=2", "training.overwrite_output_dir=true",
