@@ -58,6 +58,7 @@ from model import check_names
 from training import cli, config
 from training.config import ConfigError
 from training.console import clock, log
+from training.outputs import flat
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KEYS = {"grid": None, "search": None, "trials": None, "seeds": [42], "objective": "mean", "parallel": 1,
@@ -81,8 +82,7 @@ def read_sweep(path, config_path, base):
     space = {}
     for key, values in spec[kind].items():
         where = f"{path}:{lines[kind, key]}"
-        section, _, name = key.partition(".")
-        if name not in config.DEFAULTS.get(section, {}):
+        if not config.is_setting(key):
             raise ConfigError(f"{where}: '{key}' is not a setting (expected section.key, as python -m "
                               f"training.config lists them)")
         space[key] = distribution(values, kind, where)
@@ -163,6 +163,7 @@ class Sweep:
     def __init__(self, args, base, spec):
         self.config, self.base, self.spec, self.folder = args.config, base, spec, args.output
         self.metric = base["training"]["metric_for_best_model"]
+        self.family = self.metric.rsplit("_", 1)[0]  # f1 for f1_macro: the per-label metric, validation_f1/<label>
         greater = base["training"]["greater_is_better"]
         self.greater = greater if greater is not None else not self.metric.endswith("loss")
         os.makedirs(os.path.join(self.folder, "runs"), exist_ok=True)
@@ -275,14 +276,14 @@ class Sweep:
         """One seed's value: the metric on validation, or its worst label's."""
         if self.spec["objective"] == "mean":
             return result[f"validation_{self.metric}"]
-        prefix = f"validation_{self.metric.rsplit('_', 1)[0]}/"
+        prefix = f"validation_{self.family}/"
         pick = min if self.greater else max
         return pick(v for k, v in result.items() if k.startswith(prefix))
 
     def summary(self, trial):
         """A trial's objective per seed, and each label's mean over seeds of the per-label metric."""
         results = trial.user_attrs.get("results") or []
-        prefix = f"validation_{self.metric.rsplit('_', 1)[0]}/"
+        prefix = f"validation_{self.family}/"
         return [self.objective(r) for r in results], {k[len(prefix):]: float(np.mean([r[k] for r in results]))
                                                       for k in (results[0] if results else ()) if k.startswith(prefix)}
 
@@ -299,8 +300,8 @@ class Sweep:
             figures = [f"{np.mean(values):.4f}", f"{np.std(values):.4f}", str(len(values)),
                        f"{t.user_attrs['seconds']:.0f}"] if values else [""] * 4
             rows.append(([str(t.number), status, *(shown(t.params).get(k, "") for k in keys), *figures], means))
-        name = self.metric.rsplit("_", 1)[0]
-        header = ["trial", "status", *keys, "objective", "sd", "seeds", "seconds", *(f"{name}/{n}" for n in labels)]
+        header = ["trial", "status", *keys, "objective", "sd", "seeds", "seconds",
+                  *(f"{self.family}/{n}" for n in labels)]
         path = os.path.join(self.folder, "trials.tsv")
         with open(path + ".tmp", "w") as f:
             f.writelines("\t".join(row) + "\n" for row in [header] + [
@@ -328,23 +329,20 @@ class Sweep:
         return (max if self.greater else min)(done, key=lambda t: t.value) if done else None
 
     def final(self):
-        """The winner and the base config, each trained for every seed where it was not, then scored on the test
-        split (each run resumed from its last.pt to do only that), and compared by compare.py."""
+        """The winner and the base config, each run for every seed with the test split scored (a run the search
+        made is resumed from its last.pt to do only that), then compared by compare.py."""
         winner = self.best()
         if winner is None:
             raise cli.Failed("no setting finished: see trials.tsv and the runs' logs")
         # the base config as a setting: its own values of the swept keys, so that a run the sweep made is reused
-        names = {"winner": winner.params, "base": {k: choice(self.base[k.split(".")[0]][k.split(".", 1)[1]])
-                                                   for k in self.spec["space"]}}
+        base = flat(self.base)
+        names = {"winner": winner.params, "base": {k: choice(base[k]) for k in self.spec["space"]}}
         folders, validation = {}, {}
         for name, params in names.items():
-            results, error = self.run_setting(params, 0, test=False)
+            results, error = self.run_setting(params, 0, test=True)
             if error:
                 raise cli.Failed(f"the {name} setting failed: {error}")
             validation[name] = [self.objective(r) for r in results]
-            _, error = self.run_setting(params, 0, test=True)
-            if error:
-                raise cli.Failed(f"the {name} setting failed on the test split: {error}")
             folders[name] = [os.path.join(self.folder, "runs", setting_name(params), f"seed_{s}")
                              for s in self.spec["seeds"]]
         values = ", ".join(f"{k}={v}" for k, v in shown(winner.params).items())

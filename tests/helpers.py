@@ -176,3 +176,16 @@ def ism_top_in_planted_motif(tmp, example, out, folder, label="leaf", n=20):
     inside = [any(a < int(t["position"]) <= b for a, b in sites[(int(t["id"][3:]), label)]) for t in top]
     assert len(top) == n
     return float(np.mean(inside)), records  # 1-based positions in 0-based sites
+
+
+def planted_run(tmp, *more):
+    """The default experiment, shorter (2,000 sequences of the planted example, 3 epochs), trained in tmp with the
+    settings more; (tmp, the example's path, the run folder). The motif sites are in tmp/ex.motifs.tsv."""
+    import train
+    from genomics import planted
+    example = planted.make_example(str(tmp / "ex.tsv"), n=2000, seed=3)
+    out = tmp / "out"
+    assert train.main([os.path.join(ROOT, "config.yaml"), f"data.path={example}", f"training.output_dir={out}",
+                       f"data.cache_dir={tmp / 'cache'}", "training.num_train_epochs=3",
+                       "training.per_device_train_batch_size=32", "training.logging_steps=50", *more]) == 0
+    return tmp, example, out

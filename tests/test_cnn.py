@@ -18,8 +18,8 @@ from genomics import planted
 from genomics.tracks import tile
 from training import config
 from training.backbones import IUPAC, BaseTokenizer, CnnConfig, CnnModel, KmerTokenizer, load_tokenizer
-from helpers import (ROOT, fasta, ism_top_in_planted_motif, one_line_error, random_tsv, read_tsv, run_command,
-                     save_tiny, train_args)
+from helpers import (ROOT, fasta, ism_top_in_planted_motif, one_line_error, planted_run, random_tsv, read_tsv,
+                     run_command, save_tiny, train_args)
 
 CNN = ["model.architecture=cnn", "model.cnn_width=16", "model.cnn_depth=2", "model.cnn_kernel=5"]
 
@@ -98,14 +98,8 @@ def test_max_length_counts_the_tokens_of_the_model_the_config_names(tmp_path, ca
 @pytest.fixture(scope="module")
 def cnn_run(tmp_path_factory):
     """A CNN trained on 2,000 sequences of the planted example (3 epochs), with its motif sites."""
-    tmp = tmp_path_factory.mktemp("cnn")
-    example = planted.make_example(str(tmp / "ex.tsv"), n=2000, seed=3)
-    out = tmp / "out"
-    assert train.main([os.path.join(ROOT, "config.yaml"), f"data.path={example}", f"training.output_dir={out}",
-                       f"data.cache_dir={tmp / 'cache'}", "model.architecture=cnn", "model.cnn_width=32",
-                       "model.cnn_depth=3", "training.num_train_epochs=3", "training.per_device_train_batch_size=32",
-                       "training.logging_steps=50"]) == 0
-    return tmp, example, out
+    return planted_run(tmp_path_factory.mktemp("cnn"), "model.architecture=cnn", "model.cnn_width=32",
+                       "model.cnn_depth=3")
 
 
 def test_ism_on_a_cnn_agrees_with_predict_and_points_into_the_planted_motifs(cnn_run, tmp_path):

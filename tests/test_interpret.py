@@ -1,13 +1,11 @@
 """interpret.py: in-silico mutagenesis, motifs per label and variant effects, against predict.py's scores and the
 planted motifs."""
-import os
 
 import numpy as np
 import pytest
 from PIL import Image
 from memelite.io import read_meme
 
-import train
 import predict
 import interpret
 from data import DataError
@@ -16,19 +14,13 @@ from analysis.motifs import Motif, read_motif_db
 from genomics import planted
 from genomics.genome import Genome
 from genomics.variants import allele_windows, read_vcf
-from helpers import ROOT, fasta, ism_top_in_planted_motif, read_tsv
+from helpers import ROOT, fasta, ism_top_in_planted_motif, planted_run, read_tsv
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """The default experiment, shorter: 2000 example sequences, 3 epochs."""
-    tmp = tmp_path_factory.mktemp("interpret")
-    example = planted.make_example(str(tmp / "ex.tsv"), n=2000, seed=3)
-    out = tmp / "out"
-    assert train.main([os.path.join(ROOT, "config.yaml"), f"data.path={example}", f"training.output_dir={out}",
-                       f"data.cache_dir={tmp / 'cache'}", "training.num_train_epochs=3",
-                       "training.per_device_train_batch_size=32", "training.logging_steps=50"]) == 0
-    return tmp, example, out
+    return planted_run(tmp_path_factory.mktemp("interpret"))
 
 
 def test_ism_deltas_agree_with_scoring_each_mutant_alone(run, tmp_path):

@@ -107,6 +107,12 @@ def read_yaml(path):
     return user, lines
 
 
+def is_setting(key):
+    """Whether key, as section.key, names a setting of DEFAULTS."""
+    section, _, name = key.partition(".")
+    return name in DEFAULTS.get(section, {})
+
+
 def locate(message, path=None, overrides=()):
     """A message of the form 'config: section.key ...' names where that key was set: the command-line override,
     else the line of the YAML file, else the file."""
@@ -372,9 +378,7 @@ def validate(cfg):
     if not isinstance(train["do_predict"], bool):
         raise ConfigError(f"config: training.do_predict must be true or false (got {train['do_predict']!r})")
     keys = train["hparams"]
-    if keys is not None and (not isinstance(keys, list) or any(
-            not isinstance(k, str) or k.split(".", 1)[0] not in cfg or k.split(".", 1)[-1] not in cfg[k.split(".")[0]]
-            for k in keys)):
+    if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) and is_setting(k) for k in keys)):
         raise ConfigError(f"config: training.hparams must be null or a list of settings, section.key (got {keys!r})")
     if train["bf16"] and train["fp16"]:
         raise ConfigError("config: training.bf16 and training.fp16 are both true (choose one)")

@@ -137,10 +137,10 @@ def resume_changes(ckpt, path, cfg, world, data_keys):
     impossible (batch size, accumulation, data, labels, model, optimizer, seed, world size), unless
     training.resume_with_changes says the change is meant."""
     old, new = flat(ckpt["config"]), flat(cfg)
-    data = {k: v for k, v in data_keys.items() if k != "test"}  # the test split never changes the training
-    old.update(world_size=ckpt.get("world_size", world), data={k: v for k, v in ckpt.get("data", data).items()
-                                                               if k != "test"})
-    new.update(world_size=world, data=data)
+    old_data, new_data = ({k: v for k, v in keys.items() if k != "test"}  # the test split never changes training
+                          for keys in (ckpt.get("data", data_keys), data_keys))
+    old.update(world_size=ckpt.get("world_size", world), data=old_data)
+    new.update(world_size=world, data=new_data)
     changed = [k for k in new if k in old and old[k] != new[k]]
     lines = [f"{k} {old[k]!r} -> {new[k]!r}" if k != "data" else "the data's content" for k in changed]
     refused = [line for k, line in zip(changed, lines) if k not in RESUME_MAY_CHANGE]
